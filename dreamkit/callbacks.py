@@ -1,0 +1,98 @@
+"""Lightning callbacks: atomic checkpoints, validation renders, a plain-text progress line for non-terminals."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from .imageio_utils import save_image_grid
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Every N steps (and at the end) write ``ckpts/last.ckpt`` atomically: save to a temporary file, fsync, rename.
+
+    A run killed at any moment leaves either the previous or the new checkpoint, never a torn one.
+    """
+
+    def __init__(self, ckpt_dir: Path, every: int, max_steps: int):
+        self.ckpt_dir = Path(ckpt_dir)
+        self.every = every
+        self.max_steps = max_steps
+
+    def save(self, trainer: pl.Trainer) -> Path:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        final = self.ckpt_dir / "last.ckpt"
+        tmp = self.ckpt_dir / f".last.ckpt.tmp-{os.getpid()}"
+        trainer.save_checkpoint(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        return final
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # steps completed
+        if (self.every > 0 and step % self.every == 0) or step >= self.max_steps:
+            self.save(trainer)
+
+
+class ValidationRenders(pl.Callback):
+    """Renders the held-out orbit every N steps into ``renders/step_XXXXXX.png`` (and logs PSNR when targets exist)."""
+
+    def __init__(self, out_dir: Path, every: int, max_steps: int, cameras, targets: torch.Tensor | None = None):
+        self.out_dir = Path(out_dir)
+        self.every = every
+        self.max_steps = max_steps
+        self.cameras = cameras
+        self.targets = targets
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if (self.every > 0 and step % self.every == 0) or step >= self.max_steps:
+            images = pl_module.render_views(self.cameras, step=step)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_image_grid(images, self.out_dir / f"step_{step:06d}.png")
+            if self.targets is not None:
+                psnr = psnr_db(images, self.targets)
+                pl_module.val_psnr = psnr
+                for logger in trainer.loggers:
+                    logger.log_metrics({"val/psnr": psnr}, step=step)
+
+
+def psnr_db(images: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over views of the per-view PSNR (dB), images in [0, 1]."""
+    mse = ((images.float() - targets.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((-10 * torch.log10(mse)).mean())
+
+
+class TextProgress(pl.Callback):
+    """One line every N steps with loss, steps/s and ETA — for logs, CI and terminals without the rich bar."""
+
+    def __init__(self, every: int, max_steps: int, stream=None):
+        self.every = max(1, every)
+        self.max_steps = max_steps
+        self.stream = stream or sys.stdout
+        self.t0 = None
+        self.step0 = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0 = time.perf_counter()
+        self.step0 = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step < self.max_steps:
+            return
+        elapsed = time.perf_counter() - self.t0
+        done = max(step - self.step0, 1)
+        rate = done / max(elapsed, 1e-9)
+        eta = (self.max_steps - step) / rate if rate > 0 else float("inf")
+        loss = outputs.item() if torch.is_tensor(outputs) else float("nan")
+        n = getattr(pl_module.representation, "num_gaussians", None)
+        extra = f"  gaussians {n}" if n is not None else ""
+        print(f"step {step}/{self.max_steps}  loss {loss:.4g}  {rate:.2f} steps/s  ETA {eta:.0f}s{extra}",
+              file=self.stream, flush=True)

@@ -1,0 +1,138 @@
+"""The ``dreamkit`` command: fit | export | render | list.
+
+    dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
+    dreamkit fit resume=outputs/gs_sds/a_red_cube@20261129-101500
+    dreamkit export outputs/gs_sds/a_red_cube@20261129-101500 --format ply
+    dreamkit render outputs/gs_sds/a_red_cube@20261129-101500
+    dreamkit list
+
+Bad input (unknown key, wrong type, missing file, ...) prints one line starting with ``error:`` and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import DreamkitError
+
+
+def _split_overrides(overrides: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    resume, rest = None, []
+    for item in overrides:
+        if item.startswith("resume="):
+            resume = item.split("=", 1)[1] or None
+        else:
+            rest.append(item)
+    return resume, rest
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .priors.configs import check_prior_config
+    from .run import fit, load_run
+
+    resume, overrides = _split_overrides(args.overrides)
+    if resume:
+        run_dir, saved, _ = load_run(resume)
+        cfg = load_config(None, overrides, base=saved)
+        check_prior_config(cfg.prior)
+        fit(cfg, resume_dir=run_dir, export=not args.no_export)
+        return 0
+    if not args.config:
+        raise DreamkitError("dreamkit fit needs --config <file or shipped name> (see `dreamkit list`), "
+                            "or resume=<run folder>")
+    cfg = load_config(args.config, overrides)
+    check_prior_config(cfg.prior)
+    fit(cfg, export=not args.no_export)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .registry import EXPORT_FORMATS
+    from .run import export_run
+
+    formats = list(EXPORT_FORMATS) if args.format == "all" else [f.strip() for f in args.format.split(",")]
+    export_run(Path(args.run_dir), formats, out_dir=Path(args.output) if args.output else None)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .run import render_run
+
+    render_run(Path(args.run_dir), frames=args.frames, resolution=args.resolution,
+               output=Path(args.output) if args.output else None)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .config import shipped_configs
+    from .registry import EXPORTERS, REGISTRY
+
+    for kind, table in REGISTRY.items():
+        print(f"{kind}s:")
+        for name, (_, _, summary) in table.items():
+            print(f"  {name:<18} {summary}")
+    print("exporters:")
+    for name, (_, summary) in EXPORTERS.items():
+        print(f"  {name:<18} {summary}")
+    print("configs:")
+    from omegaconf import OmegaConf
+
+    for path in shipped_configs():
+        summary = ""
+        with open(path) as f:
+            first = f.readline().strip()
+            if first.startswith("#"):
+                summary = first.lstrip("# ")
+        print(f"  {path.name:<18} {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreamkit", description="Text to 3D by score distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="optimise a representation for a prompt",
+                       description="Train. Overrides are OmegaConf dotlist items: key=value (e.g. trainer.max_steps=600"
+                                   ' prompt="a red cube"); resume=<run folder> continues a run.')
+    p.add_argument("--config", "-c", help="recipe YAML path or shipped name (gs_sds.yaml, gs_oracle)")
+    p.add_argument("--no-export", action="store_true", help="skip the exports at the end")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("export", help="export a finished run (ply, mp4, all)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", "-f", default="all", help="comma-separated formats or 'all'")
+    p.add_argument("--output", "-o", help="output folder (default <run>/exports)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("render", help="turntable MP4 of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--output", "-o", help="MP4 path (default <run>/exports/turntable.mp4, numbered if it exists)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("list", help="registered components and shipped configs")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DreamkitError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted — resume with `dreamkit fit resume=<run folder>`", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

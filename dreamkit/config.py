@@ -1,0 +1,303 @@
+"""Structured, strict configuration.
+
+A run's config is the merge of (1) the schema defaults below, (2) a YAML recipe (``--config``) and (3) dotlist
+overrides (``trainer.max_steps=600``). Polymorphic sections (``representation``, ``prior``, ``guidance``) are
+validated against the config dataclass of the component their ``name``/``type`` selects (see ``registry.py``).
+Every problem raises :class:`~dreamkit.errors.ConfigError` with a one-line message naming the key and, for unknown
+keys, the closest valid ones; the CLI turns it into exit code 2.
+
+Numbers marked ``schedule`` may be schedules (see ``schedule.py``).
+"""
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+from .schedule import Schedule
+
+SCHEDULE = {"schedule": True}
+
+
+def sched(default: Any) -> Any:
+    """A dataclass field that accepts a number or a schedule."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=SCHEDULE)
+    return field(default=default, metadata=SCHEDULE)
+
+
+@dataclass
+class CameraConfig:
+    width: int = 64
+    height: int = 64
+    batch_size: int = 4
+    #: [low, high] degrees; each end may be a schedule
+    elevation_range: List[Any] = field(default_factory=lambda: [-10.0, 45.0], metadata=SCHEDULE)
+    azimuth_range: List[Any] = field(default_factory=lambda: [-180.0, 180.0], metadata=SCHEDULE)
+    distance_range: List[Any] = field(default_factory=lambda: [2.5, 3.0], metadata=SCHEDULE)
+    fovy_range: List[Any] = field(default_factory=lambda: [35.0, 45.0], metadata=SCHEDULE)
+    #: draw elevation uniformly on the sphere band instead of uniformly in angle
+    uniform_sphere: bool = False
+    #: append "front view" / "side view" / "back view" / "overhead view" to the prompt (DreamFusion)
+    view_dependent_prompting: bool = True
+    front_threshold: float = 45.0
+    back_threshold: float = 45.0
+    overhead_threshold: float = 60.0
+    #: held-out evaluation / validation orbit (never drawn in training: fixed azimuths offset from the grid)
+    eval_views: int = 8
+    eval_elevation: float = 20.0
+    eval_distance: float = 2.75
+    eval_fovy: float = 40.0
+    eval_azimuth_offset: float = 22.5
+
+
+@dataclass
+class BackgroundConfig:
+    #: solid | random | learned
+    type: str = "solid"
+    color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    learned_lr: float = 0.01
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    log_every: int = 10
+    #: save validation renders every N steps (0 = only at the end)
+    val_every: int = 200
+    #: atomic checkpoint every N steps (0 = only at the end)
+    checkpoint_every: int = 100
+    #: clip the global gradient norm of the representation (0 = off)
+    grad_clip: float = 0.0
+    #: rich progress bar (loss, steps/s, ETA)
+    progress: bool = True
+    #: float32 matmul precision on CUDA: highest | high | medium
+    matmul_precision: str = "high"
+
+
+@dataclass
+class ExportConfig:
+    #: exports written when a fit ends (also `dreamkit export`): ply | mp4
+    formats: List[str] = field(default_factory=lambda: ["ply"])
+    turntable: bool = True
+    turntable_frames: int = 48
+    turntable_fps: int = 24
+    turntable_resolution: int = 128
+    turntable_elevation: float = 15.0
+    turntable_distance: float = 2.75
+    turntable_fovy: float = 40.0
+
+
+@dataclass
+class DreamkitConfig:
+    name: str = "dreamkit"
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    output_dir: str = "outputs"
+    #: a run folder to continue from its last checkpoint
+    resume: Optional[str] = None
+    #: auto | cpu | cuda | cuda:N
+    device: str = "auto"
+    representation: Dict[str, Any] = field(default_factory=lambda: {"name": "gaussians"})
+    prior: Dict[str, Any] = field(default_factory=lambda: {"type": "stable-diffusion"})
+    guidance: Dict[str, Any] = field(default_factory=lambda: {"name": "sds"})
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    #: lambda_<loss name>: weight (number or schedule) of each loss term; unlisted terms are not computed
+    loss: Dict[str, Any] = field(default_factory=lambda: {"lambda_sds": 1.0})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# locating shipped recipes
+
+
+def shipped_dir(kind: str) -> Path:
+    """Folder of shipped ``configs`` or ``assets``: inside the installed wheel, else the source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_shipped" / kind, here.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / kind
+
+
+def shipped_configs() -> list[Path]:
+    return sorted(shipped_dir("configs").glob("*.yaml"))
+
+
+def resolve_config_path(name: str) -> Path:
+    """A path, or the name of a shipped recipe (``gs_sds`` or ``gs_sds.yaml``)."""
+    p = Path(os.path.expanduser(name))
+    if p.is_file():
+        return p
+    for candidate in (shipped_dir("configs") / p.name, shipped_dir("configs") / (p.name + ".yaml")):
+        if candidate.is_file():
+            return candidate
+    available = [c.name for c in shipped_configs()]
+    close = difflib.get_close_matches(p.name, available, n=3, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"config file not found: {name} — {hint}shipped configs: {', '.join(available) or 'none'}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# strict validation with helpful messages
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if close:
+        return "did you mean " + " or ".join(close) + "?"
+    return "valid keys: " + ", ".join(sorted(valid))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_against_schema(schema_cls: type, user: Any, prefix: str) -> None:
+    """Walk ``user`` (dict-like) against dataclass ``schema_cls``; unknown keys raise with the closest valid keys."""
+    if user is None:
+        return
+    if not isinstance(user, (dict, DictConfig)):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys, got {user!r}")
+    by_name = {f.name: f for f in fields(schema_cls)}
+    for key in list(user.keys()):
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in by_name:
+            valid = [f"{prefix}.{k}" if prefix else k for k in by_name]
+            raise ConfigError(f"unknown config key '{full}' — {_closest(full, valid)}")
+        f = by_name[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            check_against_schema(type(default), user[key], full)
+
+
+def merge_structured(schema_cls: type, *sources: Any, prefix: str = "") -> DictConfig:
+    """Strictly merge ``sources`` over the defaults of ``schema_cls``; wrong types raise ConfigError."""
+    for src in sources:
+        check_against_schema(schema_cls, src, prefix)
+    base = OmegaConf.structured(schema_cls)
+    try:
+        merged = OmegaConf.merge(base, *[s for s in sources if s is not None])
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        full = f"{prefix}.{key}" if prefix and key != "?" else key
+        expected = ""
+        try:
+            expected = " (expected " + _type_name(OmegaConf.get_type(base, key.split(".")[-1])) + ")"
+        except Exception:
+            pass
+        value = getattr(err, "value", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"wrong value for '{full}': {value!r}{expected} — {msg}") from None
+    _check_schedules(schema_cls, merged, prefix)
+    return merged
+
+
+def _check_schedules(schema_cls: type, cfg: DictConfig, prefix: str) -> None:
+    for f in fields(schema_cls):
+        full = f"{prefix}.{f.name}" if prefix else f.name
+        value = cfg.get(f.name)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default) and isinstance(value, DictConfig):
+            _check_schedules(type(default), value, full)
+        elif f.metadata.get("schedule") and value is not None:
+            plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            if isinstance(plain, list) and f.type is not Any and "List" in str(f.type):
+                if len(plain) != 2:
+                    raise ConfigError(f"{full}={plain!r} must be a [low, high] pair (each a number or a schedule)")
+                for i, item in enumerate(plain):
+                    Schedule.parse(item, f"{full}[{i}]")
+            else:
+                Schedule.parse(plain, full)
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml syntax errors
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"cannot parse config file {path}: {first}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys at the top level")
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"cannot read override {item!r} — write overrides as key=value, e.g. trainer.max_steps=600")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot read overrides {overrides}: {str(err).splitlines()[0]}") from None
+
+
+def load_config(config: Optional[str], overrides: list[str] = (), base: Optional[DictConfig] = None) -> DictConfig:
+    """Recipe file (or shipped name) + dotlist overrides → validated, fully resolved config."""
+    sources: list[Any] = []
+    if base is not None:
+        sources.append(base)
+    if config:
+        sources.append(load_yaml(resolve_config_path(config)))
+    over = parse_overrides(list(overrides))
+    sources.append(over)
+    cfg = merge_structured(DreamkitConfig, *sources)
+    # components: validated against the config class of the component they name
+    from .registry import component_config_class
+
+    for section, selector in (("representation", "name"), ("prior", "type"), ("guidance", "name")):
+        raw = OmegaConf.to_container(cfg[section], resolve=True)
+        kind = raw.get(selector)
+        cls = component_config_class(section, kind, key=f"{section}.{selector}")
+        cfg[section] = merge_structured(cls, raw, prefix=section)  # type: ignore[index]
+    validate_values(cfg)
+    return cfg
+
+
+def validate_values(cfg: DictConfig) -> None:
+    """Range checks that types cannot express. Raises ConfigError."""
+    def positive(key: str, value: Any, allow_zero: bool = False) -> None:
+        if value is None:
+            return
+        if value < 0 or (value == 0 and not allow_zero):
+            need = "≥ 0" if allow_zero else "> 0"
+            raise ConfigError(f"{key} must be {need}, got {value}")
+
+    positive("trainer.max_steps", cfg.trainer.max_steps)
+    positive("trainer.log_every", cfg.trainer.log_every)
+    positive("trainer.val_every", cfg.trainer.val_every, allow_zero=True)
+    positive("trainer.checkpoint_every", cfg.trainer.checkpoint_every, allow_zero=True)
+    positive("trainer.grad_clip", cfg.trainer.grad_clip, allow_zero=True)
+    positive("camera.width", cfg.camera.width)
+    positive("camera.height", cfg.camera.height)
+    positive("camera.batch_size", cfg.camera.batch_size)
+    positive("camera.eval_views", cfg.camera.eval_views)
+    positive("export.turntable_frames", cfg.export.turntable_frames)
+    positive("export.turntable_resolution", cfg.export.turntable_resolution)
+    if not str(cfg.prompt).strip():
+        raise ConfigError('prompt is empty — pass one, e.g. prompt="a red cube"')
+    if cfg.background.type not in ("solid", "random", "learned"):
+        raise ConfigError(f"background.type={cfg.background.type!r} — use solid, random or learned")
+    if len(cfg.background.color) != 3:
+        raise ConfigError(f"background.color must have 3 values (RGB in [0, 1]), got {list(cfg.background.color)}")
+    for key, value in cfg.loss.items():
+        if not str(key).startswith("lambda_"):
+            raise ConfigError(f"loss.{key}: loss weights are named lambda_<term>, e.g. loss.lambda_sds=1.0")
+        plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        Schedule.parse(plain, f"loss.{key}")
+    from .registry import EXPORT_FORMATS
+
+    for fmt in cfg.export.formats:
+        if fmt not in EXPORT_FORMATS:
+            raise ConfigError(f"export.formats: unknown format {fmt!r} — {_closest(str(fmt), list(EXPORT_FORMATS))}")
+
+
+def to_plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg

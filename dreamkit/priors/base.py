@@ -1,0 +1,81 @@
+"""The ``Prior`` interface: a frozen diffusion model that predicts noise.
+
+Every prior — a diffusers checkpoint, the embedded tiny prior, the exact oracle — answers the same calls, so guidance
+code never knows which one it talks to. Conventions:
+
+* images are [B, 3, H, W] in [0, 1]; ``encode`` maps them to the model's space x (latents for latent priors,
+  ``2·img − 1`` for pixel priors), ``decode`` maps back;
+* the forward process is x_t = sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·ε with ᾱ = ``alphas_cumprod`` [T_train];
+* ``predict`` returns ε̂ [B, C, h, w] (v-prediction models convert inside);
+* ``views`` > 1 marks a multi-view prior (the batch is B = n·views, consecutive groups of ``views`` cameras);
+  ``frames`` > 1 a video prior. Both are 1 for single-image priors.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..cameras import Cameras
+from ..types import TextCond
+
+
+class Prior(nn.Module, ABC):
+    """Base class; subclasses set ``alphas_cumprod`` (buffer), ``resolution``, ``channels``."""
+
+    #: side of the square image the model was trained at (pixels, in image space)
+    resolution: int = 64
+    #: channels of x (4 for SD latents, 3 for pixel priors)
+    channels: int = 3
+    views: int = 1
+    frames: int = 1
+    #: True when x lives in a learned latent space (encode/decode are not the identity map)
+    latent: bool = False
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @abstractmethod
+    def encode_text(self, prompts: Sequence[str], negative: Optional[Sequence[str]] = None) -> TextCond:
+        """Encode P prompts (and P negative prompts, default empty) into a TextCond with P variants."""
+
+    @abstractmethod
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                cameras: Optional[Cameras] = None) -> torch.Tensor:
+        """ε̂(x_t, t, cond): x_t [B, C, h, w], t [B] integer timesteps, cond [B, ...] (a TextCond field)."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] → x [B, C, h, w]. Pixel priors: resize to ``resolution`` and map to [-1, 1]."""
+        if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
+            images = nn.functional.interpolate(images, (self.resolution, self.resolution), mode="bilinear",
+                                               align_corners=False)
+        return images * 2 - 1
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, h, w] → images [B, 3, H, W] in [0, 1]."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def predict_cfg(self, x_t: torch.Tensor, t: torch.Tensor, text: TextCond, guidance_scale: float,
+                    cameras: Optional[Cameras] = None) -> torch.Tensor:
+        """Classifier-free guidance: ε̂_u + s·(ε̂_c − ε̂_u), one batched call (Ho & Salimans 2022)."""
+        x_in = torch.cat([x_t, x_t])
+        t_in = torch.cat([t, t])
+        c_in = torch.cat([text.cond, text.uncond])
+        cams = Cameras.cat([cameras, cameras]) if cameras is not None else None
+        eps_c, eps_u = self.predict(x_in, t_in, c_in, cams).chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+                        schedule: str = "scaled_linear") -> torch.Tensor:
+    """ᾱ_t for the DDPM β schedules used by Stable Diffusion (scaled_linear) and DDPM (linear)."""
+    if schedule == "scaled_linear":
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown beta schedule {schedule!r}; use 'scaled_linear' or 'linear'")
+    return torch.cumprod(1 - betas, 0).float()

@@ -1,0 +1,73 @@
+"""Config dataclasses of the priors, and ``build_prior`` (kept free of heavy imports)."""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+
+@dataclass
+class OraclePriorConfig:
+    type: str = "oracle"
+    #: target meshes: [{mesh: assets path or file, label: "a house"}]; labels are the prompts the prior understands
+    targets: List[Dict[str, Any]] = field(default_factory=lambda: [{"mesh": "meshes/house.ply", "label": "a house"}])
+    resolution: int = 64
+    #: background of the target renders in [0, 1] (use the same solid background for the representation)
+    background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    #: supersampling of the target renders (smooth silhouettes)
+    ssaa: int = 2
+
+
+@dataclass
+class StableDiffusionPriorConfig:
+    type: str = "stable-diffusion"
+    #: local diffusers folder or Hugging Face hub id
+    name: str = "stabilityai/stable-diffusion-2-1-base"
+    #: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16
+    dtype: str = "auto"
+    #: never reach the network (default: try the local cache, then the hub)
+    local_files_only: Optional[bool] = None
+
+
+def build_prior(cfg: Any, device: torch.device):
+    """Instantiate the prior a validated ``prior`` config section describes."""
+    from ..assets import asset_path
+
+    if cfg.type == "oracle":
+        from .oracle import OraclePrior
+
+        targets = [{"mesh": str(asset_path(t["mesh"])), "label": t["label"]} for t in cfg.targets]
+        prior = OraclePrior(targets=targets, resolution=cfg.resolution, background=tuple(cfg.background),
+                            ssaa=cfg.ssaa)
+        return prior.to(device)
+    if cfg.type == "stable-diffusion":
+        from .diffusers_sd import StableDiffusionPrior
+
+        return StableDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype,
+                                    local_files_only=cfg.local_files_only)
+    raise ValueError(cfg.type)
+
+
+def check_prior_config(cfg: Any) -> None:
+    """Fail before any work when the prior's files are missing (folder of a checkpoint, target meshes)."""
+    import os
+    from pathlib import Path
+
+    from ..errors import DreamkitError
+
+    if cfg.type == "stable-diffusion":
+        name = str(cfg.name)
+        looks_like_path = os.sep in name.replace("/", os.sep) and (
+            name.startswith((".", "/", "~")) or name.count("/") != 1) or Path(name).expanduser().exists()
+        looks_like_path = looks_like_path or name.startswith((".", "/", "~"))
+        if looks_like_path and not Path(name).expanduser().is_dir():
+            raise DreamkitError(f"prior folder not found: {name} — pass prior.name=<folder with model_index.json> "
+                                "or a Hugging Face id such as stabilityai/stable-diffusion-2-1-base")
+    elif cfg.type == "oracle":
+        from ..assets import asset_path
+
+        if not cfg.targets:
+            raise DreamkitError("prior.targets is empty — the oracle needs at least one {mesh, label} target")
+        for i, target in enumerate(cfg.targets):
+            if "mesh" not in target or "label" not in target:
+                raise DreamkitError(f"prior.targets[{i}] needs keys mesh and label, got {dict(target)}")
+            asset_path(target["mesh"])

@@ -1,0 +1,68 @@
+"""Name → component. Entries are imported lazily so ``import dreamkit`` stays light (no diffusers, gsplat, CUDA).
+
+Each entry is ``(module:attribute of the component, module:attribute of its config dataclass, one-line summary)``.
+Later representations, priors and guidance plug in by adding a line here.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from .errors import ConfigError
+
+REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
+    "representation": {
+        "gaussians": ("dreamkit.representations.gaussians:GaussianModel",
+                      "dreamkit.representations.gaussians:GaussianConfig",
+                      "3D Gaussian splatting; gsplat on CUDA, tile-binned PyTorch twin on CPU; densify/prune strategy"),
+    },
+    "prior": {
+        "oracle": ("dreamkit.priors.oracle:OraclePrior", "dreamkit.priors.configs:OraclePriorConfig",
+                   "exact denoiser of the smoothed distribution of target-mesh renders (tests, ablations)"),
+        "stable-diffusion": ("dreamkit.priors.diffusers_sd:StableDiffusionPrior",
+                             "dreamkit.priors.configs:StableDiffusionPriorConfig",
+                             "diffusers Stable Diffusion 1.x/2.x folder or hub id (latent; epsilon or v-prediction)"),
+    },
+    "guidance": {
+        "sds": ("dreamkit.guidance.sds:SDSGuidance", "dreamkit.guidance.sds:SDSConfig",
+                "score distillation sampling (DreamFusion) with CFG, t annealing and weightings"),
+    },
+}
+
+#: export formats: name → (module:function, summary)
+EXPORTERS: dict[str, tuple[str, str]] = {
+    "ply": ("dreamkit.export.ply:export_gaussians_ply", "3D Gaussian splatting PLY (x,y,z,f_dc,f_rest,opacity,scale,rot)"),
+    "mp4": ("dreamkit.export.video:export_turntable", "turntable video of the representation (imageio-ffmpeg, H.264)"),
+}
+EXPORT_FORMATS = tuple(EXPORTERS)
+
+
+def _load(path: str) -> Any:
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _entry(kind: str, name: Any, key: str) -> tuple[str, str, str]:
+    table = REGISTRY[kind]
+    if name not in table:
+        close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.4)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ConfigError(f"{key}={name!r} is not a registered {kind} — {hint}available: {', '.join(table)}")
+    return table[name]
+
+
+def component_class(kind: str, name: str, key: str = "name") -> Any:
+    return _load(_entry(kind, name, key)[0])
+
+
+def component_config_class(kind: str, name: Any, key: str = "name") -> type:
+    return _load(_entry(kind, name, key)[1])
+
+
+def exporter(fmt: str) -> Any:
+    if fmt not in EXPORTERS:
+        close = difflib.get_close_matches(fmt, list(EXPORTERS), n=3, cutoff=0.3)
+        raise ConfigError(f"unknown export format {fmt!r} — available: {', '.join(EXPORTERS)}"
+                          + (f" (did you mean {close[0]}?)" if close else ""))
+    return _load(EXPORTERS[fmt][0])

@@ -1,0 +1,227 @@
+"""3D Gaussians (Kerbl et al. 2023) as a text-to-3D representation (as DreamGaussian / GaussianDreamer use them).
+
+Parameters (raw, optimised) and their activations:
+    means [N, 3]            world positions
+    log_scales [N, 3]       scales = exp(log_scales)
+    quats [N, 4]            rotation, (w, x, y, z), normalised when used
+    opacity_logits [N]      opacities = sigmoid(opacity_logits)
+    sh0 [N, 1, 3]           degree-0 SH colour coefficients
+    shN [N, K-1, 3]         higher SH bands, K = (sh_degree + 1)²  (absent when sh_degree = 0)
+"""
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+
+from ..cameras import Cameras
+from ..config import sched
+from ..errors import ConfigError
+from ..render.sh import eval_sh, rgb_to_sh0
+from ..render.splat import rasterize_gaussians
+from ..schedule import value_at
+from ..types import RenderOutput
+from .gaussian_strategy import DensifyConfig, DensifyStrategy
+
+
+@dataclass
+class GaussianConfig:
+    name: str = "gaussians"
+    #: sphere (uniform in a ball) | points (a PLY point cloud, init_path) | mesh (points on a mesh surface, init_path)
+    init: str = "sphere"
+    init_path: Optional[str] = None
+    num_points: int = 4096
+    init_radius: float = 0.5
+    init_opacity: float = 0.1
+    #: initial scale; 0 = mean distance to the 3 nearest neighbours (3DGS)
+    init_scale: float = 0.0
+    #: initial colour for the sphere init (RGB in [0, 1]); random colours if empty
+    init_color: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    sh_degree: int = 0
+    #: raise the active SH degree by one every N steps (0 = all bands from the start)
+    sh_degree_interval: int = 500
+    #: per-attribute learning rates (numbers or schedules)
+    lr_means: Any = sched(1e-3)
+    lr_scales: Any = sched(5e-3)
+    lr_quats: Any = sched(5e-3)
+    lr_opacities: Any = sched(5e-2)
+    lr_sh0: Any = sched(1e-2)
+    lr_shN: Any = sched(5e-4)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    #: auto (gsplat on CUDA when installed, else the PyTorch twin) | torch | gsplat
+    backend: str = "auto"
+    #: tile size of the PyTorch twin (0 = automatic)
+    tile_size: int = 0
+
+
+class GaussianModel(nn.Module):
+    loss_names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Any, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if cfg.init not in ("sphere", "points", "mesh"):
+            raise ConfigError(f"representation.init={cfg.init!r} — use sphere, points or mesh")
+        if not 0 <= cfg.sh_degree <= 3:
+            raise ConfigError(f"representation.sh_degree={cfg.sh_degree} — use 0, 1, 2 or 3")
+        if cfg.backend not in ("auto", "torch", "gsplat"):
+            raise ConfigError(f"representation.backend={cfg.backend!r} — use auto, torch or gsplat")
+        self.cfg = cfg
+        self.params = nn.ParameterDict()
+        self.strategy = DensifyStrategy(cfg.densify)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        means, colors = self._initial_points(generator)
+        self._set_from_points(means, colors)
+
+    # -- initialisation -------------------------------------------------------------------------------------------
+    def _initial_points(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        n = cfg.num_points
+        if cfg.init == "sphere":
+            direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+            radius = cfg.init_radius * torch.rand(n, 1, generator=generator) ** (1 / 3)
+            means = direction * radius
+            if len(cfg.init_color) == 3:
+                colors = torch.tensor(list(cfg.init_color), dtype=torch.float32).expand(n, 3).clone()
+            else:
+                colors = torch.rand(n, 3, generator=generator)
+            return means, colors
+        if not cfg.init_path:
+            raise ConfigError(f"representation.init={cfg.init} needs representation.init_path=<file>")
+        from ..assets import asset_path
+
+        path = asset_path(cfg.init_path)
+        import trimesh
+
+        loaded = trimesh.load(str(path), process=False)
+        if cfg.init == "points":
+            pts = torch.as_tensor(loaded.vertices, dtype=torch.float32)
+            cols = getattr(getattr(loaded, "visual", None), "vertex_colors", None)
+            if cols is None and hasattr(loaded, "colors") and len(loaded.colors):
+                cols = loaded.colors
+            colors = (torch.as_tensor(cols[:, :3], dtype=torch.float32) / 255.0 if cols is not None and len(cols)
+                      else torch.full_like(pts, 0.5))
+            return pts, colors
+        if isinstance(loaded, trimesh.Scene):
+            loaded = loaded.dump(concatenate=True)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        pts, face_idx = trimesh.sample.sample_surface(loaded, n, seed=seed)
+        try:
+            face_cols = loaded.visual.face_colors[face_idx, :3] / 255.0
+        except Exception:
+            face_cols = torch.full((n, 3), 0.5).numpy()
+        return torch.as_tensor(pts, dtype=torch.float32), torch.as_tensor(face_cols, dtype=torch.float32)
+
+    def _set_from_points(self, means: torch.Tensor, colors: torch.Tensor) -> None:
+        cfg = self.cfg
+        n = means.shape[0]
+        if cfg.init_scale > 0:
+            scale = torch.full((n,), float(cfg.init_scale))
+        else:
+            scale = knn_mean_distance(means, k=3).clamp_min(1e-4)
+        k = (cfg.sh_degree + 1) ** 2
+        self.params["means"] = nn.Parameter(means.clone())
+        self.params["log_scales"] = nn.Parameter(torch.log(scale)[:, None].repeat(1, 3))
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1
+        self.params["quats"] = nn.Parameter(quats)
+        self.params["opacity_logits"] = nn.Parameter(torch.logit(torch.full((n,), float(cfg.init_opacity))))
+        self.params["sh0"] = nn.Parameter(rgb_to_sh0(colors.clamp(0, 1))[:, None, :])
+        if k > 1:
+            self.params["shN"] = nn.Parameter(torch.zeros(n, k - 1, 3))
+
+    def resize_to(self, shapes: dict[str, torch.Size]) -> None:
+        """Reallocate parameters to checkpoint shapes (Gaussians are added and removed during training)."""
+        for name, shape in shapes.items():
+            if name in self.params and self.params[name].shape != shape:
+                self.params[name] = nn.Parameter(torch.zeros(shape, device=self.params[name].device))
+
+    # -- activations ----------------------------------------------------------------------------------------------
+    @property
+    def num_gaussians(self) -> int:
+        return self.params["means"].shape[0]
+
+    @property
+    def means(self) -> torch.Tensor:
+        return self.params["means"]
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return torch.exp(self.params["log_scales"])
+
+    @property
+    def quats(self) -> torch.Tensor:
+        return self.params["quats"]
+
+    @property
+    def opacities(self) -> torch.Tensor:
+        return torch.sigmoid(self.params["opacity_logits"])
+
+    @property
+    def sh_coeffs(self) -> torch.Tensor:
+        if "shN" in self.params:
+            return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
+        return self.params["sh0"]
+
+    def active_sh_degree(self, step: Optional[int]) -> int:
+        if step is None or self.cfg.sh_degree_interval <= 0:
+            return self.cfg.sh_degree
+        return min(self.cfg.sh_degree, step // self.cfg.sh_degree_interval)
+
+    # -- the interface --------------------------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict]:
+        """One optimizer group per attribute, each with its own (scheduled) learning rate."""
+        lrs = {"means": "lr_means", "log_scales": "lr_scales", "quats": "lr_quats",
+               "opacity_logits": "lr_opacities", "sh0": "lr_sh0", "shN": "lr_shN"}
+        return [{"name": f"gaussians.{name}", "params": [p], "lr_schedule": getattr(self.cfg, lrs[name]),
+                 "lr_key": f"representation.{lrs[name]}", "eps": 1e-15}
+                for name, p in self.params.items()]
+
+    def render(self, cameras: Cameras, background: Optional[torch.Tensor] = None, step: Optional[int] = None,
+               **_: Any) -> RenderOutput:
+        """cameras [B] → RenderOutput with rgb [B,H,W,3], alpha/depth [B,H,W,1]; extras means2d [B,N,2], radii."""
+        degree = self.active_sh_degree(step)
+        if degree == 0:
+            colors = (self.params["sh0"][:, 0] * 0.28209479177387814 + 0.5).clamp_min(0)
+        else:
+            dirs = self.means[None] - cameras.positions[:, None]  # [B, N, 3]
+            dirs = torch.nn.functional.normalize(dirs, dim=-1)
+            coeffs = self.sh_coeffs[None].expand(len(cameras), -1, -1, -1)
+            colors = eval_sh(degree, coeffs, dirs)
+        rgb, alpha, depth, meta = rasterize_gaussians(
+            self.means, self.quats, self.scales, self.opacities, colors, cameras.viewmats, cameras.K,
+            cameras.width, cameras.height, background=background, backend=self.cfg.backend,
+            tile_size=self.cfg.tile_size or None,
+        )
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
+                            extras={"means2d": meta.get("means2d"), "radii": meta.get("radii")})
+
+    def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def post_step(self, step: int, out: RenderOutput, optimizer: Optional[torch.optim.Optimizer],
+                  cameras: Cameras, generator: Optional[torch.Generator] = None) -> dict:
+        return self.strategy.step_post_backward(self, optimizer, step, out.extras, cameras.width, cameras.height,
+                                                generator)
+
+    # -- checkpoint state beyond parameters ---------------------------------------------------------------------
+    def extra_state_dict(self) -> dict:
+        return {"strategy": self.strategy.state_dict()}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        self.strategy.load_state_dict(state.get("strategy", {}))
+
+
+def knn_mean_distance(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
+    """[N, 3] → [N] mean distance to the k nearest other points (3DGS's scale initialisation)."""
+    n = points.shape[0]
+    if n <= 1:
+        return torch.ones(n)
+    k = min(k, n - 1)
+    out = []
+    for start in range(0, n, chunk):
+        d = torch.cdist(points[start:start + chunk], points)
+        d[torch.arange(d.shape[0]), torch.arange(start, start + d.shape[0])] = math.inf
+        out.append(d.topk(k, largest=False).values.mean(dim=1))
+    return torch.cat(out)

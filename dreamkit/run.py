@@ -1,0 +1,210 @@
+"""Run folders and the verbs behind the CLI: fit, export, render."""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError, DreamkitError
+
+CONFIG_NAME = "config.yaml"
+
+
+def slugify(text: str, max_len: int = 48) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9]+", "_", text.strip().lower()).strip("_")
+    return (slug[:max_len].rstrip("_")) or "prompt"
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """``outputs/<name>/<prompt-slug>@<timestamp>/``; never reuses an existing folder."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output_dir) / slugify(str(cfg.name)) / f"{slugify(str(cfg.prompt))}@{stamp}"
+    candidate, i = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            candidate = base.with_name(f"{base.name}-{i}")
+            i += 1
+
+
+def load_run(run_dir: str | Path) -> tuple[Path, DictConfig, Path]:
+    """(run_dir, its resolved config, its last checkpoint); clear errors for anything missing."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise DreamkitError(f"run folder not found: {run_dir} — pass a folder made by `dreamkit fit` "
+                            "(outputs/<name>/<prompt>@<time>)")
+    cfg_path = run_dir / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise DreamkitError(f"{run_dir} has no {CONFIG_NAME}: it is not a dreamkit run folder")
+    ckpt = run_dir / "ckpts" / "last.ckpt"
+    return run_dir, OmegaConf.load(cfg_path), ckpt
+
+
+def _quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned.*")
+    warnings.filterwarnings("ignore", message=".*has `shuffle=True`.*")
+    warnings.filterwarnings("ignore", message=".*TensorBoard.*")
+    warnings.filterwarnings("ignore", message=".*LightningModule.log.*")
+
+
+class _Steps(torch.utils.data.Dataset):
+    """A dataset of step indices; the system draws its own cameras, so batches carry nothing."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True) -> Path:
+    """Train; returns the run folder. ``resume_dir`` continues that run from ``ckpts/last.ckpt``."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from .callbacks import AtomicCheckpoint, TextProgress, ValidationRenders
+    from .priors.configs import build_prior
+    from .system import DreamSystem, eval_cameras, resolve_device
+
+    _quiet_lightning()
+    device = resolve_device(str(cfg.device))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
+    ckpt_path = None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        ckpt = run_dir / "ckpts" / "last.ckpt"
+        if not ckpt.is_file():
+            raise DreamkitError(f"cannot resume {run_dir}: no checkpoint at {ckpt} (the run stopped before its "
+                                "first checkpoint; start it again)")
+        ckpt_path = str(ckpt)
+    else:
+        run_dir = make_run_dir(cfg)
+    # the config goes to disk first (atomically), so a failed start still documents itself
+    tmp = run_dir / f".{CONFIG_NAME}.tmp"
+    OmegaConf.save(cfg, tmp, resolve=True)
+    os.replace(tmp, run_dir / CONFIG_NAME)
+    print(f"run folder: {run_dir}", flush=True)
+
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    prior = build_prior(cfg.prior, device)
+    system = DreamSystem(cfg, run_dir)
+    system.attach_prior(prior)
+
+    max_steps = int(cfg.trainer.max_steps)
+    eval_cams = eval_cameras(cfg)
+    targets = None
+    if hasattr(prior, "target_images"):
+        with torch.no_grad():
+            targets = prior.target_images(eval_cams.to(device), 0).permute(0, 2, 3, 1).cpu()
+    callbacks: list[Any] = [
+        AtomicCheckpoint(run_dir / "ckpts", int(cfg.trainer.checkpoint_every), max_steps),
+        ValidationRenders(run_dir / "renders", int(cfg.trainer.val_every), max_steps, eval_cams, targets),
+    ]
+    use_rich = bool(cfg.trainer.progress) and sys.stdout.isatty()
+    if use_rich:
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    else:
+        callbacks.append(TextProgress(max(1, max_steps // 20), max_steps))
+    loggers = [CSVLogger(str(run_dir), name="logs", version=""),
+               TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)]
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=use_rich,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=int(cfg.trainer.log_every),
+        deterministic=False,
+        benchmark=False,
+    )
+    loader = torch.utils.data.DataLoader(_Steps(max_steps), batch_size=1, shuffle=False, num_workers=0)
+    t0 = time.perf_counter()
+    trainer.fit(system, train_dataloaders=loader, ckpt_path=ckpt_path)
+    elapsed = time.perf_counter() - t0
+    if trainer.global_step < max_steps:
+        raise DreamkitError(f"training stopped at step {trainer.global_step} of {max_steps}; resume with "
+                            f"`dreamkit fit resume={run_dir}`")
+    print(f"trained {max_steps} steps in {elapsed:.1f}s", flush=True)
+    if getattr(system, "val_psnr", None) is not None:
+        print(f"held-out PSNR: {system.val_psnr:.2f} dB", flush=True)
+    if export:
+        export_run(run_dir, list(cfg.export.formats) + (["mp4"] if cfg.export.turntable else []),
+                   system=system)
+    return run_dir
+
+
+def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: Optional[Path] = None) -> list[Path]:
+    """Write exports of a run into ``<run>/exports`` (or ``out_dir``); existing files are kept (numbered names)."""
+    from .imageio_utils import unique_path
+    from .registry import exporter
+    from .system import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
+
+    run_dir, cfg, ckpt = load_run(run_dir)
+    device = resolve_device(str(cfg.device))
+    if system is not None:
+        model = system.representation.eval()
+        background = system.background(1, training=False)[0].detach().cpu()
+    else:
+        if not ckpt.is_file():
+            raise DreamkitError(f"{run_dir} has no checkpoint yet ({ckpt}); nothing to export")
+        model = load_representation_from_checkpoint(cfg, ckpt, device)
+        background = background_from_checkpoint(cfg, ckpt)
+    out_dir = Path(out_dir) if out_dir else run_dir / "exports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {"ply": "gaussians.ply", "mp4": "turntable.mp4"}
+    written = []
+    for fmt in formats:
+        fn = exporter(fmt)
+        path = unique_path(out_dir / names.get(fmt, f"export.{fmt}"))
+        written.append(fn(model, path, export_cfg=cfg.export, background=background, device=device))
+        print(f"wrote {written[-1]}", flush=True)
+    return written
+
+
+def render_run(run_dir: Path, frames: Optional[int] = None, resolution: Optional[int] = None,
+               output: Optional[Path] = None) -> Path:
+    """Turntable MP4 (+ preview PNG) of a run's last checkpoint; an existing file is never overwritten."""
+    from .imageio_utils import unique_path
+    from .registry import exporter
+    from .system import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
+
+    run_dir, cfg, ckpt = load_run(run_dir)
+    if not ckpt.is_file():
+        raise DreamkitError(f"{run_dir} has no checkpoint yet ({ckpt}); nothing to render")
+    if frames is not None:
+        cfg.export.turntable_frames = frames
+    if resolution is not None:
+        cfg.export.turntable_resolution = resolution
+    device = resolve_device(str(cfg.device))
+    model = load_representation_from_checkpoint(cfg, ckpt, device)
+    target = Path(output) if output else run_dir / "exports" / "turntable.mp4"
+    path = exporter("mp4")(model, unique_path(target), export_cfg=cfg.export,
+                           background=background_from_checkpoint(cfg, ckpt), device=device)
+    print(f"wrote {path}", flush=True)
+    return path
