@@ -91,6 +91,8 @@ class TextProgress(pl.Callback):
         done = max(step - self.step0, 1)
         rate = done / max(elapsed, 1e-9)
         eta = (self.max_steps - step) / rate if rate > 0 else float("inf")
+        if isinstance(outputs, dict):
+            outputs = outputs.get("loss")
         loss = outputs.item() if torch.is_tensor(outputs) else float("nan")
         n = getattr(pl_module.representation, "num_gaussians", None)
         extra = f"  gaussians {n}" if n is not None else ""

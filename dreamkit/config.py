@@ -103,9 +103,9 @@ class DreamkitConfig:
     resume: Optional[str] = None
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
-    representation: Dict[str, Any] = field(default_factory=lambda: {"name": "gaussians"})
-    prior: Dict[str, Any] = field(default_factory=lambda: {"type": "stable-diffusion"})
-    guidance: Dict[str, Any] = field(default_factory=lambda: {"name": "sds"})
+    representation: Any = field(default_factory=lambda: {"name": "gaussians"})
+    prior: Any = field(default_factory=lambda: {"type": "stable-diffusion"})
+    guidance: Any = field(default_factory=lambda: {"name": "sds"})
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     #: lambda_<loss name>: weight (number or schedule) of each loss term; unlisted terms are not computed
@@ -233,6 +233,8 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"cannot read override {item!r} — write overrides as key=value, e.g. trainer.max_steps=600")
+    # `key=` (nothing after '=') means an empty string, not null
+    overrides = [item + "''" if item.split("=", 1)[1].strip() == "" else item for item in overrides]
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:

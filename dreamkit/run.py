@@ -87,6 +87,13 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     device = resolve_device(str(cfg.device))
     if device.type == "cuda":
         torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
+    # everything that can fail on bad input happens before the run folder exists
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    prior = build_prior(cfg.prior, device)
+    system = DreamSystem(cfg)
+    system.attach_prior(prior)
+    with torch.no_grad():
+        prior.encode_text([str(cfg.prompt).strip()], [str(cfg.negative_prompt)])  # e.g. a prompt the prior can't express
     ckpt_path = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
@@ -97,16 +104,12 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         ckpt_path = str(ckpt)
     else:
         run_dir = make_run_dir(cfg)
+    system.run_dir = run_dir
     # the config goes to disk first (atomically), so a failed start still documents itself
     tmp = run_dir / f".{CONFIG_NAME}.tmp"
     OmegaConf.save(cfg, tmp, resolve=True)
     os.replace(tmp, run_dir / CONFIG_NAME)
     print(f"run folder: {run_dir}", flush=True)
-
-    pl.seed_everything(int(cfg.seed), verbose=False)
-    prior = build_prior(cfg.prior, device)
-    system = DreamSystem(cfg, run_dir)
-    system.attach_prior(prior)
 
     max_steps = int(cfg.trainer.max_steps)
     eval_cams = eval_cameras(cfg)

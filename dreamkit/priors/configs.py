@@ -8,7 +8,8 @@ import torch
 @dataclass
 class OraclePriorConfig:
     type: str = "oracle"
-    #: target meshes: [{mesh: assets path or file, label: "a house"}]; labels are the prompts the prior understands
+    #: target meshes: [{mesh: assets path or file, label: "a house", weight: 1}]; labels are the prompts the prior
+    #: understands, weights the mixture proportions
     targets: List[Dict[str, Any]] = field(default_factory=lambda: [{"mesh": "meshes/house.ply", "label": "a house"}])
     resolution: int = 64
     #: background of the target renders in [0, 1] (use the same solid background for the representation)
@@ -35,7 +36,7 @@ def build_prior(cfg: Any, device: torch.device):
     if cfg.type == "oracle":
         from .oracle import OraclePrior
 
-        targets = [{"mesh": str(asset_path(t["mesh"])), "label": t["label"]} for t in cfg.targets]
+        targets = [dict(t, mesh=str(asset_path(t["mesh"]))) for t in cfg.targets]
         prior = OraclePrior(targets=targets, resolution=cfg.resolution, background=tuple(cfg.background),
                             ssaa=cfg.ssaa)
         return prior.to(device)
@@ -55,10 +56,10 @@ def check_prior_config(cfg: Any) -> None:
     from ..errors import DreamkitError
 
     if cfg.type == "stable-diffusion":
+        from .diffusers_sd import _looks_like_path
+
         name = str(cfg.name)
-        looks_like_path = os.sep in name.replace("/", os.sep) and (
-            name.startswith((".", "/", "~")) or name.count("/") != 1) or Path(name).expanduser().exists()
-        looks_like_path = looks_like_path or name.startswith((".", "/", "~"))
+        looks_like_path = _looks_like_path(name)
         if looks_like_path and not Path(name).expanduser().is_dir():
             raise DreamkitError(f"prior folder not found: {name} — pass prior.name=<folder with model_index.json> "
                                 "or a Hugging Face id such as stabilityai/stable-diffusion-2-1-base")

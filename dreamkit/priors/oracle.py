@@ -1,0 +1,237 @@
+"""The oracle prior: the exact denoiser of a known, finite set of target renders.
+
+For target meshes M_1..M_K with text labels, the data distribution at camera c is taken to be the (weighted)
+mixture of point masses at the renders R_c(M_k), x = 2·img − 1 in pixel space. Its Gaussian-smoothed version at
+noise level t, q_t(x_t) = Σ_k w_k·N(x_t; α_t·R_c(M_k), σ_t²·I), has the exact posterior mean (Tweedie's formula;
+see Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models", for the ideal denoiser
+of a finite data set):
+
+    x̂0 = Σ_k softmax_k(log w_k − ‖x_t − α_t·R_c(M_k)‖² / 2σ_t²) · R_c(M_k),   ε̂ = (x_t − α_t·x̂0) / σ_t,
+
+with α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t). A prompt selects the targets whose label it names (weights w_k > 0); the
+unconditional distribution is the mixture over all targets. Score distillation against it has known answers: one
+target must be recovered exactly, several expose mode seeking versus mode covering, and classifier-free guidance can
+be studied without a learned model.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..cameras import VIEW_SUFFIXES, Cameras
+from ..errors import ConfigError, DreamkitError
+from ..render.raster import render_mesh_colors
+from ..types import TextCond
+from ..world.meshes import load_colored_mesh
+from .base import Prior, ddpm_alphas_cumprod
+
+__all__ = ["OraclePrior", "normalize_prompt"]
+
+DEFAULT_TARGETS = ({"mesh": "meshes/house.ply", "label": "a house"},)
+
+_VIEW_SUFFIX_RE = re.compile(r"[,;\s]+(?:" + "|".join(re.escape(s) for s in VIEW_SUFFIXES) + r")$")
+
+
+def normalize_prompt(text: str) -> str:
+    """Lower-case, collapse whitespace, drop trailing punctuation and a trailing view suffix (", front view")."""
+    s = " ".join(text.lower().split()).strip(" .,;")
+    return _VIEW_SUFFIX_RE.sub("", s).strip(" .,;")
+
+
+class OraclePrior(Prior):
+    """A pixel-space prior whose ε̂ is exact for a mixture of target-mesh renders (see the module docstring).
+
+    Args:
+        targets: list of ``{"mesh": path or asset name, "label": text, "weight": float = 1}``; defaults to the
+            sample house labelled "a house".
+        resolution: side of the square images x [B, 3, r, r]; renders use the cameras' poses and field of view at
+            this size.
+        background: [3] colour behind the targets, in [0, 1].
+        ssaa: supersampling factor of the target renders (antialiased edges).
+        beta_schedule, num_train_timesteps: the ᾱ_t schedule (:func:`dreamkit.priors.base.ddpm_alphas_cumprod`).
+        uncond: what the unconditional branch is; only ``"all"`` (the mixture over every target) for now.
+        light_dir_world, ambient, diffuse: the fixed shading of :func:`dreamkit.render.raster.render_mesh_colors`.
+
+    Text conditions are [P, K] mixture weights (``TextCond.cond`` and ``.uncond``), so ``predict`` takes
+    ``cond`` [B, K].
+    """
+
+    channels = 3
+    latent = False
+
+    def __init__(
+        self,
+        targets: Optional[Sequence[dict]] = None,
+        resolution: int = 64,
+        background: Sequence[float] = (1.0, 1.0, 1.0),
+        ssaa: int = 2,
+        beta_schedule: str = "scaled_linear",
+        num_train_timesteps: int = 1000,
+        uncond: str = "all",
+        light_dir_world: Sequence[float] = (0.4, 0.8, 0.45),
+        ambient: float = 0.35,
+        diffuse: float = 0.65,
+    ):
+        super().__init__()
+        targets = list(DEFAULT_TARGETS if targets is None else targets)
+        if not targets:
+            raise ConfigError("OraclePrior needs at least one target {mesh: ..., label: ...}")
+        if uncond != "all":
+            raise ConfigError(f"OraclePrior uncond={uncond!r} is not supported; use 'all'")
+        self.resolution = int(resolution)
+        self.ssaa = int(ssaa)
+        self.uncond_mode = uncond
+        self.shading = dict(light_dir_world=tuple(light_dir_world), ambient=float(ambient), diffuse=float(diffuse))
+        self.labels: list[str] = []
+        self.meshes: list[str] = []
+        weights = []
+        for k, target in enumerate(targets):
+            if not isinstance(target, dict) or "mesh" not in target or "label" not in target:
+                raise ConfigError(f"OraclePrior target {k} must be a mapping with 'mesh' and 'label', got {target!r}")
+            unknown = set(target) - {"mesh", "label", "weight"}
+            if unknown:
+                raise ConfigError(f"OraclePrior target {k} has unknown keys {sorted(unknown)}; "
+                                  "allowed: mesh, label, weight")
+            weight = float(target.get("weight", 1.0))
+            if weight <= 0:
+                raise ConfigError(f"OraclePrior target {k} weight must be > 0, got {weight}")
+            verts, faces, colors = load_colored_mesh(target["mesh"])
+            self.register_buffer(f"_verts_{k}", verts, persistent=False)
+            self.register_buffer(f"_faces_{k}", faces, persistent=False)
+            self.register_buffer(f"_colors_{k}", colors, persistent=False)
+            self.labels.append(str(target["label"]))
+            self.meshes.append(str(target["mesh"]))
+            weights.append(weight)
+        self._normalized_labels = [normalize_prompt(label) for label in self.labels]
+        self.register_buffer("target_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.register_buffer("background", torch.tensor(background, dtype=torch.float32), persistent=False)
+        self.register_buffer("alphas_cumprod", ddpm_alphas_cumprod(num_train_timesteps, schedule=beta_schedule),
+                             persistent=False)
+        self._cache: Optional[tuple[torch.Tensor, int, int, torch.Tensor]] = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None  # cached renders live on the old device/dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ targets
+    @property
+    def num_targets(self) -> int:
+        return len(self.labels)
+
+    def target_mesh(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(verts [V, 3], faces [F, 3], face_colors [F, 3]) of target k."""
+        return getattr(self, f"_verts_{k}"), getattr(self, f"_faces_{k}"), getattr(self, f"_colors_{k}")
+
+    def _render_target(self, k: int, cameras: Cameras) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1]: target k seen by ``cameras`` at their own image size."""
+        verts, faces, colors = self.target_mesh(k)
+        rgb, _, _ = render_mesh_colors(verts, faces, cameras.to(verts.device), face_colors=colors,
+                                       background=self.background, ssaa=self.ssaa, **self.shading)
+        return rgb.permute(0, 3, 1, 2).contiguous()
+
+    def target_index(self, label_or_index: Union[str, int]) -> int:
+        """The index of a target given by index or by label (normalised as prompts are)."""
+        if isinstance(label_or_index, int):
+            if not 0 <= label_or_index < self.num_targets:
+                raise DreamkitError(f"target index {label_or_index} out of range: the oracle has {self.num_targets}")
+            return label_or_index
+        wanted = normalize_prompt(label_or_index)
+        hits = [k for k, label in enumerate(self._normalized_labels) if label == wanted]
+        if len(hits) != 1:
+            what = "matches no target" if not hits else f"matches targets {hits}; pass an index"
+            raise DreamkitError(f"label {label_or_index!r} {what}; labels: {self.labels}")
+        return hits[0]
+
+    @torch.no_grad()
+    def target_images(self, cameras: Cameras, label_or_index: Union[str, int] = 0) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1]: the target rendered by ``cameras`` at their image size (for PSNR on held-out
+        views). Rendered with the same shading, background and supersampling as the prior's targets."""
+        return self._render_target(self.target_index(label_or_index), cameras)
+
+    @torch.no_grad()
+    def render_targets(self, cameras: Cameras) -> torch.Tensor:
+        """[B, K, 3, r, r] in x space ([-1, 1]): every target at the prior's resolution, cached for repeated
+        cameras (classifier-free guidance evaluates the same cameras twice; duplicates are rendered once)."""
+        keys = torch.cat([cameras.c2w.reshape(len(cameras), -1), cameras.K.reshape(len(cameras), -1)], 1)
+        keys = keys.to(self.alphas_cumprod.device, torch.float64)
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        cache = self._cache
+        if (cache is not None and cache[1] == cameras.width and cache[2] == cameras.height
+                and cache[0].shape == unique.shape and torch.equal(cache[0], unique)):
+            renders = cache[3]
+        else:
+            first = torch.full((unique.shape[0],), len(cameras), dtype=torch.long, device=inverse.device)
+            first.scatter_reduce_(0, inverse, torch.arange(len(cameras), device=inverse.device), reduce="amin")
+            cams = cameras[first.to(cameras.c2w.device)].with_resolution(self.resolution, self.resolution)
+            renders = torch.stack([self._render_target(k, cams) for k in range(self.num_targets)], 1) * 2 - 1
+            self._cache = (unique, cameras.width, cameras.height, renders)
+        return renders[inverse.to(renders.device)]
+
+    # ------------------------------------------------------------------ text
+    def _weights_for(self, prompt: str) -> torch.Tensor:
+        wanted = normalize_prompt(prompt)
+        match = torch.tensor([label == wanted for label in self._normalized_labels], device=self.target_weights.device)
+        if not bool(match.any()):
+            raise DreamkitError(
+                f"the oracle prior cannot express the prompt {prompt!r}: it matches none of the target labels "
+                f"{self.labels} (matching ignores case, extra spaces and a view suffix such as ', front view')"
+            )
+        return self.target_weights * match
+
+    def encode_text(self, prompts: Sequence[str], negative: Optional[Sequence[str]] = None) -> TextCond:
+        """P prompts → TextCond with ``cond`` [P, K] (the weights of the targets whose label the prompt names) and
+        ``uncond`` [P, K] (all targets, or the targets a non-empty negative prompt names)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if negative is None or isinstance(negative, str):
+            negative = [negative or ""] * len(prompts)
+        if len(negative) != len(prompts):
+            raise DreamkitError(f"got {len(prompts)} prompts but {len(negative)} negative prompts")
+        cond = torch.stack([self._weights_for(p) for p in prompts])
+        uncond = torch.stack([self.target_weights.clone() if not n.strip() else self._weights_for(n)
+                              for n in negative])
+        return TextCond(cond, uncond, prompts)
+
+    # ------------------------------------------------------------------ denoising
+    def _alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = self.alphas_cumprod.to(like.device)[t.to(like.device).long()].to(like.dtype)
+        return abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
+
+    def _check(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cameras: Optional[Cameras]):
+        if cameras is None:
+            raise DreamkitError("the oracle prior renders its targets at the given cameras: pass cameras to predict")
+        B = x_t.shape[0]
+        r = self.resolution
+        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != (3, r, r):
+            raise DreamkitError(f"oracle prior expects x_t [B, 3, {r}, {r}], got {tuple(x_t.shape)}")
+        if len(cameras) != B:
+            raise DreamkitError(f"x_t has {B} samples but {len(cameras)} cameras were given")
+        if cond.ndim != 2 or tuple(cond.shape) != (B, self.num_targets):
+            raise DreamkitError(f"oracle prior expects cond [B, K] = [{B}, {self.num_targets}] target weights "
+                                f"(from its encode_text), got {tuple(cond.shape)}")
+        t = torch.as_tensor(t, device=x_t.device)
+        return t.expand(B) if t.ndim == 0 else t
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+        """The exact posterior mean x̂0 [B, 3, r, r] (x space) of the cond-weighted target mixture."""
+        t = self._check(x_t, t, cond, cameras)
+        renders = self.render_targets(cameras).to(x_t)  # [B, K, 3, r, r]
+        alpha, sigma = self._alpha_sigma(t, x_t)
+        sq_dist = (x_t[:, None] - alpha[:, None] * renders).flatten(2).square().sum(-1)  # [B, K]
+        # float64 logits: at small t, ‖·‖² / 2σ² reaches ~1e7 and float32 would lose the differences.
+        logits = -sq_dist.double() / (2 * sigma.view(-1, 1).double() ** 2) + torch.log(cond.double().clamp(min=0))
+        if bool(torch.isinf(logits).all(-1).any()):
+            raise DreamkitError("a cond row gives weight 0 to every target; build cond with encode_text")
+        weights = torch.softmax(logits, dim=-1).to(x_t.dtype)
+        return torch.einsum("bk,bkchw->bchw", weights, renders)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                cameras: Optional[Cameras] = None) -> torch.Tensor:
+        """Exact ε̂ = (x_t − α_t·x̂0) / σ_t for x_t [B, 3, r, r], t [B] timesteps, cond [B, K] weights."""
+        t = self._check(x_t, t, cond, cameras)
+        x0 = self.predict_x0(x_t, t, cond, cameras)
+        alpha, sigma = self._alpha_sigma(t, x_t)
+        return (x_t - alpha * x0) / sigma

@@ -1,0 +1,506 @@
+"""Differentiable rasterization of 3D Gaussians: gsplat's CUDA kernels when available, a tile-binned torch twin else.
+
+The algorithm is 3D Gaussian Splatting (Kerbl et al. 2023): every Gaussian is projected to an image-space ellipse
+with the EWA splatting approximation (Zwicker et al. 2001: the Jacobian of the perspective projection at the mean),
+the ellipses are binned into square tiles, sorted front to back, and alpha-composited per pixel. Numerical
+conventions follow gsplat (nerfstudio-project/gsplat), so that the two backends agree:
+
+* pixel centres at ``(x + 0.5, y + 0.5)``; ``eps2d`` added to the diagonal of every 2D covariance (a low-pass filter);
+* ``alpha = min(0.999, opacity · exp(-½ dᵀ Σ⁻¹ d))``, and samples with ``alpha < 1/255`` are skipped;
+* the Jacobian is evaluated with the view direction clamped to 1.3× the field of view (3DGS);
+* a Gaussian's support is its ``alpha ≥ 1/255`` ellipse, ``dᵀ Σ⁻¹ d ≤ 2·ln(255·opacity)`` (at most 3.33σ), and
+  ``radii`` are the per-axis half extents of that ellipse, rounded up.
+
+The torch twin differs from gsplat's kernel in one respect only: gsplat stops compositing a pixel once its
+transmittance would fall below 1e-4, the twin composites every sample, so the two differ by < 1e-4 per pixel there.
+
+The twin is written for speed on CPUs: each (camera, tile, Gaussian) intersection becomes one row of a dense
+[pairs, tile_size²] alpha tensor; pairs are grouped per tile into fixed-length chunks so that colour accumulation is a
+batched matrix product, and compositing is a cumulative product inside a chunk plus a float64 log-space prefix across
+the chunks of a tile. The backward pass is written by hand (the 3DGS gradient: dL/dα_i needs the colour accumulated
+*behind* sample i, a reverse cumulative sum) instead of taping a dozen full-size intermediates.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["rasterize_gaussians", "project_gaussians", "gsplat_available", "ALPHA_THRESHOLD", "ALPHA_MAX"]
+
+ALPHA_THRESHOLD = 1.0 / 255.0  # samples fainter than this are skipped (3DGS)
+ALPHA_MAX = 0.999  # per-sample alpha clamp (gsplat; the original 3DGS code uses 0.99)
+MAX_EXTEND = 3.33  # support radius in standard deviations for opacity 1 (sqrt(2·ln 255) ≈ 3.329)
+
+# Pairs of one tile are padded to a multiple of this many rows; each chunk is one batched-matmul block.
+_CHUNK_LEN = 16
+
+
+def gsplat_available() -> bool:
+    """True when gsplat imports (it compiles its CUDA kernels on first use, so this does not prove they run)."""
+    try:
+        import gsplat  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def default_tile_size(width: int, height: int) -> int:
+    """Tile size of the torch twin, measured on a 2-core CPU (scripts/bench_splat.py): 8 up to 64 px, 16 above."""
+    return 8 if max(width, height) <= 64 else 16
+
+
+def rasterize_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Optional[Tensor] = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    tile_size: Optional[int] = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """Render N Gaussians into B pinhole cameras (OpenCV axes: x right, y down, z forward).
+
+    Args:
+        means: [N, 3] world positions.
+        quats: [N, 4] rotations, wxyz, need not be normalised.
+        scales: [N, 3] standard deviations along the rotated axes (activated, > 0).
+        opacities: [N] in [0, 1] (activated).
+        colors: [N, D] or [B, N, D] evaluated colours (D = 3 for RGB; use :func:`dreamkit.render.sh.eval_sh` for SH).
+        viewmats: [B, 4, 4] world-to-camera matrices (``Cameras.viewmats``).
+        Ks: [B, 3, 3] pixel intrinsics.
+        width, height: image size in pixels.
+        background: [B, D], [D] or None (black), composited behind the Gaussians.
+        near_plane, far_plane: Gaussians whose camera-space z is outside (near, far) are culled.
+        eps2d: added to the diagonal of every projected 2D covariance (pixels²), a low-pass filter.
+        tile_size: tile edge in pixels; None picks :func:`default_tile_size` (torch) or 16 (gsplat).
+        backend: "auto" (gsplat for CUDA tensors when it imports, the torch twin otherwise), "torch" or "gsplat".
+
+    Returns:
+        rgb: [B, H, W, D] ``Σ_i w_i c_i + T·background``, with ``w_i = α_i Π_{j<i}(1 - α_j)`` front to back and
+            ``T = Π_i (1 - α_i)``.
+        alpha: [B, H, W, 1] accumulated opacity ``1 - T``.
+        depth: [B, H, W, 1] *accumulated* camera-space z, ``Σ_i w_i z_i`` (gsplat's "D" mode, not divided by alpha:
+            divide by ``alpha`` for the expected depth of the visible surface; 0 where empty).
+        meta: dict with
+            ``means2d`` [B, N, 2]: projected means in pixels, part of the autograd graph (``retain_grad`` is called
+            when it requires grad), so after ``backward`` its ``.grad`` is the image-space positional gradient that
+            3DGS densification thresholds;
+            ``radii`` [B, N] int32: half extent in pixels of each Gaussian's support (max over the two axes), 0 where
+            culled or off-screen;
+            ``depths`` [B, N]: camera-space z; ``width``, ``height``, ``n_cameras``, ``tile_size``, ``backend``.
+    """
+    if backend not in ("auto", "torch", "gsplat"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
+    use_gsplat = backend == "gsplat"
+    if backend == "auto" and means.is_cuda and gsplat_available():
+        use_gsplat = True
+    if use_gsplat:
+        return _rasterize_gsplat(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
+            near_plane, far_plane, eps2d, tile_size if tile_size is not None else 16,
+        )
+    return _rasterize_torch(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
+        near_plane, far_plane, eps2d, tile_size if tile_size is not None else default_tile_size(width, height),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# gsplat path
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _rasterize_gsplat(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, near_plane, far_plane, eps2d,
+    tile_size,
+):
+    try:
+        import gsplat  # imported here only: it compiles CUDA kernels on first use
+    except Exception as err:  # pragma: no cover - depends on the machine
+        raise RuntimeError(
+            "backend='gsplat' needs the gsplat package (pip install 'dreamkit[cuda]') and a CUDA build of torch; "
+            f"importing it failed: {err!r}. Use backend='torch' for the pure-torch rasterizer."
+        ) from err
+    if not means.is_cuda:
+        raise RuntimeError("backend='gsplat' needs CUDA tensors; move the Gaussians and cameras to a GPU first")
+    B = viewmats.shape[0]
+    D = colors.shape[-1]
+    backgrounds = None
+    if background is not None:
+        backgrounds = background.to(means).expand(B, D).contiguous()
+    render, alphas, info = gsplat.rasterization(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, packed=False, tile_size=tile_size,
+        backgrounds=backgrounds, render_mode="RGB+D",
+    )
+    # packed=False: means2d [B, N, 2]; radii [B, N] (gsplat < 1.5) or [B, N, 2] per axis (gsplat ≥ 1.5).
+    means2d = info["means2d"]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    radii = info["radii"]
+    if radii.dim() == 3:
+        radii = radii.max(dim=-1).values
+    meta = {
+        "means2d": means2d,
+        "radii": radii.to(torch.int32),
+        "depths": info.get("depths"),
+        "width": width,
+        "height": height,
+        "n_cameras": B,
+        "tile_size": tile_size,
+        "backend": "gsplat",
+        "gsplat_info": info,
+    }
+    return render[..., :D], alphas, render[..., D:D + 1], meta
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Projection (EWA splatting), shared by the torch twin and its tests
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[N, 4] wxyz (any norm) → [N, 3, 3] rotation matrices."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    rows = (
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    )
+    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def project_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+) -> dict[str, Tensor]:
+    """EWA projection of 3D Gaussians into B pinhole cameras (Zwicker et al. 2001; 3DGS, Kerbl et al. 2023).
+
+    Σ_world = R S Sᵀ Rᵀ; in camera space Σ_cam = W Σ_world Wᵀ; Σ_2d = J Σ_cam Jᵀ + eps2d·I with J the Jacobian of
+    (x, y, z) ↦ (fx·x/z + cx, fy·y/z + cy) at the mean (direction clamped to 1.3× the field of view, as 3DGS).
+
+    Args: as :func:`rasterize_gaussians`.
+
+    Returns: dict of
+        ``means2d`` [B, N, 2] pixels; ``depths`` [B, N] camera z; ``cov2d`` [B, N, 3] (xx, xy, yy) including eps2d;
+        ``conics`` [B, N, 3] (a, b, c) of Σ_2d⁻¹ = [[a, b], [b, c]]; ``valid`` [B, N] bool (inside the depth range
+        with a positive-definite Σ_2d). Entries that are not valid hold finite placeholders.
+    """
+    R = _quat_to_rotmat(quats)  # [N, 3, 3]
+    M = R * scales[:, None, :]  # R·diag(s), so Σ_world = M Mᵀ
+    Rv = viewmats[:, :3, :3]  # [B, 3, 3]
+    tv = viewmats[:, :3, 3]  # [B, 3]
+    p_cam = torch.einsum("bij,nj->bni", Rv, means) + tv[:, None, :]  # [B, N, 3]
+    W = torch.einsum("bij,njk->bnik", Rv, M)  # [B, N, 3, 3], Σ_cam = W Wᵀ
+    x, y, z = p_cam.unbind(-1)
+    in_range = (z > near_plane) & (z < far_plane)
+    # Placeholder depth for culled entries, so that nothing divides by ~0 (0·inf would poison the gradients).
+    z_safe = torch.where(in_range, z, torch.ones_like(z))
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [B, 1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    u, v = x / z_safe, y / z_safe
+    means2d = torch.stack([fx * u + cx, fy * v + cy], dim=-1)
+
+    # Jacobian rows J0 = fx/z·(1, 0, -u), J1 = fy/z·(0, 1, -v), with u, v clamped to 1.3× the half field of view.
+    lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
+    lim_x_neg = cx / fx + 0.3 * (0.5 * width / fx)
+    lim_y_pos = (height - cy) / fy + 0.3 * (0.5 * height / fy)
+    lim_y_neg = cy / fy + 0.3 * (0.5 * height / fy)
+    u_c = torch.maximum(torch.minimum(u, lim_x_pos), -lim_x_neg)
+    v_c = torch.maximum(torch.minimum(v, lim_y_pos), -lim_y_neg)
+    W0, W1, W2 = W[..., 0, :], W[..., 1, :], W[..., 2, :]  # rows of W, [B, N, 3]
+    T0 = (fx / z_safe)[..., None] * (W0 - u_c[..., None] * W2)  # J0·W
+    T1 = (fy / z_safe)[..., None] * (W1 - v_c[..., None] * W2)  # J1·W
+    cxx = (T0 * T0).sum(-1) + eps2d
+    cxy = (T0 * T1).sum(-1)
+    cyy = (T1 * T1).sum(-1) + eps2d
+    det = cxx * cyy - cxy * cxy
+    valid = in_range & (det > 0)
+    inv_det = 1.0 / torch.where(valid, det, torch.ones_like(det))
+    conics = torch.stack([cyy * inv_det, -cxy * inv_det, cxx * inv_det], dim=-1)
+    return {
+        "means2d": means2d,
+        "depths": z,
+        "cov2d": torch.stack([cxx, cxy, cyy], dim=-1),
+        "conics": conics,
+        "valid": valid,
+    }
+
+
+def support_extents(cov2d: Tensor, opacities: Tensor) -> tuple[Tensor, Tensor]:
+    """Half extents (pixels, x and y) of the ``alpha ≥ 1/255`` ellipse: k·sqrt(Σ_xx), k·sqrt(Σ_yy),
+    k = min(3.33, sqrt(2·ln(255·opacity))); zero where opacity < 1/255. cov2d [..., 3], opacities broadcastable."""
+    ratio = (opacities / ALPHA_THRESHOLD).clamp_min(1.0)
+    k = torch.sqrt(2.0 * torch.log(ratio)).clamp(max=MAX_EXTEND)
+    k = torch.where(opacities >= ALPHA_THRESHOLD, k, torch.zeros_like(k))
+    return k * cov2d[..., 0].clamp_min(0).sqrt(), k * cov2d[..., 2].clamp_min(0).sqrt()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Torch twin
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _rasterize_torch(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, near_plane, far_plane, eps2d,
+    tile_size,
+):
+    B, N = viewmats.shape[0], means.shape[0]
+    dtype, device = means.dtype, means.device
+    D = colors.shape[-1]
+    if colors.dim() == 2:
+        colors = colors.unsqueeze(0).expand(B, N, D)
+    if colors.shape != (B, N, D):
+        raise ValueError(f"colors must be [N, D] or [B, N, D] with B={B}, N={N}; got {tuple(colors.shape)}")
+    S = int(tile_size)
+    tiles_x, tiles_y = math.ceil(width / S), math.ceil(height / S)
+    n_tiles = B * tiles_x * tiles_y
+
+    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane)
+    means2d = proj["means2d"]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    depths = proj["depths"]
+
+    with torch.no_grad():
+        opac_bn = opacities.detach().expand(B, N)
+        rx, ry = support_extents(proj["cov2d"].detach(), opac_bn)
+        layout = _bin_into_tiles(
+            means2d.detach(), rx, ry, depths.detach(), proj["valid"] & (opac_bn >= ALPHA_THRESHOLD),
+            width, height, S, tiles_x, tiles_y,
+        )
+        radii = torch.maximum(torch.ceil(rx), torch.ceil(ry)).to(torch.int32) * layout.visible
+
+    # One row per (camera, Gaussian), plus a transparent dummy row that padding slots point at.
+    log_opacity = torch.log(opacities.clamp_min(1e-30)).expand(B, N)
+    table = torch.cat(
+        [means2d.reshape(B * N, 2), proj["conics"].reshape(B * N, 3), log_opacity.reshape(B * N, 1),
+         colors.reshape(B * N, D), depths.reshape(B * N, 1)],
+        dim=1,
+    )
+    dummy = torch.zeros(1, table.shape[1], dtype=dtype, device=device)
+    dummy[0, 5] = -100.0  # opacity e^-100: below the alpha threshold everywhere
+    table = torch.cat([table, dummy], dim=0)
+    slots = table.index_select(0, layout.slot_entry).view(-1, _CHUNK_LEN, table.shape[1])  # [n, L, 6 + D + 1]
+
+    # The exponent log(o) - ½ dᵀ Σ⁻¹ d of every pixel of a tile is a quadratic polynomial in the pixel's offset (u, v)
+    # from the tile centre; its 6 coefficients per pair are cheap [n, L] tensors differentiated by autograd.
+    mx, my, ca, cb, cc, lo = slots[..., :6].unbind(-1)
+    centre = layout.chunk_origin.to(dtype) + 0.5 * S  # [n, 2]
+    ex = centre[:, 0:1] - mx  # pixel offset from the mean = (u, v) + (ex, ey)
+    ey = centre[:, 1:2] - my
+    lin_x = ca * ex + cb * ey
+    lin_y = cb * ex + cc * ey
+    coefs = torch.stack(
+        [-0.5 * ca, -cb, -0.5 * cc, -lin_x, -lin_y, lo - 0.5 * (lin_x * ex + lin_y * ey)], dim=-1
+    )  # [n, L, 6] against the basis (u², uv, v², u, v, 1)
+    clamp = bool(opacities.detach().max() > ALPHA_MAX * (1.0 - 1e-4)) if N > 0 else False
+    feat, transmittance = _TileComposite.apply(
+        coefs, slots[..., 6:], layout.chunk_tile, layout.tile_first, layout.tile_last, n_tiles, S, clamp
+    )
+
+    def to_image(t: Tensor) -> Tensor:  # [B·TY·TX, S², C] → [B, H, W, C]
+        c = t.shape[-1]
+        t = t.view(B, tiles_y, tiles_x, S, S, c).permute(0, 1, 3, 2, 4, 5)
+        return t.reshape(B, tiles_y * S, tiles_x * S, c)[:, :height, :width]
+
+    feat_img = to_image(feat)
+    trans_img = to_image(transmittance.unsqueeze(-1))
+    rgb = feat_img[..., :D]
+    if background is not None:
+        bg = background.to(dtype=dtype, device=device)
+        bg = bg.expand(B, D) if bg.dim() == 1 else bg
+        rgb = rgb + trans_img * bg[:, None, None, :]
+    meta = {
+        "means2d": means2d,
+        "radii": radii,
+        "depths": depths,
+        "width": width,
+        "height": height,
+        "n_cameras": B,
+        "tile_size": S,
+        "backend": "torch",
+        "n_pairs": layout.n_pairs,
+    }
+    return rgb, 1.0 - trans_img, feat_img[..., D:D + 1], meta
+
+
+class _TileLayout(NamedTuple):
+    slot_entry: Tensor  # [n·L] row of the [B·N + 1] table per slot (B·N: the transparent dummy, for padding)
+    chunk_tile: Tensor  # [n] flat tile id b·TY·TX + ty·TX + tx; the chunks of one tile are contiguous
+    chunk_origin: Tensor  # [n, 2] pixel (x, y) of the tile's top-left corner
+    tile_first: Tensor  # [n_tiles] first chunk of each tile (0 where it has none; never read then)
+    tile_last: Tensor  # [n_tiles] last chunk of each tile
+    visible: Tensor  # [B, N] bool: touches at least one pixel centre
+    n_pairs: int
+
+
+def _bin_into_tiles(means2d, rx, ry, depths, candidate, width, height, S, tiles_x, tiles_y) -> _TileLayout:
+    """Enumerate (camera, tile, Gaussian) intersections and lay them out in per-tile chunks, front to back."""
+    B, N = depths.shape
+    device = depths.device
+    L = _CHUNK_LEN
+    n_tiles = B * tiles_x * tiles_y
+    # Pixel columns/rows whose centre (p + 0.5) lies within the support; a hair of margin absorbs rounding.
+    mx, my = means2d[..., 0], means2d[..., 1]
+    rx = rx * (1 + 1e-5) + 1e-4
+    ry = ry * (1 + 1e-5) + 1e-4
+    # Clamp in float before casting: far-off-screen means would overflow the integers otherwise.
+    px0 = torch.ceil(mx - rx - 0.5).clamp(-1, width)
+    px1 = torch.floor(mx + rx - 0.5).clamp(-1, width)
+    py0 = torch.ceil(my - ry - 0.5).clamp(-1, height)
+    py1 = torch.floor(my + ry - 0.5).clamp(-1, height)
+    visible = (
+        candidate & (px1 >= px0) & (py1 >= py0) & (px1 >= 0) & (px0 <= width - 1) & (py1 >= 0) & (py0 <= height - 1)
+    )
+
+    entry = visible.reshape(-1).nonzero().squeeze(1)  # flat b·N + n
+    entry = entry.index_select(0, torch.argsort(depths.reshape(-1).index_select(0, entry)))  # front to back
+    E = entry.numel()
+    box = torch.stack([px0, px1, py0, py1], dim=-1).reshape(-1, 4).index_select(0, entry).long()
+    tx0 = box[:, 0].clamp(0, width - 1) // S
+    tx1 = box[:, 1].clamp(0, width - 1) // S
+    ty0 = box[:, 2].clamp(0, height - 1) // S
+    ty1 = box[:, 3].clamp(0, height - 1) // S
+    nx = tx1 - tx0 + 1
+    count = nx * (ty1 - ty0 + 1)
+    first_pair = torch.cumsum(count, 0) - count
+    cam = entry // N
+    # Per-entry integers gathered to the pairs in one index_select: [depth rank, first tile id, nx, first pair].
+    base_tile = (cam * tiles_y + ty0) * tiles_x + tx0
+    per_entry = torch.stack([base_tile, nx, first_pair], dim=-1)
+    pair_entry = torch.repeat_interleave(torch.arange(E, device=device), count)  # = depth rank of each pair
+    P = pair_entry.numel()
+    per_pair = per_entry.index_select(0, pair_entry)
+    local = torch.arange(P, device=device) - per_pair[:, 2]
+    row = torch.div(local, per_pair[:, 1], rounding_mode="floor")
+    tile = per_pair[:, 0] + row * tiles_x + (local - row * per_pair[:, 1])
+    # Sort pairs by (tile, depth rank), both packed in one int64 key.
+    key = tile * max(E, 1) + pair_entry
+    key, _ = torch.sort(key)
+    tile = torch.div(key, max(E, 1), rounding_mode="floor")
+    pair_gauss = entry.index_select(0, key - tile * max(E, 1))
+
+    counts = torch.bincount(tile, minlength=n_tiles)
+    chunks_per_tile = (counts + L - 1) // L
+    first_of_tile = torch.cumsum(counts, 0) - counts
+    first_chunk = torch.cumsum(chunks_per_tile, 0) - chunks_per_tile
+    n_chunks = int(chunks_per_tile.sum())
+    shift = (first_chunk * L - first_of_tile).index_select(0, tile)
+    slot_entry = torch.full((n_chunks * L,), B * N, dtype=torch.long, device=device)
+    slot_entry[torch.arange(P, device=device) + shift] = pair_gauss
+    chunk_tile = torch.repeat_interleave(torch.arange(n_tiles, device=device), chunks_per_tile)
+    in_image = chunk_tile % (tiles_x * tiles_y)
+    chunk_origin = torch.stack([(in_image % tiles_x) * S, torch.div(in_image, tiles_x, rounding_mode="floor") * S], -1)
+    tile_last = first_chunk + chunks_per_tile - 1
+    return _TileLayout(slot_entry, chunk_tile, chunk_origin, first_chunk, tile_last, visible, P)
+
+
+def _pixel_basis(S: int, dtype, device) -> Tensor:
+    """[6, S²] the monomials (u², uv, v², u, v, 1) of each tile pixel's offset (u, v) from the tile centre."""
+    o = torch.arange(S, dtype=torch.float64) + 0.5 - 0.5 * S
+    v, u = torch.meshgrid(o, o, indexing="ij")  # row-major pixels: v over rows, u over columns
+    u, v = u.reshape(-1), v.reshape(-1)
+    return torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)]).to(dtype=dtype, device=device)
+
+
+class _TileComposite(torch.autograd.Function):
+    """Front-to-back alpha compositing of per-tile chunks of Gaussian samples, with a hand-written backward.
+
+    Inputs:
+        coefs: [n, L, 6] exponent coefficients per slot, α = min(0.999, exp(coefs · (u², uv, v², u, v, 1))), sorted
+            front to back within each tile; padding slots are transparent.
+        feats: [n, L, F] features per slot.
+        chunk_tile [n], tile_first / tile_last [n_tiles]: the layout of _bin_into_tiles.
+    Outputs:
+        feat: [n_tiles, S², F] Σ_i w_i f_i per tile pixel, w_i = α_i Π_{j<i}(1 - α_j).
+        transmittance: [n_tiles, S²] Π_i (1 - α_i).
+    """
+
+    @staticmethod
+    def forward(ctx, coefs, feats, chunk_tile, tile_first, tile_last, n_tiles, S, clamp):
+        n, L, _ = coefs.shape
+        dtype = coefs.dtype
+        S2 = S * S
+        basis = _pixel_basis(S, dtype, coefs.device)
+        alpha = (coefs.reshape(n * L, 6) @ basis).view(n, L, S2).exp_()
+        clamped = None
+        if clamp:
+            alpha.clamp_(max=ALPHA_MAX)
+            clamped = alpha >= ALPHA_MAX
+        torch.nn.functional.threshold_(alpha, ALPHA_THRESHOLD, 0.0)  # 3DGS skips samples with α < 1/255
+
+        # Transmittance behind each sample, T_{i+1} = Π_{j≤i}(1 - α_j): a cumulative product inside the chunk (no
+        # cancellation), times the product over the tile's earlier chunks, accumulated in float64 log space on a
+        # small [n, S²] tensor. Then w_i = α_i T_i = T_{i+1}·α_i/(1 - α_i), and that ratio is what backward needs.
+        ratio = torch.sub(1.0, alpha)
+        weights = torch.cumprod(ratio, dim=1)
+        log_chunk = weights[:, -1].double().log_().clamp_(min=-1e4)  # [n, S²]; an underflowed product reads 0
+        cum = log_chunk.cumsum(0)
+        before = cum - log_chunk  # Σ over every earlier chunk (all tiles)
+        if n > 0:
+            before -= before.index_select(0, tile_first.index_select(0, chunk_tile))  # restart at each tile
+            weights *= before.exp_().to(dtype).unsqueeze(1)
+        torch.div(alpha, ratio, out=ratio)
+        del alpha
+        weights *= ratio
+
+        feat_tiles = feats.new_zeros(n_tiles, S2, feats.shape[-1])
+        feat_tiles.index_add_(0, chunk_tile, torch.bmm(weights.transpose(1, 2), feats))
+        log_tiles = log_chunk.new_zeros(n_tiles, S2).index_add_(0, chunk_tile, log_chunk)
+        trans_tiles = log_tiles.exp_().to(dtype)
+
+        ctx.save_for_backward(feats, chunk_tile, tile_last, ratio, weights, trans_tiles, clamped)
+        ctx.S = S
+        return feat_tiles, trans_tiles
+
+    @staticmethod
+    def backward(ctx, grad_feat, grad_trans):
+        feats, chunk_tile, tile_last, ratio, weights, trans_tiles, clamped = ctx.saved_tensors
+        S = ctx.S
+        n, L, F = feats.shape
+        dtype = feats.dtype
+        if grad_feat is None:
+            grad_feat = torch.zeros(trans_tiles.shape + (F,), dtype=dtype, device=feats.device)
+        if grad_trans is None:
+            grad_trans = torch.zeros_like(trans_tiles)
+        g_chunk = grad_feat.index_select(0, chunk_tile)  # [n, S², F]
+        grad_feats = torch.bmm(weights, g_chunk)  # dL/df_i = Σ_pix w_i G
+        # ws_i = w_i (f_i · G): sample i's share of (dL/dC)·C at each pixel.
+        ws = torch.bmm(feats, g_chunk.transpose(1, 2)).mul_(weights)
+        # behind_i = Σ_{j>i, same tile} ws_j + T_N·dL/dT_N, from an inclusive cumsum inside the chunk and the
+        # totals of this chunk and of the tile's later chunks.
+        behind = ws.cumsum(dim=1)
+        chunk_tot = behind[:, -1].double()
+        cum = chunk_tot.cumsum(0)
+        rest = cum.index_select(0, tile_last.index_select(0, chunk_tile)) - cum + chunk_tot  # this & later chunks
+        rest = rest.to(dtype) + (trans_tiles * grad_trans).index_select(0, chunk_tile)
+        torch.sub(rest.unsqueeze(1), behind, out=behind)
+        # 3DGS gradient: dL/dα_i = T_i (f_i · G) - behind_i / (1 - α_i). With α = exp(E):
+        # dL/dE = α dL/dα = ws_i - behind_i·α_i/(1 - α_i). Samples below the threshold have α = 0: no gradient.
+        grad_e = ws.sub_(behind.mul_(ratio))
+        if clamped is not None:
+            grad_e.masked_fill_(clamped, 0.0)  # clamped samples do not move with the exponent
+        basis = _pixel_basis(S, dtype, feats.device)
+        grad_coefs = (grad_e.view(n * L, S * S) @ basis.T).view(n, L, 6)
+        return grad_coefs, grad_feats, None, None, None, None, None, None
