@@ -87,6 +87,10 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     device = resolve_device(str(cfg.device))
     if device.type == "cuda":
         torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
+    else:
+        from .render.splat import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()  # the CPU twin reallocates large temporaries every step; keep them mapped
     # everything that can fail on bad input happens before the run folder exists
     pl.seed_everything(int(cfg.seed), verbose=False)
     prior = build_prior(cfg.prior, device)

@@ -11,45 +11,100 @@ conventions follow gsplat (nerfstudio-project/gsplat), so that the two backends 
 * a Gaussian's support is its ``alpha ≥ 1/255`` ellipse, ``dᵀ Σ⁻¹ d ≤ 2·ln(255·opacity)`` (at most 3.33σ), and
   ``radii`` are the per-axis half extents of that ellipse, rounded up.
 
-The torch twin differs from gsplat's kernel in one respect only: gsplat stops compositing a pixel once its
-transmittance would fall below 1e-4, the twin composites every sample, so the two differ by < 1e-4 per pixel there.
+The torch twin differs from gsplat's kernel in two negligible respects: gsplat stops compositing a pixel once its
+transmittance would fall below 1e-4 (the twin composites every sample, so they differ by < 1e-4 there), and the twin
+flushes transmittance below 1e-20 to zero (it keeps slow denormal floats out of the CPU passes).
 
-The twin is written for speed on CPUs: each (camera, tile, Gaussian) intersection becomes one row of a dense
-[pairs, tile_size²] alpha tensor; pairs are grouped per tile into fixed-length chunks so that colour accumulation is a
-batched matrix product, and compositing is a cumulative product inside a chunk plus a float64 log-space prefix across
-the chunks of a tile. The backward pass is written by hand (the 3DGS gradient: dL/dα_i needs the colour accumulated
-*behind* sample i, a reverse cumulative sum) instead of taping a dozen full-size intermediates.
+The twin is written for speed on CPUs (about 25× faster than a dense every-pixel-times-every-Gaussian renderer at
+5k Gaussians, 4 × 64²; see scripts/bench_splat.py):
+
+* every (camera, tile, Gaussian) intersection, found from the Gaussian's support box, becomes one row of a dense
+  [pairs, tile_size²] tensor; rows are sorted by (camera, tile, depth) with one integer sort and padded per tile to
+  chunks of ``_CHUNK_LEN`` rows;
+* the exponent ``log(o) - ½ dᵀ Σ⁻¹ d`` over a tile is a quadratic polynomial in the pixel offset, so all exponents are
+  one GEMM of per-pair coefficients with a fixed monomial basis;
+* transmittance is a cumulative product inside each chunk times a float64 log-space prefix over the tile's earlier
+  chunks (exact: no cancellation), colours are a batched matrix product per chunk;
+* the backward pass is written by hand (the 3DGS gradient: dL/dα_i needs the colour accumulated *behind* sample i,
+  a reverse cumulative sum) instead of taping a dozen full-size intermediates.
+
+Memory is about five float tensors of [pairs × tile_size²] per call (plus two kept for backward), e.g. 10 MB each for
+5k Gaussians in 4 cameras at 64².
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["rasterize_gaussians", "project_gaussians", "gsplat_available", "ALPHA_THRESHOLD", "ALPHA_MAX"]
+__all__ = [
+    "rasterize_gaussians",
+    "project_gaussians",
+    "gsplat_available",
+    "keep_freed_cpu_memory",
+    "ALPHA_THRESHOLD",
+    "ALPHA_MAX",
+]
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # samples fainter than this are skipped (3DGS)
 ALPHA_MAX = 0.999  # per-sample alpha clamp (gsplat; the original 3DGS code uses 0.99)
 MAX_EXTEND = 3.33  # support radius in standard deviations for opacity 1 (sqrt(2·ln 255) ≈ 3.329)
 
 # Pairs of one tile are padded to a multiple of this many rows; each chunk is one batched-matmul block.
-_CHUNK_LEN = 16
+_CHUNK_LEN = 32
+_LOG_ALPHA_MAX = math.log(ALPHA_MAX)
+_LOG_TRANSMITTANCE_MIN = -46.0  # transmittance below e^-46 ≈ 1e-20 is flushed to 0
+_DUMMY_LOG_OPACITY = -60.0  # padding slots: alpha ≤ e^-60, far below the threshold (and not a float32 denormal)
+
+
+_GSPLAT_IMPORTS: Optional[bool] = None  # cached result of importing gsplat
+_GSPLAT_RUNS: Optional[bool] = None  # whether its first rasterization in "auto" mode worked (kernels compiled)
 
 
 def gsplat_available() -> bool:
     """True when gsplat imports (it compiles its CUDA kernels on first use, so this does not prove they run)."""
-    try:
-        import gsplat  # noqa: F401
-    except Exception:
-        return False
-    return True
+    global _GSPLAT_IMPORTS
+    if _GSPLAT_IMPORTS is None:
+        try:
+            import gsplat  # noqa: F401
+        except Exception:
+            _GSPLAT_IMPORTS = False
+        else:
+            _GSPLAT_IMPORTS = True
+    return _GSPLAT_IMPORTS
 
 
 def default_tile_size(width: int, height: int) -> int:
-    """Tile size of the torch twin, measured on a 2-core CPU (scripts/bench_splat.py): 8 up to 64 px, 16 above."""
-    return 8 if max(width, height) <= 64 else 16
+    """Tile edge of the torch twin. 4 was fastest on a 2-core CPU at both 64² and 128² (scripts/bench_splat.py):
+    smaller tiles waste fewer pixel evaluations outside each Gaussian's ellipse, larger ones have fewer pairs."""
+    return 4
+
+
+def keep_freed_cpu_memory(threshold_bytes: int = 1 << 30) -> bool:
+    """Ask glibc's malloc to keep freed blocks up to ``threshold_bytes`` for reuse instead of returning them to the OS.
+
+    The torch twin allocates several tensors of [pairs·tile², 4 bytes] every step (about 10 MB each for 5k Gaussians,
+    4 cameras, 64²). By default glibc hands such blocks back to the OS when they are freed, so every step page-faults
+    them in again; in a virtual machine that cost a quarter of the rasterizer's time (measured with
+    scripts/bench_splat.py). This is process-wide, so it is opt-in: a training entry point may call it once. The
+    price is that the process keeps its peak heap size. Returns False where it does not apply (not Linux/glibc).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from <malloc.h>
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, threshold_bytes)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def rasterize_gaussians(
@@ -100,16 +155,26 @@ def rasterize_gaussians(
             culled or off-screen;
             ``depths`` [B, N]: camera-space z; ``width``, ``height``, ``n_cameras``, ``tile_size``, ``backend``.
     """
+    global _GSPLAT_RUNS
     if backend not in ("auto", "torch", "gsplat"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
-    use_gsplat = backend == "gsplat"
-    if backend == "auto" and means.is_cuda and gsplat_available():
-        use_gsplat = True
-    if use_gsplat:
-        return _rasterize_gsplat(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
-            near_plane, far_plane, eps2d, tile_size if tile_size is not None else 16,
-        )
+    gsplat_args = (
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
+        near_plane, far_plane, eps2d, tile_size if tile_size is not None else 16,
+    )
+    if backend == "gsplat":
+        return _rasterize_gsplat(*gsplat_args)
+    if backend == "auto" and means.is_cuda and _GSPLAT_RUNS is not False and gsplat_available():
+        if _GSPLAT_RUNS:
+            return _rasterize_gsplat(*gsplat_args)
+        try:  # the first call compiles gsplat's kernels; if that fails, fall back to the twin for good
+            out = _rasterize_gsplat(*gsplat_args)
+        except Exception as err:
+            _GSPLAT_RUNS = False
+            warnings.warn(f"gsplat failed ({err!r}); rendering Gaussians with the torch rasterizer instead")
+        else:
+            _GSPLAT_RUNS = True
+            return out
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
         near_plane, far_plane, eps2d, tile_size if tile_size is not None else default_tile_size(width, height),
@@ -268,6 +333,11 @@ def _rasterize_torch(
     B, N = viewmats.shape[0], means.shape[0]
     dtype, device = means.dtype, means.device
     D = colors.shape[-1]
+    expected = {"means": (means, (N, 3)), "quats": (quats, (N, 4)), "scales": (scales, (N, 3)),
+                "opacities": (opacities, (N,)), "viewmats": (viewmats, (B, 4, 4)), "Ks": (Ks, (B, 3, 3))}
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
     if colors.dim() == 2:
         colors = colors.unsqueeze(0).expand(B, N, D)
     if colors.shape != (B, N, D):
@@ -287,45 +357,31 @@ def _rasterize_torch(
         rx, ry = support_extents(proj["cov2d"].detach(), opac_bn)
         layout = _bin_into_tiles(
             means2d.detach(), rx, ry, depths.detach(), proj["valid"] & (opac_bn >= ALPHA_THRESHOLD),
-            width, height, S, tiles_x, tiles_y,
+            width, height, S, tiles_x, tiles_y, near_plane,
         )
         radii = torch.maximum(torch.ceil(rx), torch.ceil(ry)).to(torch.int32) * layout.visible
 
-    # One row per (camera, Gaussian), plus a transparent dummy row that padding slots point at.
+    # One column per (camera, Gaussian), plus a transparent dummy column that padding slots point at. Columns (not
+    # rows) so that each parameter of the gathered slots is a contiguous row, and the scatter-add back is fast.
     log_opacity = torch.log(opacities.clamp_min(1e-30)).expand(B, N)
     table = torch.cat(
-        [means2d.reshape(B * N, 2), proj["conics"].reshape(B * N, 3), log_opacity.reshape(B * N, 1),
-         colors.reshape(B * N, D), depths.reshape(B * N, 1)],
-        dim=1,
+        [means2d.reshape(B * N, 2).T, proj["conics"].reshape(B * N, 3).T, log_opacity.reshape(1, B * N),
+         colors.reshape(B * N, D).T, depths.reshape(1, B * N)],
+        dim=0,
     )
-    dummy = torch.zeros(1, table.shape[1], dtype=dtype, device=device)
-    dummy[0, 5] = -100.0  # opacity e^-100: below the alpha threshold everywhere
-    table = torch.cat([table, dummy], dim=0)
-    slots = table.index_select(0, layout.slot_entry).view(-1, _CHUNK_LEN, table.shape[1])  # [n, L, 6 + D + 1]
-
-    # The exponent log(o) - ½ dᵀ Σ⁻¹ d of every pixel of a tile is a quadratic polynomial in the pixel's offset (u, v)
-    # from the tile centre; its 6 coefficients per pair are cheap [n, L] tensors differentiated by autograd.
-    mx, my, ca, cb, cc, lo = slots[..., :6].unbind(-1)
-    centre = layout.chunk_origin.to(dtype) + 0.5 * S  # [n, 2]
-    ex = centre[:, 0:1] - mx  # pixel offset from the mean = (u, v) + (ex, ey)
-    ey = centre[:, 1:2] - my
-    lin_x = ca * ex + cb * ey
-    lin_y = cb * ex + cc * ey
-    coefs = torch.stack(
-        [-0.5 * ca, -cb, -0.5 * cc, -lin_x, -lin_y, lo - 0.5 * (lin_x * ex + lin_y * ey)], dim=-1
-    )  # [n, L, 6] against the basis (u², uv, v², u, v, 1)
+    dummy = torch.zeros(table.shape[0], 1, dtype=dtype, device=device)
+    dummy[5] = _DUMMY_LOG_OPACITY
+    table = torch.cat([table, dummy], dim=1)  # [6 + D + 1, B·N + 1]
     clamp = bool(opacities.detach().max() > ALPHA_MAX * (1.0 - 1e-4)) if N > 0 else False
-    feat, transmittance = _TileComposite.apply(
-        coefs, slots[..., 6:], layout.chunk_tile, layout.tile_first, layout.tile_last, n_tiles, S, clamp
-    )
+    feat, transmittance = _TileComposite.apply(table, layout, n_tiles, S, clamp)
 
-    def to_image(t: Tensor) -> Tensor:  # [B·TY·TX, S², C] → [B, H, W, C]
-        c = t.shape[-1]
-        t = t.view(B, tiles_y, tiles_x, S, S, c).permute(0, 1, 3, 2, 4, 5)
+    def to_image(t: Tensor) -> Tensor:  # [B·TY·TX, C, S²] → [B, H, W, C]
+        c = t.shape[1]
+        t = t.view(B, tiles_y, tiles_x, c, S, S).permute(0, 1, 4, 2, 5, 3)
         return t.reshape(B, tiles_y * S, tiles_x * S, c)[:, :height, :width]
 
     feat_img = to_image(feat)
-    trans_img = to_image(transmittance.unsqueeze(-1))
+    trans_img = to_image(transmittance.unsqueeze(1))
     rgb = feat_img[..., :D]
     if background is not None:
         bg = background.to(dtype=dtype, device=device)
@@ -346,16 +402,19 @@ def _rasterize_torch(
 
 
 class _TileLayout(NamedTuple):
-    slot_entry: Tensor  # [n·L] row of the [B·N + 1] table per slot (B·N: the transparent dummy, for padding)
+    slot_entry: Tensor  # [n·L] column of the [C, B·N + 1] table per slot (B·N: the transparent dummy, padding)
     chunk_tile: Tensor  # [n] flat tile id b·TY·TX + ty·TX + tx; the chunks of one tile are contiguous
     chunk_origin: Tensor  # [n, 2] pixel (x, y) of the tile's top-left corner
     tile_first: Tensor  # [n_tiles] first chunk of each tile (0 where it has none; never read then)
     tile_last: Tensor  # [n_tiles] last chunk of each tile
     visible: Tensor  # [B, N] bool: touches at least one pixel centre
     n_pairs: int
+    chunk_len: int  # L, slots per chunk
 
 
-def _bin_into_tiles(means2d, rx, ry, depths, candidate, width, height, S, tiles_x, tiles_y) -> _TileLayout:
+def _bin_into_tiles(
+    means2d, rx, ry, depths, candidate, width, height, S, tiles_x, tiles_y, near_plane=0.0
+) -> _TileLayout:
     """Enumerate (camera, tile, Gaussian) intersections and lay them out in per-tile chunks, front to back."""
     B, N = depths.shape
     device = depths.device
@@ -375,31 +434,39 @@ def _bin_into_tiles(means2d, rx, ry, depths, candidate, width, height, S, tiles_
     )
 
     entry = visible.reshape(-1).nonzero().squeeze(1)  # flat b·N + n
-    entry = entry.index_select(0, torch.argsort(depths.reshape(-1).index_select(0, entry)))  # front to back
+    # Front to back. Depths of visible entries are > near_plane > 0, and the bit patterns of positive IEEE floats
+    # sort like the floats themselves; sorting them as integers is faster than a float sort.
+    visible_depth = depths.reshape(-1).index_select(0, entry)
+    if depths.dtype in (torch.float32, torch.float64) and near_plane >= 0:
+        visible_depth = visible_depth.view(torch.int32 if depths.dtype == torch.float32 else torch.int64)
+    entry = entry.index_select(0, torch.argsort(visible_depth))
     E = entry.numel()
-    box = torch.stack([px0, px1, py0, py1], dim=-1).reshape(-1, 4).index_select(0, entry).long()
-    tx0 = box[:, 0].clamp(0, width - 1) // S
-    tx1 = box[:, 1].clamp(0, width - 1) // S
-    ty0 = box[:, 2].clamp(0, height - 1) // S
-    ty1 = box[:, 3].clamp(0, height - 1) // S
+    # Integer work below is int32 (half the memory traffic of int64) except the sort key.
+    i32 = torch.int32
+    box = torch.stack([px0, px1, py0, py1]).reshape(4, -1).index_select(1, entry)
+    tx0 = box[0].clamp(0, width - 1).to(i32) // S
+    tx1 = box[1].clamp(0, width - 1).to(i32) // S
+    ty0 = box[2].clamp(0, height - 1).to(i32) // S
+    ty1 = box[3].clamp(0, height - 1).to(i32) // S
     nx = tx1 - tx0 + 1
     count = nx * (ty1 - ty0 + 1)
-    first_pair = torch.cumsum(count, 0) - count
-    cam = entry // N
-    # Per-entry integers gathered to the pairs in one index_select: [depth rank, first tile id, nx, first pair].
-    base_tile = (cam * tiles_y + ty0) * tiles_x + tx0
-    per_entry = torch.stack([base_tile, nx, first_pair], dim=-1)
-    pair_entry = torch.repeat_interleave(torch.arange(E, device=device), count)  # = depth rank of each pair
+    first_pair = torch.cumsum(count, 0, dtype=i32) - count
+    cam = (entry // N).to(i32)
+    # Per-entry integers gathered to the pairs in one index_select: first tile id, tiles per row, first pair.
+    per_entry = torch.stack([(cam * tiles_y + ty0) * tiles_x + tx0, nx, first_pair])
+    pair_entry = torch.repeat_interleave(torch.arange(E, device=device, dtype=i32), count)  # = depth rank
     P = pair_entry.numel()
-    per_pair = per_entry.index_select(0, pair_entry)
-    local = torch.arange(P, device=device) - per_pair[:, 2]
-    row = torch.div(local, per_pair[:, 1], rounding_mode="floor")
-    tile = per_pair[:, 0] + row * tiles_x + (local - row * per_pair[:, 1])
-    # Sort pairs by (tile, depth rank), both packed in one int64 key.
-    key = tile * max(E, 1) + pair_entry
+    base_tile, nx_p, first_p = per_entry.index_select(1, pair_entry)
+    local = torch.arange(P, device=device, dtype=i32) - first_p
+    row = local // nx_p
+    tile = base_tile + row * (tiles_x - nx_p) + local  # = base + row·tiles_x + (local - row·nx)
+    # Sort pairs by (tile, depth rank), both packed in one integer key (int32 when it fits: twice as fast).
+    E1 = max(E, 1)
+    key = tile * E1 + pair_entry if n_tiles * E1 < 2**31 else tile.long() * E1 + pair_entry
     key, _ = torch.sort(key)
-    tile = torch.div(key, max(E, 1), rounding_mode="floor")
-    pair_gauss = entry.index_select(0, key - tile * max(E, 1))
+    tile = torch.div(key, E1, rounding_mode="floor")
+    pair_gauss = entry.index_select(0, (key - tile * E1).long())
+    tile = tile.long()
 
     counts = torch.bincount(tile, minlength=n_tiles)
     chunks_per_tile = (counts + L - 1) // L
@@ -413,7 +480,7 @@ def _bin_into_tiles(means2d, rx, ry, depths, candidate, width, height, S, tiles_
     in_image = chunk_tile % (tiles_x * tiles_y)
     chunk_origin = torch.stack([(in_image % tiles_x) * S, torch.div(in_image, tiles_x, rounding_mode="floor") * S], -1)
     tile_last = first_chunk + chunks_per_tile - 1
-    return _TileLayout(slot_entry, chunk_tile, chunk_origin, first_chunk, tile_last, visible, P)
+    return _TileLayout(slot_entry, chunk_tile, chunk_origin, first_chunk, tile_last, visible, P, L)
 
 
 def _pixel_basis(S: int, dtype, device) -> Tensor:
@@ -428,26 +495,31 @@ class _TileComposite(torch.autograd.Function):
     """Front-to-back alpha compositing of per-tile chunks of Gaussian samples, with a hand-written backward.
 
     Inputs:
-        coefs: [n, L, 6] exponent coefficients per slot, α = min(0.999, exp(coefs · (u², uv, v², u, v, 1))), sorted
-            front to back within each tile; padding slots are transparent.
-        feats: [n, L, F] features per slot.
-        chunk_tile [n], tile_first / tile_last [n_tiles]: the layout of _bin_into_tiles.
+        table: [6 + F, B·N + 1] one column per (camera, Gaussian): mean x, mean y, conic a, b, c, log opacity, then F
+            features; the last column is a transparent dummy for padding slots.
+        layout: the _TileLayout of _bin_into_tiles (slots sorted front to back within each tile).
     Outputs:
-        feat: [n_tiles, S², F] Σ_i w_i f_i per tile pixel, w_i = α_i Π_{j<i}(1 - α_j).
+        feat: [n_tiles, F, S²] Σ_i w_i f_i per tile pixel (row-major in the tile), w_i = α_i Π_{j<i}(1 - α_j).
         transmittance: [n_tiles, S²] Π_i (1 - α_i).
+
+    Per slot, the exponent E = log(o) - ½ dᵀ Σ⁻¹ d at the tile's pixels is a quadratic polynomial in the pixel's
+    offset (u, v) from the tile centre, so all exponents of all slots are one GEMM: [n·L, 6] coefficients times the
+    [6, S²] monomials (u², uv, v², u, v, 1); and the backward to the coefficients is the transposed GEMM.
     """
 
     @staticmethod
-    def forward(ctx, coefs, feats, chunk_tile, tile_first, tile_last, n_tiles, S, clamp):
-        n, L, _ = coefs.shape
-        dtype = coefs.dtype
-        S2 = S * S
-        basis = _pixel_basis(S, dtype, coefs.device)
-        alpha = (coefs.reshape(n * L, 6) @ basis).view(n, L, S2).exp_()
-        clamped = None
-        if clamp:
-            alpha.clamp_(max=ALPHA_MAX)
-            clamped = alpha >= ALPHA_MAX
+    def forward(ctx, table, layout, n_tiles, S, clamp):
+        dtype = table.dtype
+        n, L, S2 = layout.chunk_tile.numel(), layout.chunk_len, S * S
+        F = table.shape[0] - 6
+        slots = table.index_select(1, layout.slot_entry)  # [6 + F, n·L]
+        ex, ey, coefs = _exponent_coefficients(slots, layout.chunk_origin, L, S)
+        basis = _pixel_basis(S, dtype, table.device)
+        exponent = (coefs.T @ basis).view(n, L, S2)
+        # Clamping the exponent from below keeps exp() away from denormal results, which are very slow on CPUs.
+        exponent.clamp_(min=-80.0, max=_LOG_ALPHA_MAX if clamp else None)
+        clamped = exponent >= _LOG_ALPHA_MAX if clamp else None
+        alpha = exponent.exp_()
         torch.nn.functional.threshold_(alpha, ALPHA_THRESHOLD, 0.0)  # 3DGS skips samples with α < 1/255
 
         # Transmittance behind each sample, T_{i+1} = Π_{j≤i}(1 - α_j): a cumulative product inside the chunk (no
@@ -455,52 +527,94 @@ class _TileComposite(torch.autograd.Function):
         # small [n, S²] tensor. Then w_i = α_i T_i = T_{i+1}·α_i/(1 - α_i), and that ratio is what backward needs.
         ratio = torch.sub(1.0, alpha)
         weights = torch.cumprod(ratio, dim=1)
-        log_chunk = weights[:, -1].double().log_().clamp_(min=-1e4)  # [n, S²]; an underflowed product reads 0
+        log_chunk = torch.log(weights[:, -1].double()).clamp_(min=-1e4)  # [n, S²]; an underflowed product reads 0
         cum = log_chunk.cumsum(0)
         before = cum - log_chunk  # Σ over every earlier chunk (all tiles)
         if n > 0:
-            before -= before.index_select(0, tile_first.index_select(0, chunk_tile))  # restart at each tile
+            before -= before.index_select(0, layout.tile_first.index_select(0, layout.chunk_tile))  # restart per tile
+            # Transmittance below e^-46 ≈ 1e-20 is flushed to 0: it changes nothing visible, and it keeps the samples
+            # behind opaque surfaces from filling every later pass with slow denormal floats.
+            before.masked_fill_(before < _LOG_TRANSMITTANCE_MIN, -math.inf)
             weights *= before.exp_().to(dtype).unsqueeze(1)
         torch.div(alpha, ratio, out=ratio)
-        del alpha
+        del alpha, exponent
         weights *= ratio
 
-        feat_tiles = feats.new_zeros(n_tiles, S2, feats.shape[-1])
-        feat_tiles.index_add_(0, chunk_tile, torch.bmm(weights.transpose(1, 2), feats))
-        log_tiles = log_chunk.new_zeros(n_tiles, S2).index_add_(0, chunk_tile, log_chunk)
+        feats = slots[6:].view(F, n, L).transpose(0, 1)  # [n, F, L]
+        feat_tiles = table.new_zeros(n_tiles, F, S2)
+        feat_tiles.index_add_(0, layout.chunk_tile, torch.bmm(feats, weights))
+        log_tiles = log_chunk.new_zeros(n_tiles, S2).index_add_(0, layout.chunk_tile, log_chunk)
         trans_tiles = log_tiles.exp_().to(dtype)
 
-        ctx.save_for_backward(feats, chunk_tile, tile_last, ratio, weights, trans_tiles, clamped)
-        ctx.S = S
+        ctx.save_for_backward(slots, ex, ey, ratio, weights, trans_tiles, clamped)
+        ctx.layout, ctx.S, ctx.table_shape = layout, S, table.shape
         return feat_tiles, trans_tiles
 
     @staticmethod
     def backward(ctx, grad_feat, grad_trans):
-        feats, chunk_tile, tile_last, ratio, weights, trans_tiles, clamped = ctx.saved_tensors
-        S = ctx.S
-        n, L, F = feats.shape
-        dtype = feats.dtype
+        slots, ex, ey, ratio, weights, trans_tiles, clamped = ctx.saved_tensors
+        layout, S = ctx.layout, ctx.S
+        n, L, S2 = weights.shape
+        F = slots.shape[0] - 6
+        dtype = slots.dtype
         if grad_feat is None:
-            grad_feat = torch.zeros(trans_tiles.shape + (F,), dtype=dtype, device=feats.device)
+            grad_feat = torch.zeros((trans_tiles.shape[0], F, S2), dtype=dtype, device=slots.device)
         if grad_trans is None:
             grad_trans = torch.zeros_like(trans_tiles)
-        g_chunk = grad_feat.index_select(0, chunk_tile)  # [n, S², F]
-        grad_feats = torch.bmm(weights, g_chunk)  # dL/df_i = Σ_pix w_i G
+        g_chunk = grad_feat.index_select(0, layout.chunk_tile)  # [n, F, S²]
+        grad_feats = torch.bmm(g_chunk, weights.transpose(1, 2))  # [n, F, L]: dL/df_i = Σ_pix w_i G
         # ws_i = w_i (f_i · G): sample i's share of (dL/dC)·C at each pixel.
-        ws = torch.bmm(feats, g_chunk.transpose(1, 2)).mul_(weights)
+        feats_nlf = slots[6:].T.reshape(n, L, F)
+        ws = torch.bmm(feats_nlf, g_chunk).mul_(weights)
         # behind_i = Σ_{j>i, same tile} ws_j + T_N·dL/dT_N, from an inclusive cumsum inside the chunk and the
         # totals of this chunk and of the tile's later chunks.
         behind = ws.cumsum(dim=1)
         chunk_tot = behind[:, -1].double()
         cum = chunk_tot.cumsum(0)
-        rest = cum.index_select(0, tile_last.index_select(0, chunk_tile)) - cum + chunk_tot  # this & later chunks
-        rest = rest.to(dtype) + (trans_tiles * grad_trans).index_select(0, chunk_tile)
+        rest = cum.index_select(0, layout.tile_last.index_select(0, layout.chunk_tile)) - cum + chunk_tot
+        rest = rest.to(dtype) + (trans_tiles * grad_trans).index_select(0, layout.chunk_tile)
         torch.sub(rest.unsqueeze(1), behind, out=behind)
         # 3DGS gradient: dL/dα_i = T_i (f_i · G) - behind_i / (1 - α_i). With α = exp(E):
         # dL/dE = α dL/dα = ws_i - behind_i·α_i/(1 - α_i). Samples below the threshold have α = 0: no gradient.
         grad_e = ws.sub_(behind.mul_(ratio))
+        del behind
         if clamped is not None:
             grad_e.masked_fill_(clamped, 0.0)  # clamped samples do not move with the exponent
-        basis = _pixel_basis(S, dtype, feats.device)
-        grad_coefs = (grad_e.view(n * L, S * S) @ basis.T).view(n, L, 6)
-        return grad_coefs, grad_feats, None, None, None, None, None, None
+        basis = _pixel_basis(S, dtype, slots.device)
+        g = basis @ grad_e.view(n * L, S2).T  # [6, n·L] dL/d(coefficients)
+        del grad_e
+        # Chain rule through _exponent_coefficients (ex = tile centre x - mean x, likewise ey).
+        ca, cb, cc = slots[2], slots[3], slots[4]
+        lin_x = ca * ex + cb * ey
+        lin_y = cb * ex + cc * ey
+        grad_slots = torch.empty_like(slots)
+        torch.add(ca * g[3] + cb * g[4], lin_x * g[5], out=grad_slots[0])  # mean x (dE/d mean = -dE/d ex)
+        torch.add(cb * g[3] + cc * g[4], lin_y * g[5], out=grad_slots[1])
+        torch.mul(g[0] + ex * (2.0 * g[3] + ex * g[5]), -0.5, out=grad_slots[2])
+        torch.neg(g[1] + ey * g[3] + ex * g[4] + ex * ey * g[5], out=grad_slots[3])
+        torch.mul(g[2] + ey * (2.0 * g[4] + ey * g[5]), -0.5, out=grad_slots[4])
+        grad_slots[5] = g[5]
+        grad_slots[6:].view(F, n, L).copy_(grad_feats.transpose(0, 1))
+        grad_table = torch.zeros(ctx.table_shape, dtype=dtype, device=slots.device)
+        grad_table.index_add_(1, layout.slot_entry, grad_slots)
+        return grad_table, None, None, None, None
+
+
+def _exponent_coefficients(slots: Tensor, chunk_origin: Tensor, L: int, S: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Coefficients of E(u, v) = log(o) - ½ dᵀ [[a, b], [b, c]] d, d = (u + ex, v + ey), over (u², uv, v², u, v, 1).
+
+    slots: [6+F, n·L]; chunk_origin: [n, 2]. Returns ex, ey [n·L] (tile centre minus mean) and coefs [6, n·L].
+    """
+    n = chunk_origin.shape[0]
+    mx, my, ca, cb, cc, lo = slots[:6]
+    centre = chunk_origin.to(slots.dtype) + 0.5 * S  # [n, 2]
+    ex = (centre[:, 0:1] - mx.view(n, L)).view(-1)
+    ey = (centre[:, 1:2] - my.view(n, L)).view(-1)
+    coefs = torch.empty(6, slots.shape[1], dtype=slots.dtype, device=slots.device)
+    torch.mul(ca, -0.5, out=coefs[0])
+    torch.neg(cb, out=coefs[1])
+    torch.mul(cc, -0.5, out=coefs[2])
+    lin_x = torch.neg(ca * ex + cb * ey, out=coefs[3])  # = -(a ex + b ey)
+    lin_y = torch.neg(cb * ex + cc * ey, out=coefs[4])
+    torch.add(lo, lin_x * ex + lin_y * ey, alpha=0.5, out=coefs[5])
+    return ex, ey, coefs
