@@ -59,6 +59,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*has `shuffle=True`.*")
     warnings.filterwarnings("ignore", message=".*TensorBoard.*")
     warnings.filterwarnings("ignore", message=".*LightningModule.log.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # our batches carry nothing (the system draws cameras from its own checkpointed generators), so resuming
+    # mid-"epoch" with a non-resumable dataloader is exact
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 class _Steps(torch.utils.data.Dataset):
@@ -132,7 +137,14 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         callbacks.append(RichProgressBar(leave=True))
     else:
         callbacks.append(TextProgress(max(1, max_steps // 20), max_steps))
-    loggers = [CSVLogger(str(run_dir), name="logs", version=""),
+    # a resumed run logs into logs/resume-N/ (Lightning's CSV logger would delete an existing metrics.csv)
+    version = ""
+    if resume_dir is not None:
+        n = 1
+        while (run_dir / "logs" / f"resume-{n}").exists():
+            n += 1
+        version = f"resume-{n}"
+    loggers = [CSVLogger(str(run_dir), name="logs", version=version),
                TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)]
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",

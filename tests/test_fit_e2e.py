@@ -136,8 +136,15 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert 30 <= killed_at < 60, f"run was not killed mid-way (checkpoint step {killed_at})"
     (run,) = run_dirs(kill_root)
+    first_log = (run / "logs" / "metrics.csv").read_text()
     assert main(["fit", f"resume={run}", "trainer.progress=false"]) == 0
     assert _ckpt_step(run) == 60
+    # the first part's log is kept; the resumed part logs beside it, starting after the checkpoint step
+    assert (run / "logs" / "metrics.csv").read_text() == first_log
+    resumed = (run / "logs" / "resume-1" / "metrics.csv").read_text().splitlines()
+    header = resumed[0].split(",")
+    first_step = int(resumed[1].split(",")[header.index("step")])
+    assert first_step >= killed_at
     (ref,) = run_dirs(ref_root)
     a = torch.load(ref / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     b = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]

@@ -1,0 +1,191 @@
+"""3D Gaussians: initialisation, SH degrees, and the densification strategy's edits of parameters and Adam state."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dreamkit.cameras import orbit_cameras
+from dreamkit.representations.gaussian_strategy import DensifyConfig, DensifyStrategy, quat_to_rotmat
+from dreamkit.representations.gaussians import GaussianConfig, GaussianModel, knn_mean_distance
+
+
+def make(**kw):
+    densify = kw.pop("densify", {})
+    cfg = OmegaConf.structured(GaussianConfig(**kw))
+    for k, v in densify.items():
+        cfg.densify[k] = v
+    return GaussianModel(cfg, torch.Generator().manual_seed(0))
+
+
+def adam_for(model):
+    groups = [{k: v for k, v in g.items() if k not in ("lr_schedule", "lr_key")} | {"lr": 1e-3}
+              for g in model.parameter_groups()]
+    return torch.optim.Adam(groups)
+
+
+def test_sphere_init_and_knn_scale():
+    m = make(num_points=500, init_radius=0.5)
+    assert m.num_gaussians == 500
+    assert m.means.norm(dim=-1).max() <= 0.5 + 1e-6
+    pts = m.means.detach()
+    d = torch.cdist(pts, pts) + torch.eye(500) * 1e9
+    expected = d.topk(3, largest=False).values.mean(1)
+    assert torch.allclose(m.scales[:, 0], expected, rtol=1e-5)
+    assert torch.allclose(m.opacities, torch.full((500,), 0.1))
+    # colour round trip through SH degree 0
+    rgb = m.params["sh0"][:, 0] * 0.28209479177387814 + 0.5
+    assert torch.allclose(rgb, torch.full_like(rgb, 0.5), atol=1e-6)
+
+
+def test_mesh_init_points_on_surface_with_face_colours():
+    import trimesh
+
+    from dreamkit.assets import asset_path
+
+    m = make(init="mesh", init_path="meshes/house.ply", num_points=400)
+    mesh = trimesh.load(str(asset_path("meshes/house.ply")), process=False)
+    # every point lies inside one of the faces: plane distance ~0 with barycentrics in [0, 1]
+    p = m.means.detach().numpy()[:, None, :]
+    a, b, c = (mesh.vertices[mesh.faces[:, i]][None] for i in range(3))
+    n = np.cross(b - a, c - a)
+    n = n / np.linalg.norm(n, axis=-1, keepdims=True)
+    plane = np.abs(((p - a) * n).sum(-1))
+    v0, v1, v2 = b - a, c - a, p - a
+    d00, d01, d11 = (v0 * v0).sum(-1), (v0 * v1).sum(-1), (v1 * v1).sum(-1)
+    d20, d21 = (v2 * v0).sum(-1), (v2 * v1).sum(-1)
+    den = d00 * d11 - d01 * d01
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    inside = (v >= -1e-4) & (w >= -1e-4) & (v + w <= 1 + 1e-4)
+    assert np.where(inside, plane, np.inf).min(axis=1).max() < 1e-5
+    rgb = (m.params["sh0"][:, 0] * 0.28209479177387814 + 0.5).detach().numpy()
+    palette = np.unique(np.round(mesh.visual.face_colors[:, :3] / 255.0, 3), axis=0)
+    nearest = np.abs(rgb[:, None, :] - palette[None]).sum(-1).min(1)
+    assert nearest.max() < 1e-2  # every Gaussian took a colour of the mesh
+
+
+def test_points_init_from_ply(tmp_path):
+    import trimesh
+
+    pts = np.random.default_rng(0).uniform(-0.3, 0.3, (50, 3))
+    cols = np.tile(np.array([[255, 0, 0, 255]], np.uint8), (50, 1))
+    trimesh.PointCloud(pts, colors=cols).export(tmp_path / "cloud.ply")
+    m = make(init="points", init_path=str(tmp_path / "cloud.ply"))
+    assert m.num_gaussians == 50
+    np.testing.assert_allclose(m.means.detach().numpy(), pts, atol=1e-6)
+    rgb = m.params["sh0"][:, 0] * 0.28209479177387814 + 0.5
+    assert torch.allclose(rgb, torch.tensor([1.0, 0.0, 0.0]).expand(50, 3), atol=1e-5)
+
+
+def test_sh_degree_schedule_and_view_dependence():
+    m = make(num_points=64, sh_degree=2, sh_degree_interval=100)
+    assert [m.active_sh_degree(s) for s in (0, 99, 100, 250, 10_000)] == [0, 0, 1, 2, 2]
+    with torch.no_grad():
+        m.params["shN"][:, 0, :] = 1.0  # a degree-1 band makes colour depend on the view direction
+    cams = orbit_cameras(2, 16, 16, elevation=0, distance=2.0)
+    bg = torch.ones(2, 3)
+    front, back = m.render(cams, background=bg, step=10_000).rgb
+    assert (front - back).abs().max() > 0.05
+    same0 = m.render(cams, background=bg, step=0).rgb  # degree 0 at step 0: view independent colours
+    assert same0.shape == (2, 16, 16, 3)
+
+
+def _fake_means2d(model, grad_value, cams=1):
+    means2d = torch.zeros(cams, model.num_gaussians, 2, requires_grad=True)
+    means2d.grad = torch.full_like(means2d, grad_value)
+    radii = torch.ones(cams, model.num_gaussians, dtype=torch.int32)
+    return {"means2d": means2d, "radii": radii}
+
+
+def test_clone_split_prune_keep_optimizer_state_consistent():
+    m = make(num_points=10, init_scale=0.01,
+             densify={"refine_start": 0, "refine_every": 1, "refine_stop": 100, "grow_grad2d": 1e-4,
+                      "grow_scale3d": 0.05, "prune_opa": 0.05, "max_gaussians": 1000})
+    opt = adam_for(m)
+    with torch.no_grad():
+        m.params["log_scales"][5:] = math.log(0.2)  # large → split; the first five are small → clone
+        m.params["opacity_logits"][9] = torch.logit(torch.tensor(0.01))  # transparent → pruned
+    loss = sum(p.sum() for p in m.parameters())
+    loss.backward()
+    opt.step()  # create Adam state
+    strategy = m.strategy
+    largest_before = m.scales.max().item()
+    extras = _fake_means2d(m, 1.0)
+    info = strategy.step_post_backward(m, opt, step=1, extras=extras, width=64, height=64, generator=None)
+    # 5 clones (+5), 5 splits (each 1 → 2, +5), then the pruned transparent one and its split children go
+    assert info["cloned"] == 5 and info["split"] == 5
+    assert info["pruned"] == 2  # the transparent large Gaussian was split into two transparent children
+    assert m.num_gaussians == 10 + 5 + 5 - 2
+    for group in opt.param_groups:
+        (p,) = group["params"]
+        assert any(p is q for q in m.parameters()), "optimizer holds a stale parameter"
+        state = opt.state[p]
+        assert state["exp_avg"].shape == p.shape and state["exp_avg_sq"].shape == p.shape
+    # split children have scales / 1.6
+    assert m.scales.max().item() == pytest.approx(largest_before / 1.6, rel=1e-5)
+    # clones appended with zero Adam moments
+    assert torch.count_nonzero(opt.state[m.params["means"]]["exp_avg"][10:15]) == 0
+
+
+def test_split_samples_from_the_gaussian():
+    m = make(num_points=1, init_scale=0.1)
+    with torch.no_grad():
+        m.params["means"][:] = torch.tensor([0.3, -0.2, 0.1])
+        m.params["log_scales"][:] = torch.log(torch.tensor([0.2, 0.05, 0.01]))
+        m.params["quats"][:] = torch.nn.functional.normalize(torch.tensor([[0.9, 0.1, 0.3, -0.2]]), dim=-1)
+    strategy = m.strategy
+    gen = torch.Generator().manual_seed(0)
+    children = []
+    for _ in range(400):
+        model = make(num_points=1, init_scale=0.1)
+        model.load_state_dict(m.state_dict())
+        strategy._split(model, None, torch.tensor([True]), gen)
+        children.append(model.means.detach())
+    pts = torch.cat(children)
+    cov = torch.cov(pts.T)
+    rot = quat_to_rotmat(m.quats.detach())[0]
+    expected = rot @ torch.diag(torch.tensor([0.2, 0.05, 0.01]) ** 2) @ rot.T
+    assert torch.allclose(pts.mean(0), m.means.detach()[0], atol=0.02)
+    assert torch.allclose(cov, expected, atol=0.004)
+
+
+def test_opacity_reset_and_budget():
+    m = make(num_points=20, densify={"reset_every": 5, "prune_opa": 0.01, "refine_start": 1000})
+    opt = adam_for(m)
+    with torch.no_grad():
+        m.params["opacity_logits"][:] = 3.0
+    m.strategy.step_post_backward(m, opt, step=5, extras={}, width=8, height=8, generator=None)
+    assert torch.allclose(m.opacities, torch.full((20,), 0.02), atol=1e-5)
+    # growth never passes max_gaussians
+    m = make(num_points=20, init_scale=0.001,
+             densify={"refine_start": 0, "refine_every": 1, "grow_grad2d": 0.0, "max_gaussians": 25})
+    m.strategy.step_post_backward(m, adam_for(m), step=1, extras=_fake_means2d(m, 1.0), width=8, height=8,
+                                  generator=None)
+    assert m.num_gaussians == 25
+
+
+def test_sh3_ply_layout(tmp_path):
+    from plyfile import PlyData
+
+    from dreamkit.export.ply import export_gaussians_ply
+
+    m = make(num_points=7, sh_degree=3)
+    with torch.no_grad():
+        m.params["shN"].copy_(torch.arange(7 * 15 * 3, dtype=torch.float32).reshape(7, 15, 3))
+    export_gaussians_ply(m, tmp_path / "g.ply")
+    v = PlyData.read(str(tmp_path / "g.ply"))["vertex"]
+    names = [p.name for p in v.properties]
+    assert names == (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+                     + [f"f_rest_{i}" for i in range(45)]
+                     + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    # channel-major: f_rest_0..14 are the red coefficients of bands 1..15, then green, then blue
+    rest = np.stack([v[f"f_rest_{i}"] for i in range(45)], 1)
+    shn = m.params["shN"].detach().numpy()
+    np.testing.assert_allclose(rest[:, :15], shn[:, :, 0])
+    np.testing.assert_allclose(rest[:, 15:30], shn[:, :, 1])
+    np.testing.assert_allclose(np.stack([v["scale_0"], v["scale_1"], v["scale_2"]], 1),
+                               m.params["log_scales"].detach().numpy(), atol=1e-6)
+    q = np.stack([v[f"rot_{i}"] for i in range(4)], 1)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
