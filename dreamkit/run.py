@@ -66,6 +66,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
+def _fit_progress_bar():
+    """Lightning's rich bar (steps, elapsed • remaining, steps/s, loss), labelled by step rather than epoch."""
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    class FitProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "fit"
+
+    return FitProgressBar(leave=True)
+
+
 class _Steps(torch.utils.data.Dataset):
     """A dataset of step indices; the system draws its own cameras, so batches carry nothing."""
 
@@ -132,9 +143,7 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     ]
     use_rich = bool(cfg.trainer.progress) and sys.stdout.isatty()
     if use_rich:
-        from pytorch_lightning.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(_fit_progress_bar())
     else:
         callbacks.append(TextProgress(max(1, max_steps // 20), max_steps))
     # a resumed run logs into logs/resume-N/ (Lightning's CSV logger would delete an existing metrics.csv)
