@@ -1,7 +1,13 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# gsplat/nerfacc compile CUDA on first use; keep any build folder they leave out of the user's cache
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "dreamkit_test_torch_extensions"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,358 @@
+"""Geometry extraction: a density field → a grid → marching cubes → a clean, decimated, coloured :class:`Mesh`.
+
+The protocol a representation meets to be exported as a mesh (see :func:`mesh_from_representation`), either
+
+* ``export_mesh(export_cfg) -> Mesh`` — it extracts its own surface (an explicit mesh, DMTet), or
+* ``query_density(points [N, 3]) -> [N]`` and ``query_color(points [N, 3]) -> [N, 3]`` (optionally a
+  ``mesh_bound() -> [2, 3]`` box) — a field (NeRF, triplane) that marching cubes turns into a surface.
+
+3D Gaussians meet the second form through :class:`GaussianField` (:func:`field_from_representation` wraps a
+:class:`~dreamkit.representations.gaussians.GaussianModel`), following DreamGaussian (Tang et al. 2023,
+"DreamGaussian", its ``extract_mesh``): density(x) = Σ_i o_i·exp(−½ (x−μ_i)ᵀ Σ_i⁻¹ (x−μ_i)) on a grid, then marching
+cubes at a density threshold. Libraries: PyMCubes (marching cubes), fast-simplification (quadric decimation, the
+backend of trimesh's ``simplify_quadric_decimation``), scipy (connected components, nearest neighbours).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .mesh import Mesh, vertex_normals
+
+__all__ = [
+    "density_grid",
+    "marching_cubes",
+    "GaussianField",
+    "field_from_representation",
+    "keep_largest_components",
+    "decimate",
+    "extract_mesh",
+    "mesh_from_representation",
+]
+
+Bound = Any  # a half-size b (the cube [−b, b]³) or a [2, 3] box (min corner, max corner)
+
+
+def _box(bound: Bound) -> np.ndarray:
+    """A half-size or a [2, 3] (min, max) box → [2, 3] float64."""
+    arr = np.asarray(bound, dtype=np.float64)
+    if arr.ndim == 0:
+        return np.stack([-np.full(3, float(arr)), np.full(3, float(arr))])
+    if arr.shape != (2, 3) or not (arr[1] > arr[0]).all():
+        raise ValueError(f"bound must be a half-size or a [2, 3] (min, max) box, got {arr.tolist()}")
+    return arr
+
+
+def grid_points(resolution: int, bound: Bound) -> torch.Tensor:
+    """[R, R, R, 3] float32 sample positions (index order x, y, z; the corners of the box are samples)."""
+    box = _box(bound)
+    axes = [torch.linspace(float(box[0, i]), float(box[1, i]), resolution) for i in range(3)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+
+
+@torch.no_grad()
+def density_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, bound: Bound,
+                 chunk: int = 1 << 18, device: torch.device | str = "cpu") -> np.ndarray:
+    """Evaluate ``fn`` (points [N, 3] → densities [N]) on an R³ grid spanning ``bound``, ``chunk`` points at a time.
+
+    Chunks are consecutive x-slabs, so a field that culls its primitives by the chunk's bounding box (as
+    :class:`GaussianField` does) only touches the primitives near each slab. Returns [R, R, R] float32 (x, y, z).
+    """
+    points = grid_points(resolution, bound).reshape(-1, 3)
+    out = torch.empty(points.shape[0], dtype=torch.float32)
+    for start in range(0, points.shape[0], chunk):
+        block = points[start:start + chunk].to(device)
+        out[start:start + chunk] = fn(block).float().reshape(-1).cpu()
+    return out.view(resolution, resolution, resolution).numpy()
+
+
+def marching_cubes(grid: np.ndarray, threshold: float, bound: Bound) -> tuple[np.ndarray, np.ndarray]:
+    """Iso-surface of ``grid`` [R, R, R] (x, y, z; the density is high *inside*) at ``threshold`` (Lorensen & Cline
+    1987, via PyMCubes). Returns verts [V, 3] float32 in world units and faces [F, 3] int64, wound so that normals
+    point out of the dense region (towards decreasing density)."""
+    import mcubes
+
+    box = _box(bound)
+    grid = np.asarray(grid, dtype=np.float64)
+    verts, faces = mcubes.marching_cubes(grid, float(threshold))
+    if len(faces) == 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    scale = (box[1] - box[0]) / (np.asarray(grid.shape) - 1)
+    verts = box[0] + verts * scale
+    # PyMCubes winds faces counter-clockwise around the outward normal when the field is high inside (checked on a
+    # sphere in tests/test_export_mesh.py); keep that as the contract here.
+    return verts.astype(np.float32), faces.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Gaussians as a density field
+
+
+def _quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    """[N, 4] (w, x, y, z), any norm → [N, 3, 3]."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).view(-1, 3, 3)
+
+
+class GaussianField:
+    """Density and colour of 3D Gaussians at arbitrary points, with spatial culling.
+
+    density(x) = Σ_i o_i·exp(−½ (x−μ_i)ᵀ Σ_i⁻¹ (x−μ_i)) (DreamGaussian's mesh extraction), each Gaussian truncated at
+    ``cutoff_sigma`` standard deviations (Mahalanobis distance); colour(x) = the density-weighted mean of the
+    Gaussians' colours at x (the colour of the nearest Gaussian where no Gaussian reaches x).
+
+    Culling: the query points are hashed into a uniform cell grid; each Gaussian enumerates the cells of its
+    axis-aligned ``cutoff_sigma`` box and only the points in those cells, so the work is the number of
+    (Gaussian, nearby point) pairs, processed ``max_pairs`` at a time (bounded memory) — no Python loop over
+    Gaussians.
+
+    Args:
+        means [N, 3], scales [N, 3] (activated, standard deviations), quats [N, 4] (w, x, y, z), opacities [N],
+        colors [N, 3] in [0, 1].
+    """
+
+    def __init__(self, means: torch.Tensor, scales: torch.Tensor, quats: torch.Tensor, opacities: torch.Tensor,
+                 colors: torch.Tensor, cutoff_sigma: float = 3.0, max_pairs: int = 1 << 22):
+        self.means = means.detach().float().cpu()
+        self.opacities = opacities.detach().float().reshape(-1).cpu()
+        self.colors = colors.detach().float().reshape(-1, 3).cpu()
+        scales = scales.detach().float().cpu().clamp_min(1e-7)
+        R = _quat_to_rotmat(quats.detach().float().cpu())
+        self.precision = (R / scales[:, None, :] ** 2) @ R.transpose(1, 2)  # Σ⁻¹ = R S⁻² Rᵀ, [N, 3, 3]
+        cov = (R * scales[:, None, :] ** 2) @ R.transpose(1, 2)
+        # Half-size of the axis-aligned box around the cutoff ellipsoid: k·sqrt(Σ_jj) along axis j.
+        self.extent = cutoff_sigma * torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2))
+        self.cutoff2 = float(cutoff_sigma) ** 2
+        self.max_pairs = int(max_pairs)
+        self._tree = None
+
+    @classmethod
+    def from_model(cls, model: Any, **kw: Any) -> "GaussianField":
+        """From a :class:`~dreamkit.representations.gaussians.GaussianModel` (colour = its degree-0 SH colour)."""
+        sh0 = model.params["sh0"].detach().reshape(-1, 3)
+        colors = (sh0 * 0.28209479177387814 + 0.5).clamp(0, 1)
+        return cls(model.means, model.scales, model.quats, model.opacities, colors, **kw)
+
+    def mesh_bound(self, quantile: float = 0.995, margin: float = 0.05) -> np.ndarray:
+        """[2, 3] box around the Gaussians: the ``quantile`` range of the means (stray Gaussians ignored) grown by
+        the median Gaussian's cutoff extent and ``margin`` of the size, so the iso-surface is not clipped."""
+        m = self.means.double()
+        q = torch.tensor([1 - quantile, quantile], dtype=torch.float64)
+        box = torch.quantile(m, q, dim=0) if len(m) > 1 else torch.stack([m[0], m[0]])
+        pad = float(self.extent.median()) if len(m) else 0.0
+        size = (box[1] - box[0]).max().item()
+        box[0] -= pad + margin * size + 1e-3
+        box[1] += pad + margin * size + 1e-3
+        return box.numpy()
+
+    @torch.no_grad()
+    def query(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points [P, 3] → density [P] and the weighted colour sum [P, 3] (divide by density for the colour)."""
+        pts = points.detach().float().cpu()
+        P = pts.shape[0]
+        density = torch.zeros(P)
+        color_sum = torch.zeros(P, 3)
+        if P == 0 or self.means.shape[0] == 0:
+            return density, color_sum
+        lo, hi = pts.min(0).values, pts.max(0).values
+        # Gaussians whose cutoff box misses the points' bounding box are dropped before any pairing.
+        near = ((self.means + self.extent >= lo) & (self.means - self.extent <= hi)).all(-1)
+        gid = torch.nonzero(near).squeeze(1)
+        if gid.numel() == 0:
+            return density, color_sum
+        mu, ext = self.means[gid], self.extent[gid]
+        # Cell size: about half the typical cutoff box (few wasted points per box), no finer than the point
+        # spacing, and coarse enough that the cell table stays below ~4M entries.
+        span = (hi - lo).clamp_min(1e-6)
+        spacing = float((span.prod() / P) ** (1 / 3))
+        cell = max(0.5 * float(ext.max(1).values.median()), spacing, float((span.prod() / 4e6) ** (1 / 3)), 1e-6)
+        dims = (torch.floor(span / cell).long() + 1)
+        key = _cell_key(torch.floor((pts - lo) / cell).long().minimum(dims - 1), dims)
+        order = torch.argsort(key)
+        n_cells = int(dims.prod())
+        counts = torch.bincount(key, minlength=n_cells)
+        starts = torch.cumsum(counts, 0) - counts
+
+        c_lo = torch.floor((mu - ext - lo) / cell).long().clamp(min=0).minimum(dims - 1)
+        c_hi = torch.floor((mu + ext - lo) / cell).long().clamp(min=0).minimum(dims - 1)
+        box = c_hi - c_lo + 1  # [G, 3] cells per axis
+        cells_per_g = box.prod(1)
+        # (Gaussian, cell) pairs.
+        g_of = torch.repeat_interleave(torch.arange(len(gid)), cells_per_g)
+        local = torch.arange(len(g_of)) - torch.repeat_interleave(torch.cumsum(cells_per_g, 0) - cells_per_g,
+                                                                  cells_per_g)
+        bx, by = box[g_of, 1] * box[g_of, 2], box[g_of, 2]
+        cx = c_lo[g_of, 0] + local // bx
+        cy = c_lo[g_of, 1] + (local % bx) // by
+        cz = c_lo[g_of, 2] + local % by
+        cell_id = (cx * dims[1] + cy) * dims[2] + cz
+        n_pts = counts[cell_id]
+        keep = n_pts > 0
+        g_of, cell_id, n_pts = g_of[keep], cell_id[keep], n_pts[keep]
+        # (Gaussian, point) pairs in chunks of about max_pairs.
+        ends = torch.cumsum(n_pts, 0)
+        chunk_of = torch.div(ends - n_pts, self.max_pairs, rounding_mode="floor")
+        bounds = [0] + (torch.nonzero(torch.diff(chunk_of)).squeeze(1) + 1).tolist() + [len(n_pts)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a == b:
+                continue
+            cnt = n_pts[a:b]
+            g = torch.repeat_interleave(g_of[a:b], cnt)
+            offset = torch.arange(int(cnt.sum())) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+            p = order[torch.repeat_interleave(starts[cell_id[a:b]], cnt) + offset]
+            d = pts[p] - mu[g]
+            g_global = gid[g]
+            m = torch.einsum("pi,pij,pj->p", d, self.precision[g_global], d)
+            inside = m < self.cutoff2
+            p, g_global, m = p[inside], g_global[inside], m[inside]
+            w = self.opacities[g_global] * torch.exp(-0.5 * m)
+            density.index_add_(0, p, w)
+            color_sum.index_add_(0, p, w[:, None] * self.colors[g_global])
+        return density, color_sum
+
+    def query_density(self, points: torch.Tensor) -> torch.Tensor:
+        """points [P, 3] → density [P]."""
+        return self.query(points)[0]
+
+    def query_color(self, points: torch.Tensor) -> torch.Tensor:
+        """points [P, 3] → RGB [P, 3] in [0, 1]: density-weighted colour, nearest Gaussian's colour where the
+        density vanishes."""
+        density, color_sum = self.query(points)
+        color = color_sum / density.clamp_min(1e-12)[:, None]
+        empty = density < 1e-8
+        if bool(empty.any()):
+            if self._tree is None:
+                from scipy.spatial import cKDTree
+
+                self._tree = cKDTree(self.means.numpy())
+            _, idx = self._tree.query(points.detach().float().cpu()[empty].numpy())
+            color[empty] = self.colors[torch.as_tensor(idx, dtype=torch.long)]
+        return color.clamp(0, 1)
+
+
+def _cell_key(ijk: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+    return (ijk[:, 0] * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
+
+
+def field_from_representation(model: Any) -> Any:
+    """A density field (``query_density`` / ``query_color``) for ``model``: the model itself when it has those
+    methods, a :class:`GaussianField` for 3D Gaussians."""
+    if hasattr(model, "query_density") and hasattr(model, "query_color"):
+        return model
+    if hasattr(model, "params") and all(k in model.params for k in ("means", "log_scales", "quats", "sh0")):
+        return GaussianField.from_model(model)
+    raise TypeError(f"{type(model).__name__} cannot be exported as a mesh: it has neither export_mesh(cfg) nor "
+                    "query_density(points) + query_color(points)")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# cleanup
+
+
+def keep_largest_components(verts: np.ndarray, faces: np.ndarray, keep: int = 1,
+                            min_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``keep`` connected components with the most faces (0 = all), dropping any with fewer than
+    ``min_fraction`` of the faces; unused vertices are removed. Components: vertices joined by face edges (scipy's
+    connected_components on the vertex graph)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(faces) == 0:
+        return verts, faces
+    V = len(verts)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(V, V))
+    _, labels = connected_components(graph, directed=False)
+    face_label = labels[faces[:, 0]]
+    sizes = np.bincount(face_label)
+    ranked = np.argsort(-sizes, kind="stable")
+    if keep > 0:
+        ranked = ranked[:keep]
+    ranked = ranked[sizes[ranked] >= min_fraction * len(faces)]
+    faces = faces[np.isin(face_label, ranked)]
+    return _compact(verts, faces)
+
+
+def _compact(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    used = np.unique(faces)
+    remap = np.full(len(verts), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return verts[used], remap[faces]
+
+
+def decimate(verts: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric edge-collapse decimation (Garland & Heckbert 1997) to at most about ``max_faces`` faces, by
+    fast-simplification (the library behind trimesh's ``simplify_quadric_decimation``). No-op when already small."""
+    if max_faces <= 0 or len(faces) <= max_faces:
+        return verts, faces
+    import fast_simplification
+
+    reduction = 1.0 - max_faces / len(faces)
+    v, f = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int64), target_reduction=reduction)
+    # Collapses can leave degenerate faces; drop them and unused vertices.
+    f = np.asarray(f, dtype=np.int64)
+    good = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
+    return _compact(np.asarray(v, dtype=np.float32), f[good])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+@torch.no_grad()
+def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, bound: Optional[Bound] = None,
+                 keep_components: int = 1, min_component_fraction: float = 0.0, max_faces: int = 20000,
+                 chunk: int = 1 << 18) -> Mesh:
+    """Field → density grid → marching cubes → largest components → decimation → normals and vertex colours.
+
+    Args:
+        field: has ``query_density(points [N,3]) -> [N]``, ``query_color(points [N,3]) -> [N,3]`` and optionally
+            ``mesh_bound() -> [2, 3]`` (used when ``bound`` is None).
+        resolution: grid samples per axis; threshold: the iso-level of the density.
+        keep_components: keep the N largest connected components (0 = all); max_faces: decimation budget (0 = none).
+
+    Raises ValueError when the iso-surface is empty (nothing in the field reaches ``threshold``).
+    """
+    if bound is None:
+        bound = field.mesh_bound() if hasattr(field, "mesh_bound") else 1.0
+    grid = density_grid(field.query_density, resolution, bound, chunk=chunk)
+    verts, faces = marching_cubes(grid, threshold, bound)
+    if len(faces) == 0:
+        raise ValueError(f"the density never reaches the threshold {threshold} (max {float(grid.max()):.3g}) — "
+                         "lower export.mesh_threshold")
+    verts, faces = keep_largest_components(verts, faces, keep_components, min_component_fraction)
+    verts, faces = decimate(verts, faces, max_faces)
+    colors = field.query_color(torch.as_tensor(verts)).float().numpy()
+    return Mesh(verts=verts, faces=faces, normals=vertex_normals(verts, faces), vertex_colors=colors)
+
+
+def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, Optional[Callable]]:
+    """The export protocol: ``model.export_mesh(export_cfg)`` when the representation has it, else marching cubes
+    on its density field (:func:`field_from_representation`) with the ``export.mesh_*`` settings.
+
+    Returns the mesh and a colour function (points [N, 3] tensor → [N, 3]) for texture baking, or None when the
+    mesh's own vertex colours are the best colour source.
+    """
+    if hasattr(model, "export_mesh"):
+        return model.export_mesh(export_cfg), getattr(model, "query_color", None)
+    field = field_from_representation(model)
+    cfg = export_cfg
+    bound = None
+    if cfg is not None and float(getattr(cfg, "mesh_bound", 0.0)) > 0:
+        bound = float(cfg.mesh_bound)
+    mesh = extract_mesh(
+        field,
+        resolution=int(getattr(cfg, "mesh_resolution", 128)),
+        threshold=float(getattr(cfg, "mesh_threshold", 1.0)),
+        bound=bound,
+        keep_components=int(getattr(cfg, "mesh_components", 1)),
+        max_faces=int(getattr(cfg, "mesh_faces", 20000)),
+    )
+    return mesh, field.query_color
+

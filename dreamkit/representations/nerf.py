@@ -1,0 +1,284 @@
+"""A NeRF for text-to-3D: hash-grid field + small MLPs, volume-rendered (DreamFusion / Magic3D style).
+
+Field (Müller et al. 2022 encoding; Magic3D's coarse stage uses the same shape of model):
+    x ∈ aabb → [0,1]³ → HashGridEncoding → density MLP → (raw σ, geometry features)
+    σ = activation(raw σ + blob_density·(1 − ‖x‖/blob_radius))   (the density blob of DreamFusion / Magic3D, which
+                                                                 gives the optimisation an object to start from)
+    albedo = sigmoid(albedo MLP(geometry features))
+Normals (optional): −∇σ/‖∇σ‖ by autograd ("analytic") or central differences ("finite_difference").
+Shading: "albedo" (colour = albedo), or "diffuse": albedo·(ambient + (1−ambient)·max(0, n·l)) for a fixed light l.
+Rendering: :func:`dreamkit.render.volume.render_field` with an occupancy grid refreshed in ``post_step``.
+
+:class:`VolumeModel` holds everything but the field, so :mod:`.triplane` reuses it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+
+from ..cameras import Cameras
+from ..config import sched
+from ..errors import ConfigError
+from ..render.volume import OccupancyGrid, generate_rays, render_field
+from ..types import RenderOutput
+from .encodings import HashGridEncoding
+
+__all__ = ["NeRFConfig", "NeRFModel", "VolumeModel", "trunc_exp", "mlp"]
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp with its gradient clamped (torch-ngp / threestudio's trunc_exp): exp(x), d/dx = exp(min(x, 15))."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` with ReLU; a linear output."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+@dataclass
+class VolumeRenderConfig:
+    """Fields shared by the volume-rendered representations (NeRF, triplane)."""
+
+    #: half-size of the cube [-r, r]³ that holds the object
+    radius: float = 0.6
+    #: uniform samples per ray across the box (before occupancy skipping)
+    num_samples: int = 64
+    #: occupancy grid: cells per side, refresh period (steps), threshold on σ·step, EMA decay; resolution 0 = off
+    occ_resolution: int = 32
+    occ_update_every: int = 16
+    occ_threshold: float = 0.01
+    occ_decay: float = 0.95
+    #: drop samples whose transmittance is below this (nerfacc's early_stop_eps; 0 = keep all)
+    early_stop_eps: float = 1e-4
+    #: trunc_exp | softplus
+    density_activation: str = "trunc_exp"
+    #: density blob (DreamFusion / Magic3D): raw σ += blob_density·(1 − ‖x‖/blob_radius)
+    blob_density: float = 10.0
+    blob_radius: float = 0.5
+    #: none | analytic | finite_difference
+    normals: str = "none"
+    finite_difference_eps: float = 0.01
+    #: albedo | diffuse
+    shading: str = "albedo"
+    ambient: float = 0.3
+    light_direction: List[float] = field(default_factory=lambda: [0.3, 1.0, 0.6])
+
+
+@dataclass
+class NeRFConfig(VolumeRenderConfig):
+    name: str = "nerf"
+    #: hash grid (Müller et al. 2022)
+    n_levels: int = 8
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 16
+    base_resolution: int = 16
+    per_level_scale: float = 1.4
+    #: MLPs
+    hidden_dim: int = 32
+    density_layers: int = 1
+    albedo_layers: int = 1
+    geo_feature_dim: int = 15
+    #: learning rates (numbers or schedules): the grid tables and the MLPs
+    lr_encoding: Any = sched(1e-2)
+    lr_network: Any = sched(1e-3)
+    #: auto (tiny-cuda-nn encoding on CUDA when importable) | torch
+    backend: str = "auto"
+
+
+class VolumeModel(nn.Module):
+    """Base of volume-rendered representations; subclasses implement ``_raw(points01) -> (raw σ [N], feat [N, D])``
+    and ``_albedo(feat) -> [N, 3]`` plus ``parameter_groups``."""
+
+    loss_names: tuple[str, ...] = ("orient", "sparsity", "opaque")
+
+    def _init_volume(self, cfg: Any) -> None:
+        if cfg.density_activation not in ("trunc_exp", "softplus"):
+            raise ConfigError(f"representation.density_activation={cfg.density_activation!r} — use trunc_exp or "
+                              "softplus")
+        if cfg.normals not in ("none", "analytic", "finite_difference"):
+            raise ConfigError(f"representation.normals={cfg.normals!r} — use none, analytic or finite_difference")
+        if cfg.shading not in ("albedo", "diffuse"):
+            raise ConfigError(f"representation.shading={cfg.shading!r} — use albedo or diffuse")
+        if cfg.shading == "diffuse" and cfg.normals == "none":
+            raise ConfigError("representation.shading=diffuse needs normals: set representation.normals=analytic "
+                              "or finite_difference")
+        r = float(cfg.radius)
+        self.register_buffer("aabb", torch.tensor([-r, -r, -r, r, r, r]), persistent=False)
+        self.occupancy = OccupancyGrid(self.aabb, cfg.occ_resolution) if cfg.occ_resolution > 0 else None
+        light = torch.nn.functional.normalize(torch.tensor(list(cfg.light_direction), dtype=torch.float32), dim=0)
+        self.register_buffer("light", light, persistent=False)
+
+    # -- the field ---------------------------------------------------------------------------------------------
+    def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _albedo(self, feat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _activate(self, raw: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.blob_density != 0:
+            raw = raw + cfg.blob_density * (1 - points.norm(dim=-1) / cfg.blob_radius)
+        return trunc_exp(raw) if cfg.density_activation == "trunc_exp" else torch.nn.functional.softplus(raw)
+
+    def _normalise(self, points: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        return ((points - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """points [N, 3] (world) → σ [N] ≥ 0."""
+        raw, _ = self._raw(self._normalise(points))
+        return self._activate(raw, points)
+
+    def field(self, points: torch.Tensor, directions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """points [N, 3], directions [N, 3] (unused: albedo is view-independent) → {"sigma" [N], "rgb" [N, 3],
+        "normal" [N, 3] when normals are on}."""
+        cfg = self.cfg
+        analytic = cfg.normals == "analytic"
+        if analytic:
+            points = points.detach().requires_grad_(True)
+        with torch.enable_grad() if analytic else contextlib.nullcontext():
+            raw, feat = self._raw(self._normalise(points))
+            sigma = self._activate(raw, points)
+        out = {"sigma": sigma}
+        normal = None
+        if analytic:
+            grad = torch.autograd.grad(sigma.sum(), points, create_graph=torch.is_grad_enabled() and self.training)[0]
+            normal = -torch.nn.functional.normalize(grad, dim=-1)
+        elif cfg.normals == "finite_difference":
+            eps = cfg.finite_difference_eps
+            offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps            # [3, 3]
+            probe = torch.cat([points[:, None] + offsets, points[:, None] - offsets], dim=1)  # [N, 6, 3]
+            sig = self.density(probe.reshape(-1, 3)).reshape(-1, 6)
+            grad = (sig[:, :3] - sig[:, 3:]) / (2 * eps)
+            normal = -torch.nn.functional.normalize(grad, dim=-1)
+        albedo = self._albedo(feat)
+        if normal is not None:
+            out["normal"] = normal
+            if cfg.shading == "diffuse":
+                lambert = (normal * self.light).sum(-1, keepdim=True).clamp_min(0.0)
+                albedo = albedo * (cfg.ambient + (1 - cfg.ambient) * lambert)
+        out["rgb"] = albedo
+        return out
+
+    # -- the interface ------------------------------------------------------------------------------------------
+    def render(self, cameras: Cameras, background: Optional[torch.Tensor] = None, step: Optional[int] = None,
+               chunk_cameras: int = 8, **_: Any) -> RenderOutput:
+        """cameras [B] → RenderOutput: rgb [B,H,W,3] = premultiplied colour + (1 − alpha)·background [B,3],
+        alpha [B,H,W,1], depth [B,H,W,1] (expected camera-z depth, 0 where empty), normal [B,H,W,3] (world,
+        accumulated) when normals are on; extras: "orient" [B,H,W] per-pixel orientation term, "num_samples"."""
+        B, H, W = len(cameras), cameras.height, cameras.width
+        outs = []
+        stratified = self.training and torch.is_grad_enabled()
+        for start in range(0, B, chunk_cameras):
+            cams = cameras[start:start + chunk_cameras]
+            rays = generate_rays(cams)
+            res = render_field(rays, self.aabb, self.density, self.field, n_samples=self.cfg.num_samples,
+                               occupancy=self.occupancy, stratified=stratified,
+                               early_stop_eps=self.cfg.early_stop_eps)
+            res["depth"] = res["depth"] * rays.z_scale[:, None]
+            outs.append(res)
+        rgb = torch.cat([o["rgb"] for o in outs]).reshape(B, H, W, 3)
+        alpha = torch.cat([o["opacity"] for o in outs]).reshape(B, H, W, 1)
+        depth = torch.cat([o["depth"] for o in outs]).reshape(B, H, W, 1)
+        if background is not None:
+            rgb = rgb + (1 - alpha) * background.to(rgb)[:, None, None, :]
+        normal = None
+        extras: dict[str, Any] = {"num_samples": sum(o["num_samples"] for o in outs)}
+        if "normal" in outs[0]:
+            normal = torch.cat([o["normal"] for o in outs]).reshape(B, H, W, 3)
+            extras["orient"] = torch.cat([o["orient"] for o in outs]).reshape(B, H, W)
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, extras=extras)
+
+    def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
+        """loss_orient: DreamFusion's orientation loss (mean over pixels of Σ_i stop_grad(w_i)·max(0, n_i·d)²;
+        present only with normals); loss_sparsity: mean √(alpha² + 0.01) (threestudio's sparsity on opacity);
+        loss_opaque: mean binary entropy of alpha (pushes opacity to 0 or 1)."""
+        a = out.alpha.clamp(1e-5, 1 - 1e-5)
+        losses = {
+            "loss_sparsity": torch.sqrt(out.alpha ** 2 + 0.01).mean(),
+            "loss_opaque": (-(a * torch.log(a) + (1 - a) * torch.log(1 - a))).mean(),
+        }
+        if "orient" in out.extras:
+            losses["loss_orient"] = out.extras["orient"].mean()
+        return losses
+
+    def post_step(self, step: int, out: RenderOutput, optimizer: Optional[torch.optim.Optimizer],
+                  cameras: Cameras, generator: Optional[torch.Generator] = None) -> dict:
+        """Refresh the occupancy grid every ``occ_update_every`` steps (step size = the box diagonal / samples)."""
+        cfg = self.cfg
+        info: dict = {"num_samples": float(out.extras.get("num_samples", 0))}
+        if self.occupancy is None or cfg.occ_update_every <= 0 or step % cfg.occ_update_every:
+            return info
+        step_size = float((self.aabb[3:] - self.aabb[:3]).norm()) / cfg.num_samples
+        gen = generator if generator is not None and generator.device == self.aabb.device else None
+        info.update(self.occupancy.update(self.density, step_size, cfg.occ_threshold, cfg.occ_decay, gen))
+        return info
+
+    # occupancy buffers are in the state_dict; nothing else to carry
+    def extra_state_dict(self) -> dict:
+        return {}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        return None
+
+
+class NeRFModel(VolumeModel):
+    """Hash-grid NeRF (see the module docstring). Parameter groups: "nerf.encoding", "nerf.network"."""
+
+    def __init__(self, cfg: Any, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.backend not in ("auto", "torch"):
+            raise ConfigError(f"representation.backend={cfg.backend!r} — use auto or torch")
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self._init_volume(cfg)
+        self.encoding = HashGridEncoding(cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
+                                         cfg.base_resolution, cfg.per_level_scale, backend=cfg.backend,
+                                         generator=generator)
+        with torch.random.fork_rng(devices=[]):  # MLP init from the run's generator, without touching the global RNG
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            self.density_net = mlp(self.encoding.output_dim, cfg.hidden_dim, 1 + cfg.geo_feature_dim,
+                                   cfg.density_layers)
+            self.albedo_net = mlp(cfg.geo_feature_dim, cfg.hidden_dim, 3, cfg.albedo_layers)
+
+    def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.density_net(self.encoding(points01))
+        return h[..., 0], h[..., 1:]
+
+    def _albedo(self, feat: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.albedo_net(feat))
+
+    def parameter_groups(self) -> list[dict]:
+        cfg = self.cfg
+        return [
+            {"name": "nerf.encoding", "params": list(self.encoding.parameters()), "lr_schedule": cfg.lr_encoding,
+             "lr_key": "representation.lr_encoding", "eps": 1e-15},
+            {"name": "nerf.network", "params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()),
+             "lr_schedule": cfg.lr_network, "lr_key": "representation.lr_network", "eps": 1e-15},
+        ]
