@@ -1,4 +1,4 @@
-"""The ``dreamkit`` command: fit | export | render | list.
+"""The ``dreamkit`` command: fit | export | render | sample | list.
 
     dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
     dreamkit fit resume=outputs/gs_sds/a_red_cube@20261129-101500
@@ -67,6 +67,76 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior_config_for(name: str):
+    """--prior NAME → a prior config section: 'oracle', a shipped/local pixel folder, an SD folder or a hub id."""
+    from omegaconf import OmegaConf
+
+    from .config import merge_structured
+    from .priors.configs import OraclePriorConfig, PixelPriorConfig, StableDiffusionPriorConfig
+
+    if name == "oracle":
+        return merge_structured(OraclePriorConfig, {}, prefix="prior")
+    path = Path(os.path.expanduser(name))
+    if path.is_dir() and (path / "vae").is_dir():
+        return merge_structured(StableDiffusionPriorConfig, {"name": name}, prefix="prior")
+    from .priors.pixel import resolve_prior_folder
+
+    try:
+        resolve_prior_folder(name)
+        return merge_structured(PixelPriorConfig, {"name": name}, prefix="prior")
+    except DreamkitError:
+        if path.is_dir() or name.startswith((".", "/", "~")) or "/" not in name:
+            raise
+    return merge_structured(StableDiffusionPriorConfig, {"name": name}, prefix="prior")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Grid of prior samples: one row per prompt, ``--views`` columns (joint views for multi-view priors and the
+    oracle; independent samples for single-view priors)."""
+    import re
+
+    import torch
+
+    from .config import load_config
+    from .imageio_utils import save_image_grid, unique_path
+    from .priors.configs import build_prior, check_prior_config
+    from .priors.sampling import ddim_sample, sample_cameras
+    from .run import slugify
+    from .system import resolve_device
+
+    key_value = re.compile(r"^[A-Za-z_][\w.]*=")
+    prompts = [p for p in args.items if not key_value.match(p)]
+    overrides = [p for p in args.items if key_value.match(p)]
+    if not prompts or not all(p.strip() for p in prompts):
+        raise DreamkitError('dreamkit sample needs at least one non-empty prompt, e.g. dreamkit sample "a red torus"')
+    if args.config:
+        cfg = load_config(args.config, overrides + [f"prompt={prompts[0]!r}"])
+        prior_cfg = cfg.prior
+    else:
+        if overrides:
+            raise DreamkitError(f"overrides {overrides} need --config (or use --prior NAME)")
+        prior_cfg = _prior_config_for(args.prior)
+    check_prior_config(prior_cfg)
+    device = resolve_device(args.device)
+    prior = build_prior(prior_cfg, device)
+    views = int(args.views)
+    joint = getattr(prior, "views", 1) > 1 or prior_cfg.type == "oracle"
+    if getattr(prior, "views", 1) > 1 and views % prior.views:
+        raise DreamkitError(f"--views must be a multiple of this prior's {prior.views} joint views")
+    generator = torch.Generator().manual_seed(int(args.seed))
+    rows = []
+    for prompt in prompts:
+        cams = sample_cameras(views, int(prior.resolution)) if joint else None
+        images = ddim_sample(prior, [prompt] * views, steps=int(args.steps), guidance_scale=float(args.guidance),
+                             cameras=cams, generator=generator)
+        rows.append(images.permute(0, 2, 3, 1).cpu())
+    grid = torch.cat(rows)
+    out = Path(args.output) if args.output else Path("samples") / f"{slugify(prompts[0])}.png"
+    path = save_image_grid(grid, unique_path(out), columns=views)
+    print(f"wrote {path} ({len(prompts)} prompt(s) × {views} view(s), {prior_cfg.type} prior {getattr(prior_cfg, 'name', '')})")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .config import shipped_configs
     from .registry import EXPORTERS, REGISTRY
@@ -115,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int)
     p.add_argument("--output", "-o", help="MP4 path (default <run>/exports/turntable.mp4, numbered if it exists)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("sample", help="a grid of samples from a prior (tiny, oracle, Stable Diffusion, ...)")
+    p.add_argument("items", nargs="+", help='prompts ("a red torus"), and key=value overrides with --config')
+    p.add_argument("--prior", default="tiny-t2i",
+                   help="oracle | shipped prior name | pixel or SD folder | hub id (default tiny-t2i)")
+    p.add_argument("--config", "-c", help="take the prior from this recipe instead")
+    p.add_argument("--views", type=int, default=4, help="columns: joint views (multi-view priors) or samples")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", "-o", help="PNG path (default samples/<prompt>.png, numbered if it exists)")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("list", help="registered components and shipped configs")
     p.set_defaults(func=cmd_list)

@@ -81,7 +81,7 @@ class TrainerConfig:
 
 @dataclass
 class ExportConfig:
-    #: exports written when a fit ends (also `dreamkit export`): ply | mp4
+    #: exports written when a fit ends (also `dreamkit export`): ply | mp4 | glb | obj | mesh (= glb + obj)
     formats: List[str] = field(default_factory=lambda: ["ply"])
     turntable: bool = True
     turntable_frames: int = 48
@@ -90,6 +90,27 @@ class ExportConfig:
     turntable_elevation: float = 15.0
     turntable_distance: float = 2.75
     turntable_fovy: float = 40.0
+    # -- textured mesh exports (glb / obj / mesh): density grid → marching cubes → cleanup → UVs → baked textures
+    #: density grid samples per axis for marching cubes
+    mesh_resolution: int = 128
+    #: iso-level of the density (Gaussians: Σ opacity·exp(−½ Mahalanobis²), as DreamGaussian)
+    mesh_threshold: float = 1.0
+    #: half-size of the extraction cube; 0 = from the representation (Gaussians: the extent of their means)
+    mesh_bound: float = 0.0
+    #: keep the N largest connected components (0 = all)
+    mesh_components: int = 1
+    #: decimate to at most this many faces (0 = no decimation)
+    mesh_faces: int = 20000
+    #: texture size in texels (square) and seam padding in texels
+    texture_size: int = 1024
+    texture_padding: int = 8
+    #: PBR constants baked into the ORM texture (occlusion is 1)
+    mesh_roughness: float = 0.9
+    mesh_metallic: float = 0.0
+    #: centre (bounding box centred at the origin) | base (centred in X/Z, bottom at y = 0) | keep
+    mesh_origin: str = "centre"
+    #: also write <name>_preview.png and <name>_turntable.mp4 rendered from the exported file
+    mesh_preview: bool = True
 
 
 @dataclass

@@ -16,6 +16,11 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "gaussians": ("dreamkit.representations.gaussians:GaussianModel",
                       "dreamkit.representations.gaussians:GaussianConfig",
                       "3D Gaussian splatting; gsplat on CUDA, tile-binned PyTorch twin on CPU; densify/prune strategy"),
+        "nerf": ("dreamkit.representations.nerf:NeRFModel", "dreamkit.representations.nerf:NeRFConfig",
+                 "hash-grid NeRF, volume-rendered with an occupancy grid (nerfacc on CUDA, PyTorch twin on CPU)"),
+        "triplane": ("dreamkit.representations.triplane:TriplaneModel",
+                     "dreamkit.representations.triplane:TriplaneConfig",
+                     "three axis-aligned feature planes + small MLP decoder (EG3D), volume-rendered"),
     },
     "prior": {
         "oracle": ("dreamkit.priors.oracle:OraclePrior", "dreamkit.priors.configs:OraclePriorConfig",
@@ -23,6 +28,8 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "stable-diffusion": ("dreamkit.priors.diffusers_sd:StableDiffusionPrior",
                              "dreamkit.priors.configs:StableDiffusionPriorConfig",
                              "diffusers Stable Diffusion 1.x/2.x folder or hub id (latent; epsilon or v-prediction)"),
+        "pixel": ("dreamkit.priors.pixel:PixelDiffusionPrior", "dreamkit.priors.configs:PixelPriorConfig",
+                  "pixel-space diffusers folder, DeepFloyd-IF style (the embedded tiny priors; single or multi-view)"),
     },
     "guidance": {
         "sds": ("dreamkit.guidance.sds:SDSGuidance", "dreamkit.guidance.sds:SDSConfig",
@@ -34,6 +41,9 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
 EXPORTERS: dict[str, tuple[str, str]] = {
     "ply": ("dreamkit.export.ply:export_gaussians_ply", "3D Gaussian splatting PLY (x,y,z,f_dc,f_rest,opacity,scale,rot)"),
     "mp4": ("dreamkit.export.video:export_turntable", "turntable video of the representation (imageio-ffmpeg, H.264)"),
+    "glb": ("dreamkit.export.gltf:export_glb", "textured mesh, binary glTF 2.0 with PBR material (game engines, Blender)"),
+    "obj": ("dreamkit.export.obj:export_obj", "textured mesh, OBJ + MTL + PNG textures"),
+    "mesh": ("dreamkit.export.gltf:export_mesh_files", "textured mesh as both GLB and OBJ (one extraction)"),
 }
 EXPORT_FORMATS = tuple(EXPORTERS)
 

@@ -16,3 +16,11 @@ def tiny_sd_dir(tmp_path_factory):
     from dreamkit.priors.tiny_random import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory):
+    """A tiny random pixel-space prior (the embedded priors' layout, MiniLM text encoder)."""
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    return build_tiny_random_pixel_prior(tmp_path_factory.mktemp("tiny_pixel"), world_captions=["a red cube"])

@@ -200,3 +200,34 @@ def load_mesh_file(path: str | Path) -> Mesh:
         verts, faces = verts[faces].reshape(-1, 3), np.arange(len(faces) * 3).reshape(-1, 3)
         kw["vertex_colors"] = np.repeat(fc, 3, axis=0)
     return Mesh(verts=verts, faces=faces, **kw)
+
+
+def write_preview(path: str | Path, export_cfg=None, background=None, turntable: bool = True) -> list[Path]:
+    """Render an exported mesh file (GLB / OBJ, loaded back with trimesh) on an orbit around its bounding-box
+    centre: ``<stem>_preview.png`` (8 views) and, with ``turntable``, ``<stem>_turntable.mp4``. What viewers load
+    is what the preview shows, so it is a check of the file, not of the representation. Returns the written paths.
+    """
+    from ..cameras import cameras_from_spherical
+    from ..imageio_utils import save_image_grid, write_video
+
+    def opt(name, default):
+        return default if export_cfg is None else getattr(export_cfg, name, default)
+
+    path = Path(path)
+    mesh = load_mesh_file(path)
+    frames = int(opt("turntable_frames", 48))
+    res = int(opt("turntable_resolution", 128))
+    centre = torch.as_tensor(mesh.bounds.mean(0), dtype=torch.float32)
+    az = torch.arange(frames, dtype=torch.float32) * (360.0 / frames)
+    full = lambda v: torch.full((frames,), float(v))  # noqa: E731
+    cams = cameras_from_spherical(full(opt("turntable_elevation", 15.0)), az, full(opt("turntable_distance", 2.75)),
+                                  full(opt("turntable_fovy", 40.0)), res, res, target=centre.expand(frames, 3))
+    bg = (1.0, 1.0, 1.0) if background is None else torch.as_tensor(background, dtype=torch.float32).reshape(-1)[:3]
+    images = torch.cat([render_mesh(mesh, cams[i:i + 8], background=bg)[0] for i in range(0, frames, 8)])
+    stem = path.with_suffix("")
+    written = []
+    step = max(1, frames // 8)
+    written.append(save_image_grid(images[::step][:8], Path(f"{stem}_preview.png"), columns=4))
+    if turntable:
+        written.append(write_video(images, Path(f"{stem}_turntable.mp4"), fps=int(opt("turntable_fps", 24))))
+    return written

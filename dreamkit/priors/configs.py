@@ -29,6 +29,15 @@ class StableDiffusionPriorConfig:
     local_files_only: Optional[bool] = None
 
 
+@dataclass
+class PixelPriorConfig:
+    type: str = "pixel"
+    #: a shipped prior (assets/priors/<name>) or a local diffusers folder with unet/, scheduler/, a text encoder
+    name: str = "tiny-t2i"
+    #: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16
+    dtype: str = "auto"
+
+
 def build_prior(cfg: Any, device: torch.device):
     """Instantiate the prior a validated ``prior`` config section describes."""
     from ..assets import asset_path
@@ -45,6 +54,10 @@ def build_prior(cfg: Any, device: torch.device):
 
         return StableDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype,
                                     local_files_only=cfg.local_files_only)
+    if cfg.type == "pixel":
+        from .pixel import PixelDiffusionPrior
+
+        return PixelDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype)
     raise ValueError(cfg.type)
 
 
@@ -63,6 +76,10 @@ def check_prior_config(cfg: Any) -> None:
         if looks_like_path and not Path(name).expanduser().is_dir():
             raise DreamkitError(f"prior folder not found: {name} — pass prior.name=<folder with model_index.json> "
                                 "or a Hugging Face id such as stabilityai/stable-diffusion-2-1-base")
+    elif cfg.type == "pixel":
+        from .pixel import resolve_prior_folder
+
+        resolve_prior_folder(str(cfg.name))
     elif cfg.type == "oracle":
         from ..assets import asset_path
 

@@ -202,7 +202,7 @@ def render_field(
         alpha_threshold: drop samples whose alpha is below this (nerfacc's alpha_thre).
 
     Returns {"rgb": [R, 3] (premultiplied, no background), "opacity": [R, 1], "depth": [R, 1] (along the ray),
-    "normal": [R, 3] and "orient": [R] if the field gives normals, "weights": [R, S],
+    "normal": [R, 3] and "orient": [R] if the field gives normals, "weights": [R, S], "t_mid": [R, S],
     "num_samples": int (evaluated with gradients)}.
     """
     R, S = rays.origins.shape[0], n_samples
@@ -212,45 +212,79 @@ def render_field(
                                          early_stop_eps, alpha_threshold)
         if cuda_out is not None:
             return cuda_out
-    t_mid, deltas, hit = _sample_along_rays(rays, aabb, S, stratified)
-    points = rays.origins[:, None] + rays.directions[:, None] * t_mid[..., None]       # [R, S, 3]
-    keep = hit[:, None].expand(R, S).clone()
+    t_mid_all, deltas_all, hit = _sample_along_rays(rays, aabb, S, stratified)
+    ray_ids = hit.nonzero(as_tuple=True)[0]                        # only rays that cross the box are marched
+    t_mid, deltas = t_mid_all[ray_ids], deltas_all[ray_ids]          # [Rh, S]
+    origins, directions = rays.origins[ray_ids], rays.directions[ray_ids]
+    Rh = ray_ids.shape[0]
+    points = origins[:, None] + directions[:, None] * t_mid[..., None]          # [Rh, S, 3]
     if occupancy is not None:
-        keep &= occupancy.is_occupied(points)
-    if early_stop_eps > 0 or alpha_threshold > 0:
-        # visibility pass without gradients (nerfacc's sigma_fn in sampling): skip what the camera cannot see
-        with torch.no_grad():
-            sig = torch.zeros(R, S, device=device, dtype=dtype)
-            idx = keep.nonzero(as_tuple=True)
-            if idx[0].numel():
-                sig[idx] = torch.cat([density_fn(p) for p in points[idx].split(chunk)]).to(dtype)
-            _, trans, alphas = weights_from_density(sig, deltas)
-            if early_stop_eps > 0:
-                keep &= trans > early_stop_eps
-            if alpha_threshold > 0:
-                keep &= alphas > alpha_threshold
+        keep = occupancy.is_occupied(points)
+    else:
+        keep = torch.ones(Rh, S, dtype=torch.bool, device=device)
+    if (early_stop_eps > 0 or alpha_threshold > 0) and Rh:
+        keep = _visible_samples(points, deltas, keep, density_fn, early_stop_eps, alpha_threshold, chunk)
     idx = keep.nonzero(as_tuple=True)
-    sigmas = torch.zeros(R, S, device=device, dtype=dtype)
-    rgbs = torch.zeros(R, S, 3, device=device, dtype=dtype)
+    sigmas = torch.zeros(Rh, S, device=device, dtype=dtype)
+    rgbs = torch.zeros(Rh, S, 3, device=device, dtype=dtype)
     normals = None
     n_eval = int(idx[0].numel())
     if n_eval:
-        dirs = rays.directions[:, None].expand(R, S, 3)[idx]
-        out = field_fn(points[idx], dirs)
+        out = field_fn(points[idx], directions[idx[0]])
         sigmas = sigmas.index_put(idx, out["sigma"].to(dtype))
         rgbs = rgbs.index_put(idx, out["rgb"].to(dtype))
         if "normal" in out:
-            normals = torch.zeros(R, S, 3, device=device, dtype=dtype).index_put(idx, out["normal"].to(dtype))
+            normals = torch.zeros(Rh, S, 3, device=device, dtype=dtype).index_put(idx, out["normal"].to(dtype))
     weights, _, _ = weights_from_density(sigmas, deltas)
-    result = composite(weights, rgbs, t_mid, normals)
-    result["weights"] = weights
+    acc = composite(weights, rgbs, t_mid, normals)
     if normals is not None:
         # DreamFusion's orientation term per ray: Σ_i stop_grad(w_i)·max(0, n_i·d)² (normals facing away from the
         # camera are penalised)
-        facing = (normals * rays.directions[:, None]).sum(-1).clamp_min(0.0)
-        result["orient"] = (weights.detach() * facing ** 2).sum(-1)
+        facing = (normals * directions[:, None]).sum(-1).clamp_min(0.0)
+        acc["orient"] = (weights.detach() * facing ** 2).sum(-1, keepdim=True)
+    result: dict = {}
+    for key, value in acc.items():  # scatter the marched rays back among all R rays (misses stay 0)
+        full = torch.zeros(R, value.shape[-1], device=device, dtype=dtype)
+        result[key] = full.index_copy(0, ray_ids, value)
+    if "orient" in result:
+        result["orient"] = result["orient"][:, 0]
+    full_w = torch.zeros(R, S, device=device, dtype=dtype)
+    result["weights"] = full_w.index_copy(0, ray_ids, weights)
+    result["t_mid"] = t_mid_all
     result["num_samples"] = n_eval
     return result
+
+
+@torch.no_grad()
+def _visible_samples(points: torch.Tensor, deltas: torch.Tensor, keep: torch.Tensor, density_fn: Callable,
+                     early_stop_eps: float, alpha_threshold: float, chunk: int, march: int = 16) -> torch.Tensor:
+    """Visibility without gradients (nerfacc's sigma_fn during sampling), marched front to back in blocks of
+    ``march`` samples so rays that have already become opaque stop evaluating the field.
+
+    points [Rh, S, 3], deltas [Rh, S], keep [Rh, S] bool → keep [Rh, S] with invisible samples removed.
+    """
+    Rh, S = keep.shape
+    keep = keep.clone()
+    log_trans = torch.zeros(Rh, device=points.device, dtype=points.dtype)   # −Σ σδ so far
+    log_eps = torch.log(torch.tensor(max(early_stop_eps, 1e-30), dtype=points.dtype))
+    for s0 in range(0, S, march):
+        block = keep[:, s0:s0 + march]
+        alive = log_trans > log_eps if early_stop_eps > 0 else torch.ones_like(block[:, 0])
+        block &= alive[:, None]
+        sig = torch.zeros(block.shape, device=points.device, dtype=points.dtype)
+        idx = block.nonzero(as_tuple=True)
+        if idx[0].numel():
+            pts = points[:, s0:s0 + march][idx]
+            sig[idx] = torch.cat([density_fn(p) for p in pts.split(chunk)]).to(points.dtype)
+        sd = sig * deltas[:, s0:s0 + march]
+        trans = torch.exp(log_trans[:, None] - (torch.cumsum(sd, dim=-1) - sd))   # exclusive, per sample
+        if early_stop_eps > 0:
+            block &= trans > early_stop_eps
+        if alpha_threshold > 0:
+            block &= (1 - torch.exp(-sd)) > alpha_threshold
+        keep[:, s0:s0 + march] = block
+        log_trans = log_trans - sd.sum(-1)
+    return keep
 
 
 def _render_field_nerfacc(rays, aabb, density_fn, field_fn, n_samples, occupancy, stratified, early_stop_eps,

@@ -73,6 +73,7 @@ class HashGridEncoding(nn.Module):
         for s in sizes:
             offsets.append(offsets[-1] + s)
         self.resolutions = resolutions
+        self._sizes, self._offsets, self._dense_levels = sizes, offsets[:-1], dense
         self.register_buffer("_res", torch.tensor(resolutions, dtype=torch.long), persistent=False)
         self.register_buffer("_size", torch.tensor(sizes, dtype=torch.long), persistent=False)
         self.register_buffer("_offset", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
@@ -110,10 +111,36 @@ class HashGridEncoding(nn.Module):
         x = x.reshape(-1, 3)
         if x.is_cuda and self.backend == "auto" and _tcnn_available():
             return self._forward_tcnn(x).reshape(*shape, self.output_dim)
-        idx, w = self.corner_indices_and_weights(x)
-        feats = torch.nn.functional.embedding(idx, self.embeddings)     # [N, L, 8, F]
-        out = (feats * w[..., None]).sum(dim=2)                         # [N, L, F]
-        return out.reshape(*shape, self.output_dim)
+        feats = [self._level(x, level) for level in range(self.n_levels)]
+        return torch.cat(feats, dim=-1).reshape(*shape, self.output_dim)
+
+    def _level(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """x [N, 3] in [0,1] → [N, F] for one level."""
+        res, size, offset = self.resolutions[level], self._sizes[level], self._offsets[level]
+        table = self.embeddings[offset:offset + size]
+        F = self.n_features_per_level
+        if self._dense_levels[level]:
+            # a dense level is a (res+1)³ vertex grid: trilinear interpolation of vertices is exactly
+            # grid_sample(align_corners=True), which is far faster on CPU than gathering 8 corners by hand.
+            s = res + 1
+            volume = table.view(s, s, s, F).permute(3, 0, 1, 2)[None]    # [1, F, z, y, x] (row = x + s·(y + s·z))
+            grid = (x * 2 - 1).view(1, -1, 1, 1, 3)
+            out = torch.nn.functional.grid_sample(volume, grid, mode="bilinear", padding_mode="border",
+                                                  align_corners=True)
+            return out.view(F, -1).t()
+        # hashed level: the 8 corners' hashes built per axis and combined by broadcasting (x ⊕ y ⊕ z)
+        pos = x * res
+        cell = torch.floor(pos).long().clamp(0, res - 1)
+        frac = pos - cell.to(x.dtype)                                    # [N, 3]
+        two = torch.arange(2, device=x.device)
+        h = (cell[:, :, None] + two) * self._primes[None, :, None]       # [N, 3, 2]
+        w = torch.stack([1 - frac, frac], dim=-1)                        # [N, 3, 2]
+        idx = torch.bitwise_xor(torch.bitwise_xor(h[:, 0, :, None, None], h[:, 1, None, :, None]),
+                                h[:, 2, None, None, :])                  # [N, 2, 2, 2] (x, y, z bits)
+        idx = torch.remainder(idx, size).reshape(-1)
+        weights = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(-1, 8, 1)
+        corners = table.index_select(0, idx).view(-1, 8, F)
+        return (corners * weights).sum(dim=1)
 
     def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
         # tiny-cuda-nn keeps its own parameter layout; used for speed on CUDA only (checkpoints then differ).

@@ -92,12 +92,13 @@ class VolumeRenderConfig:
 @dataclass
 class NeRFConfig(VolumeRenderConfig):
     name: str = "nerf"
-    #: hash grid (Müller et al. 2022)
-    n_levels: int = 8
+    #: hash grid (Müller et al. 2022). Defaults keep every level dense (16 … 71 vertices per side): on CPU a dense
+    #: level is one grid_sample; raise log2_hashmap_size/levels on CUDA for finer detail
+    n_levels: int = 6
     n_features_per_level: int = 2
-    log2_hashmap_size: int = 16
+    log2_hashmap_size: int = 19
     base_resolution: int = 16
-    per_level_scale: float = 1.4
+    per_level_scale: float = 1.35
     #: MLPs
     hidden_dim: int = 32
     density_layers: int = 1

@@ -161,11 +161,14 @@ def parse_prompt(text: str) -> Optional["Scene"]:
     return None
 
 
-_STOPWORDS = frozenset({"a", "an", "the", "of", "3d", "render", "photo", "that", "is", "with"})
+_STOPWORDS = frozenset({"a", "an", "the", "of", "3d", "render", "photo", "that", "is", "with", "on", "to", "and"})
+#: single-word synonyms → the canonical shape noun, so "a red ball" is near "a red sphere"
+_TOKEN_SYNONYMS = {syn: shape for shape, syns in SHAPE_SYNONYMS.items() for syn in syns if " " not in syn}
 
 
 def _tokens(s: str) -> frozenset[str]:
-    return frozenset(t for t in re.findall(r"[a-z0-9]+", s.lower()) if t not in _STOPWORDS)
+    words = re.findall(r"[a-z0-9]+", s.lower())
+    return frozenset(_TOKEN_SYNONYMS.get(t, t) for t in words if t not in _STOPWORDS)
 
 
 @lru_cache(maxsize=1)
@@ -184,6 +187,7 @@ def nearest_prompts(text: str, k: int = 3) -> list[str]:
     """
     query = normalize_text(text)
     q = _tokens(query)
+    query = " ".join(_TOKEN_SYNONYMS.get(w, w) for w in query.split())
     scored = []
     for caption, toks in _canonical_index():
         union = len(q | toks)

@@ -89,9 +89,7 @@ class Scene:
 
         Parts share no vertices, so every vertex has the colour of its faces.
         """
-        verts, faces, colours = _scene_arrays(self)
-        return (torch.from_numpy(verts).to(device), torch.from_numpy(faces).to(device),
-                torch.from_numpy(colours).to(device))
+        return tuple(t.to(device, copy=True) for t in _scene_tensors(self))  # type: ignore[return-value]
 
     def export(self, path: Union[str, Path]) -> Path:
         """Write the ground-truth coloured mesh: ``.ply`` (binary, vertex colours) or ``.glb`` (COLOR_0)."""
@@ -209,9 +207,7 @@ def _scene_parts(scene: Scene) -> tuple[Part, ...]:
 
 
 @lru_cache(maxsize=1024)
-def _scene_arrays(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scene_tensors(scene: Scene) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     verts, faces, colours = parts_to_arrays(_scene_parts(scene))
-    out = (verts.astype(np.float32), faces.astype(np.int64), (colours / 255.0).astype(np.float32))
-    for arr in out:
-        arr.setflags(write=False)
-    return out
+    return (torch.as_tensor(verts, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.long),
+            torch.as_tensor(colours / 255.0, dtype=torch.float32))

@@ -380,16 +380,16 @@ class AsymmetricObject:
 ASYMMETRIC_OBJECTS: dict[str, AsymmetricObject] = {o.name: o for o in (
     AsymmetricObject("house", _house, (90, 50, 25), (
         "a house", "a house with a door", "a small house with a red roof", "a yellow house with a red roof",
-        "a 3d render of a house", "a photo of a house")),
+        "a 3D render of a house", "a photo of a house")),
     AsymmetricObject("snowman", _snowman, CARROT, (
         "a snowman", "a snowman with a carrot nose", "a snowman wearing a black hat", "a snowman with a red scarf",
-        "a 3d render of a snowman", "a photo of a snowman")),
+        "a 3D render of a snowman", "a photo of a snowman")),
     AsymmetricObject("mug", _mug, BADGE_YELLOW, (
         "a mug", "a blue mug", "a blue mug with a handle", "a coffee mug", "a blue mug with a yellow badge",
-        "a 3d render of a mug", "a photo of a mug")),
+        "a 3D render of a mug", "a photo of a mug")),
     AsymmetricObject("car", _car, HEADLIGHT, (
         "a car", "a red car", "a toy car", "a small red car with yellow headlights",
-        "a 3d render of a car", "a photo of a car")),
+        "a 3D render of a car", "a photo of a car")),
 )}
 
 

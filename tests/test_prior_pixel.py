@@ -1,0 +1,73 @@
+"""Pixel-space (DeepFloyd-IF-style) priors, DDIM sampling and `dreamkit sample`."""
+import warnings
+
+import pytest
+import torch
+
+from dreamkit.callbacks import psnr_db
+from dreamkit.cli import main
+from dreamkit.priors.oracle import OraclePrior
+from dreamkit.priors.pixel import PixelDiffusionPrior
+from dreamkit.priors.sampling import ddim_sample, sample_cameras
+
+
+def test_ddim_with_the_exact_oracle_score_recovers_the_target():
+    prior = OraclePrior(resolution=32)
+    cams = sample_cameras(4, 32)
+    images = ddim_sample(prior, ["a house"] * 4, steps=25, guidance_scale=1.0, cameras=cams,
+                         generator=torch.Generator().manual_seed(0))
+    target = prior.target_images(cams, 0)
+    assert psnr_db(images.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)) > 30
+
+
+def test_pixel_prior_loading_text_and_prediction(tiny_pixel_dir):
+    prior = PixelDiffusionPrior(str(tiny_pixel_dir))
+    assert prior.resolution == 16 and prior.channels == 3 and not prior.latent and prior.views == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = prior.encode_text(["a red cube"])  # in-world: no warning
+    assert text.cond.shape == (1, 17, 384) and text.uncond.shape == (1, 17, 384)
+    # token 0 is the mean of the real (unmasked) token embeddings
+    tokens = text.cond[0, 1:]
+    real = tokens.abs().sum(-1) > 0
+    torch.testing.assert_close(text.cond[0, 0], tokens[real].mean(0))
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([10, 900])
+    eps = prior.predict(x, t, text.cond.expand(2, -1, -1))
+    assert eps.shape == (2, 3, 16, 16) and torch.isfinite(eps).all()
+    manual = prior.unet(x, t, encoder_hidden_states=text.cond.expand(2, -1, -1),
+                        class_labels=text.cond[:, 0].expand(2, -1)).sample
+    torch.testing.assert_close(eps, manual)
+    with pytest.warns(UserWarning, match="outside the tiny world"):
+        prior.encode_text(["a purple dragon"])
+
+
+def test_pixel_prior_v_prediction(tmp_path):
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    prior = PixelDiffusionPrior(str(build_tiny_random_pixel_prior(tmp_path / "v", prediction_type="v_prediction")))
+    text = prior.encode_text(["a cube"])
+    x = torch.randn(1, 3, 16, 16)
+    t = torch.tensor([500])
+    v = prior.unet(x, t, encoder_hidden_states=text.cond, class_labels=text.cond[:, 0]).sample
+    abar = prior.alphas_cumprod[500]
+    torch.testing.assert_close(prior.predict(x, t, text.cond), abar.sqrt() * v + (1 - abar).sqrt() * x)
+
+
+def test_sample_command_writes_grid(tiny_pixel_dir, tmp_path):
+    import imageio.v3 as iio
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", "a red cube", "a blue cube", "--prior", str(tiny_pixel_dir), "--views", "3",
+                 "--steps", "3", "--output", str(out)]) == 0
+    assert iio.imread(out).shape == (2 * 16, 3 * 16, 3)
+    assert main(["sample", "a house", "--prior", "oracle", "--views", "4", "--steps", "3",
+                 "--output", str(tmp_path / "o.png")]) == 0
+    assert main(["sample", "a red cube", "--prior", "no-such-prior"]) == 2
+
+
+def test_fit_through_the_pixel_prior(tiny_pixel_dir, tmp_path):
+    code = main(["fit", "--config", "gs_sds.yaml", "prior.type=pixel", f"prior.name={tiny_pixel_dir}",
+                 f"output_dir={tmp_path}", "trainer.max_steps=2", "representation.num_points=300",
+                 "camera.batch_size=2", "trainer.progress=false", "export.turntable=false"])
+    assert code == 0
