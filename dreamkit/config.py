@@ -81,7 +81,7 @@ class TrainerConfig:
 
 @dataclass
 class ExportConfig:
-    #: exports written when a fit ends (also `dreamkit export`): ply | mp4 | glb | obj | mesh (= glb + obj)
+    #: exports written when a fit ends (also `dreamkit export`): ply | mp4 | glb | obj
     formats: List[str] = field(default_factory=lambda: ["ply"])
     turntable: bool = True
     turntable_frames: int = 48
@@ -109,7 +109,7 @@ class ExportConfig:
     mesh_metallic: float = 0.0
     #: centre (bounding box centred at the origin) | base (centred in X/Z, bottom at y = 0) | keep
     mesh_origin: str = "centre"
-    #: also write <name>_preview.png and <name>_turntable.mp4 rendered from the exported file
+    #: also write mesh_glb_preview.png + mesh_glb_turntable.mp4 (mesh_obj_preview.png for OBJ) rendered from the file
     mesh_preview: bool = True
 
 

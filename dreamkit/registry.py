@@ -43,7 +43,6 @@ EXPORTERS: dict[str, tuple[str, str]] = {
     "mp4": ("dreamkit.export.video:export_turntable", "turntable video of the representation (imageio-ffmpeg, H.264)"),
     "glb": ("dreamkit.export.gltf:export_glb", "textured mesh, binary glTF 2.0 with PBR material (game engines, Blender)"),
     "obj": ("dreamkit.export.obj:export_obj", "textured mesh, OBJ + MTL + PNG textures"),
-    "mesh": ("dreamkit.export.gltf:export_mesh_files", "textured mesh as both GLB and OBJ (one extraction)"),
 }
 EXPORT_FORMATS = tuple(EXPORTERS)
 

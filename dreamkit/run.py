@@ -205,7 +205,7 @@ def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: O
         background = background_from_checkpoint(cfg, ckpt)
     out_dir = Path(out_dir) if out_dir else run_dir / "exports"
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = {"ply": "gaussians.ply", "mp4": "turntable.mp4", "glb": "mesh.glb", "obj": "mesh.obj", "mesh": "mesh.glb"}
+    names = {"ply": "gaussians.ply", "mp4": "turntable.mp4", "glb": "mesh.glb", "obj": "mesh.obj"}
     written = []
     for fmt in formats:
         fn = exporter(fmt)

@@ -123,7 +123,27 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     def opt(name, default):
         return default if export_cfg is None else getattr(export_cfg, name, default)
 
+    settings = tuple((k, opt(k, None)) for k in _MESH_SETTINGS)
+    key = (id(model), settings, _fingerprint(model))
+    if _LAST[0] is not None and _LAST[0][0] == key:  # `glb` then `obj` of one model: extract and bake once
+        return _LAST[0][1]
     mesh, color_fn = mesh_from_representation(model, export_cfg)
-    return bake_mesh(mesh, texture_size=int(opt("texture_size", 1024)), padding=int(opt("texture_padding", 8)),
+    result = bake_mesh(mesh, texture_size=int(opt("texture_size", 1024)), padding=int(opt("texture_padding", 8)),
                      color_fn=color_fn, roughness=float(opt("mesh_roughness", 0.9)),
                      metallic=float(opt("mesh_metallic", 0.0)))
+    _LAST[0] = (key, result)
+    return result
+
+
+_MESH_SETTINGS = ("mesh_resolution", "mesh_threshold", "mesh_bound", "mesh_components", "mesh_faces",
+                  "texture_size", "texture_padding", "mesh_roughness", "mesh_metallic")
+_LAST: list = [None]  # ((model id, settings, parameter fingerprint), Mesh) of the last textured_mesh call
+
+
+def _fingerprint(model) -> tuple:
+    """Cheap identity of a model's current parameter values (sums and shapes), to detect a changed model."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return (id(model),)
+    with torch.no_grad():
+        return tuple((tuple(p.shape), float(p.detach().double().sum())) for p in params())

@@ -107,10 +107,14 @@ class GaussianField:
     ``cutoff_sigma`` standard deviations (Mahalanobis distance); colour(x) = the density-weighted mean of the
     Gaussians' colours at x (the colour of the nearest Gaussian where no Gaussian reaches x).
 
-    Culling: the query points are hashed into a uniform cell grid; each Gaussian enumerates the cells of its
-    axis-aligned ``cutoff_sigma`` box and only the points in those cells, so the work is the number of
-    (Gaussian, nearby point) pairs, processed ``max_pairs`` at a time (bounded memory) — no Python loop over
-    Gaussians.
+    Culling, so the work is the number of (Gaussian, nearby sample) pairs, ``max_pairs`` at a time (bounded memory),
+    with no Python loop over Gaussians:
+
+    * :meth:`query` (arbitrary points): the points are hashed into a uniform cell grid; each Gaussian enumerates
+      the cells of its axis-aligned ``cutoff_sigma`` box and the points in them.
+    * :meth:`density_grid` (a regular grid, for marching cubes): each Gaussian splats into the block of grid samples
+      inside its box, Gaussians grouped by block size; 10k Gaussians at 128³ take about 4 s of one CPU core. It
+      keeps the colour sums, and :meth:`query_color` then interpolates them (fast texture baking).
 
     Args:
         means [N, 3], scales [N, 3] (activated, standard deviations), quats [N, 4] (w, x, y, z), opacities [N],
@@ -131,6 +135,7 @@ class GaussianField:
         self.cutoff2 = float(cutoff_sigma) ** 2
         self.max_pairs = int(max_pairs)
         self._tree = None
+        self._grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     @classmethod
     def from_model(cls, model: Any, **kw: Any) -> "GaussianField":
@@ -139,7 +144,7 @@ class GaussianField:
         colors = (sh0 * 0.28209479177387814 + 0.5).clamp(0, 1)
         return cls(model.means, model.scales, model.quats, model.opacities, colors, **kw)
 
-    def mesh_bound(self, quantile: float = 0.995, margin: float = 0.05) -> np.ndarray:
+    def mesh_bound(self, quantile: float = 0.999, margin: float = 0.05) -> np.ndarray:
         """[2, 3] box around the Gaussians: the ``quantile`` range of the means (stray Gaussians ignored) grown by
         the median Gaussian's cutoff extent and ``margin`` of the size, so the iso-surface is not clipped."""
         m = self.means.double()
@@ -153,49 +158,62 @@ class GaussianField:
 
     @torch.no_grad()
     def density_grid(self, resolution: int, bound: Bound) -> np.ndarray:
-        """The density on the R³ grid of :func:`density_grid` (same sample positions), computed by splatting: each
-        Gaussian enumerates the grid samples inside its cutoff box directly (no hashing), ``max_pairs``
-        (Gaussian, sample) pairs at a time, and scatter-adds o·exp(−½ m) into the grid. Returns [R, R, R] float32."""
+        """The density on the R³ grid of :func:`density_grid` (same sample positions), computed by splatting.
+
+        Each Gaussian covers the block of grid samples inside its cutoff box. Gaussians are grouped by block size
+        (each axis rounded up to a size class, ≤ ~1.5× the need) so that a group is one dense [G, sx, sy, sz]
+        evaluation: the quadratic form is built from per-axis terms by broadcasting, o·exp(−½ m) is scatter-added
+        into the grid, ``max_pairs`` samples at a time. The density-weighted colour sums are splatted alongside
+        and kept, so :meth:`query_color` can then interpolate them instead of evaluating every Gaussian again.
+
+        Returns [R, R, R] float32 (x, y, z).
+        """
         box = torch.as_tensor(_box(bound), dtype=torch.float32)
         R = int(resolution)
         h = (box[1] - box[0]) / (R - 1)
-        grid = torch.zeros(R * R * R)
+        acc = torch.zeros(R * R * R, 4)  # density, then Σ w·rgb
         i_lo = torch.ceil((self.means - self.extent - box[0]) / h).long().clamp(0, R - 1)
         i_hi = torch.floor((self.means + self.extent - box[0]) / h).long().clamp(-1, R - 1)
         size = (i_hi - i_lo + 1).clamp(min=0)  # [N, 3] samples per axis in the cutoff box
-        count = size.prod(1)
-        nz = torch.nonzero(count).squeeze(1)
-        if nz.numel() == 0:
-            return grid.view(R, R, R).numpy()
-        P = self.precision[nz]
-        # One column per Gaussian so each (Gaussian, sample) pair is a single repeat of contiguous rows.
-        ftable = torch.cat([self.means[nz], P[:, 0, 0:3], P[:, 1, 1:3], P[:, 2, 2:3], self.opacities[nz, None]],
-                           1).T.contiguous()  # [10, G]: μ, p00 p01 p02 p11 p12 p22, o
-        count = count[nz]
-        first = torch.cumsum(count, 0) - count
-        itable = torch.cat([i_lo[nz], size[nz, 1:2] * size[nz, 2:3], size[nz, 2:3], first[:, None]],
-                           1).T.contiguous()  # [6, G]
-        chunk_of = torch.div(first, self.max_pairs, rounding_mode="floor")
-        edges = [0] + (torch.nonzero(torch.diff(chunk_of)).squeeze(1) + 1).tolist() + [len(nz)]
-        for a, b in zip(edges[:-1], edges[1:]):
-            n = count[a:b]
-            fc = torch.repeat_interleave(ftable[:, a:b], n, dim=1)
-            ic = torch.repeat_interleave(itable[:, a:b], n, dim=1)
-            offset = int(first[a])
-            local = torch.arange(offset, offset + fc.shape[1]) - ic[5]
-            ix = torch.div(local, ic[3], rounding_mode="floor")
-            rem = local - ix * ic[3]
-            iy = torch.div(rem, ic[4], rounding_mode="floor")
-            iz = rem - iy * ic[4]
-            ix, iy, iz = ix + ic[0], iy + ic[1], iz + ic[2]
-            dx = box[0, 0] + ix * h[0] - fc[0]
-            dy = box[0, 1] + iy * h[1] - fc[1]
-            dz = box[0, 2] + iz * h[2] - fc[2]
-            m = (fc[3] * dx * dx + fc[6] * dy * dy + fc[8] * dz * dz
-                 + 2 * (fc[4] * dx * dy + fc[5] * dx * dz + fc[7] * dy * dz))
-            w = torch.where(m < self.cutoff2, fc[9] * torch.exp(-0.5 * m), torch.zeros_like(m))
-            grid.index_add_(0, (ix * R + iy) * R + iz, w)
-        return grid.view(R, R, R).numpy()
+        alive = torch.nonzero((size > 0).all(1)).squeeze(1)
+        classes = torch.tensor(sorted({int(round(1.5 ** k)) for k in range(0, 20)} | {R}))
+        cls = torch.bucketize(size[alive], classes)  # index of the smallest class ≥ the need, per axis
+        key = (cls[:, 0] * 64 + cls[:, 1]) * 64 + cls[:, 2]
+        order = torch.argsort(key)
+        alive, key = alive[order], key[order]
+        uniq, counts = torch.unique_consecutive(key, return_counts=True)
+        starts = (torch.cumsum(counts, 0) - counts).tolist()
+        P = self.precision
+        for k, start, count in zip(uniq.tolist(), starts, counts.tolist()):
+            sx, sy, sz = (int(classes[k // 4096]), int(classes[(k // 64) % 64]), int(classes[k % 64]))
+            step = max(1, self.max_pairs // (sx * sy * sz))
+            for a in range(start, start + count, step):
+                g = alive[a:min(a + step, start + count)]
+                terms = []
+                index = []
+                for axis, n in enumerate((sx, sy, sz)):
+                    i = i_lo[g, axis, None] + torch.arange(n)  # [G, n] sample indices along this axis
+                    ok = i < (i_lo[g, axis, None] + size[g, axis, None])
+                    d = box[0, axis] + i.clamp(max=R - 1) * h[axis] - self.means[g, axis, None]
+                    terms.append((d, ok))
+                    index.append(i.clamp(max=R - 1))
+                (dx, okx), (dy, oky), (dz, okz) = terms
+                dx, dy, dz = dx[:, :, None, None], dy[:, None, :, None], dz[:, None, None, :]
+                p = P[g]
+                pp = [p[:, 0, 0], p[:, 1, 1], p[:, 2, 2], 2 * p[:, 0, 1], 2 * p[:, 0, 2], 2 * p[:, 1, 2]]
+                pp = [c[:, None, None, None] for c in pp]
+                m = ((pp[0] * dx * dx + pp[3] * dx * dy) + (pp[1] * dy * dy + pp[5] * dy * dz)
+                     + (pp[2] * dz * dz + pp[4] * dx * dz))  # [G, sx, sy, sz]
+                ok = okx[:, :, None, None] & oky[:, None, :, None] & okz[:, None, None, :] & (m < self.cutoff2)
+                w = torch.where(ok, torch.exp(-0.5 * m), torch.zeros_like(m)) * self.opacities[g, None, None, None]
+                flat = ((index[0][:, :, None, None] * R + index[1][:, None, :, None]) * R
+                        + index[2][:, None, None, :])
+                w = w.reshape(len(g), -1)
+                contrib = torch.cat([w[..., None], w[..., None] * self.colors[g, None, :]], -1)  # [G, s³, 4]
+                acc.index_add_(0, flat.reshape(-1), contrib.reshape(-1, 4))
+        grid = acc.view(R, R, R, 4)
+        self._grid = (box, grid)
+        return grid[..., 0].numpy()
 
     @torch.no_grad()
     def query(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,6 +280,21 @@ class GaussianField:
             color_sum.index_add_(0, p, w[:, None] * self.colors[g_global])
         return density, color_sum
 
+    def _query_cached(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`query`, but trilinear in the grids of the last :meth:`density_grid` call when every point
+        lies inside them (fast for the many texels of a bake; exact at the grid samples)."""
+        if self._grid is None or len(points) == 0:
+            return self.query(points)
+        box, grid = self._grid
+        if not bool(((points >= box[0]) & (points <= box[1])).all()):
+            return self.query(points)
+        # grid_sample on [1, 4, D=x, H=y, W=z]: its sample coordinates are ordered (W, H, D) = (z, y, x).
+        coords = ((points - box[0]) / (box[1] - box[0]) * 2 - 1).flip(-1)
+        out = torch.nn.functional.grid_sample(grid.permute(3, 0, 1, 2)[None], coords.view(1, -1, 1, 1, 3),
+                                              mode="bilinear", align_corners=True)
+        out = out.view(4, -1).T
+        return out[:, 0], out[:, 1:]
+
     def query_density(self, points: torch.Tensor) -> torch.Tensor:
         """points [P, 3] → density [P]."""
         return self.query(points)[0]
@@ -269,7 +302,7 @@ class GaussianField:
     def query_color(self, points: torch.Tensor) -> torch.Tensor:
         """points [P, 3] → RGB [P, 3] in [0, 1]: density-weighted colour, nearest Gaussian's colour where the
         density vanishes."""
-        density, color_sum = self.query(points)
+        density, color_sum = self._query_cached(points.detach().float().cpu())
         color = color_sum / density.clamp_min(1e-12)[:, None]
         empty = density < 1e-8
         if bool(empty.any()):

@@ -174,8 +174,9 @@ def export_glb(model, path, export_cfg=None, background=None, device="cpu", **_)
 
 
 def export_mesh_files(model, path, export_cfg=None, background=None, device="cpu", **_) -> Path:
-    """Exporter ``mesh``: one extraction written as ``path`` (GLB) and the same name with ``.obj`` (+ MTL, PNGs);
-    the preview is rendered from the GLB. Returns the GLB path."""
+    """One extraction written as ``path`` (GLB) and the same name with ``.obj`` (+ MTL, PNGs); the preview is
+    rendered from the GLB. Returns the GLB path. (Not registered: ``glb`` then ``obj`` share one extraction anyway
+    through :func:`dreamkit.export.bake.textured_mesh`'s memo.)"""
     origin = _check_origin(export_cfg)
     from .bake import textured_mesh
     from .obj import write_obj

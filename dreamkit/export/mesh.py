@@ -204,7 +204,8 @@ def load_mesh_file(path: str | Path) -> Mesh:
 
 def write_preview(path: str | Path, export_cfg=None, background=None, turntable: bool = True) -> list[Path]:
     """Render an exported mesh file (GLB / OBJ, loaded back with trimesh) on an orbit around its bounding-box
-    centre: ``<stem>_preview.png`` (8 views) and, with ``turntable``, ``<stem>_turntable.mp4``. What viewers load
+    centre: ``<stem>_<format>_preview.png`` (8 views) and, with ``turntable``, ``<stem>_<format>_turntable.mp4``
+    (e.g. ``mesh_glb_preview.png``), so the previews of ``mesh.glb`` and ``mesh.obj`` do not collide. What viewers load
     is what the preview shows, so it is a check of the file, not of the representation. Returns the written paths.
     """
     from ..cameras import cameras_from_spherical
@@ -224,7 +225,7 @@ def write_preview(path: str | Path, export_cfg=None, background=None, turntable:
                                   full(opt("turntable_fovy", 40.0)), res, res, target=centre.expand(frames, 3))
     bg = (1.0, 1.0, 1.0) if background is None else torch.as_tensor(background, dtype=torch.float32).reshape(-1)[:3]
     images = torch.cat([render_mesh(mesh, cams[i:i + 8], background=bg)[0] for i in range(0, frames, 8)])
-    stem = path.with_suffix("")
+    stem = f"{path.with_suffix('')}_{path.suffix.lstrip('.').lower()}"
     written = []
     step = max(1, frames // 8)
     written.append(save_image_grid(images[::step][:8], Path(f"{stem}_preview.png"), columns=4))

@@ -85,5 +85,5 @@ def export_obj(model, path, export_cfg=None, background=None, device="cpu", **_)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):
         from .mesh import write_preview
 
-        write_preview(path, export_cfg, background)
+        write_preview(path, export_cfg, background, turntable=False)  # the GLB exporter writes the video
     return path

@@ -80,6 +80,11 @@ class Scene:
         return (f"composition/{self.colours[0]}/{self.shapes[0]}/{self.relation}/"
                 f"{self.colours[1]}/{self.shapes[1]}")
 
+    @property
+    def closed(self) -> bool:
+        """Every part is closed and wound outwards, so renderers may cull back faces."""
+        return self.kind != "asymmetric" or ASYMMETRIC_OBJECTS[self.shapes[0]].closed
+
     def parts(self) -> list[Part]:
         """The scene's closed parts (numpy), each one colour, placed in the world (front towards +Z)."""
         return list(_scene_parts(self))

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Every shape and object fits in this sphere around the origin (the training cameras stand 2.5-3 units away).
-MAX_RADIUS = 0.68
+MAX_RADIUS = 0.70
 
 
 class Part(NamedTuple):
@@ -219,7 +219,7 @@ def _ring() -> tuple[np.ndarray, np.ndarray]:
 SHAPES: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
     "cube": lambda: box((-0.37, -0.37, -0.37), (0.37, 0.37, 0.37)),
     "sphere": lambda: sphere(0.55, segments=32, rings=16),
-    "cylinder": lambda: cylinder(0.46, -0.34, 0.34, segments=40),
+    "cylinder": lambda: cylinder(0.52, -0.27, 0.27, segments=40),
     "cone": lambda: cone(0.40, -0.55, 0.55, segments=40),
     "torus": lambda: torus(0.42, 0.18, segments=40, tube_segments=16),
     "pyramid": lambda: pyramid(0.43, 0.33),
@@ -297,7 +297,7 @@ TAILLIGHT = (120, 10, 10)
 
 
 def _snowman() -> list[Part]:
-    nose_v, nose_f = cone(0.045, 0.0, 0.24, segments=16)
+    nose_v, nose_f = cone(0.06, 0.0, 0.24, segments=16)
     nose_v = rotate_x(nose_v, 90.0) + np.array([0.0, 0.36, 0.12])  # points along +Z out of the head
     parts = [
         Part(*sphere(0.28, centre=(0, -0.34, 0)), SNOW),
@@ -348,19 +348,52 @@ def _car() -> list[Part]:
     return parts
 
 
-def _house() -> list[Part]:
-    # The shipped sample house (scripts/make_assets.py), split back into one part per colour.
-    from .meshes import load_colored_mesh
+# The house of scripts/make_assets.py (the shipped assets/meshes/house.ply), rebuilt here without trimesh.
+HOUSE_BODY = (240, 196, 90)  # warm yellow walls
+HOUSE_ROOF = (196, 40, 32)  # red roof
+HOUSE_DOOR = (90, 50, 25)  # dark brown door (front, +Z)
+HOUSE_WINDOW = (110, 185, 240)  # light blue glass
+HOUSE_CHIMNEY = (100, 105, 130)  # slate grey-blue chimney
 
-    verts, faces, colours = load_colored_mesh("meshes/house.ply")
-    verts, faces = verts.double().numpy(), faces.numpy()
-    rgb = np.round(colours.numpy() * 255).astype(np.int64)
-    parts = []
-    for colour in np.unique(rgb, axis=0):
-        sel = faces[(rgb == colour).all(1)]
-        used, inverse = np.unique(sel, return_inverse=True)
-        parts.append(Part(verts[used], inverse.reshape(-1, 3), tuple(int(c) for c in colour)))
-    return parts
+
+def _house() -> list[Part]:
+    half_x, height, half_z = 0.40, 0.50, 0.30
+    eave_x, eave_z, ridge_y = 0.46, 0.36, 0.82
+    # Roof: the two slopes and the soffit under them, a prism open at its ends (as the shipped asset).
+    roof_v = np.array([(-eave_x, height, eave_z), (eave_x, height, eave_z), (-eave_x, height, -eave_z),
+                       (eave_x, height, -eave_z), (-eave_x, ridge_y, 0.0), (eave_x, ridge_y, 0.0)])
+    roof_f = np.array([(0, 1, 5), (0, 5, 4), (2, 4, 5), (2, 5, 3), (0, 2, 3), (0, 3, 1)])
+    roof_f = _wind_outward(roof_v, roof_f)
+    # Gables: the wall ends under the roof on -X and +X (pentagons, one-sided, facing outwards).
+    wall_top = height + (ridge_y - height) * (1 - half_z / eave_z)
+    gable_parts = []
+    for sx in (-1.0, 1.0):
+        x = sx * half_x
+        v = np.array([(x, height, half_z), (x, height, -half_z), (x, wall_top, -half_z), (x, ridge_y, 0.0),
+                      (x, wall_top, half_z)])
+        f = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4]])
+        if np.cross(v[1] - v[0], v[2] - v[0])[0] * sx < 0:
+            f = f[:, ::-1].copy()
+        gable_parts.append(Part(v, f, HOUSE_BODY))
+    return [
+        Part(*box((-half_x, 0.0, -half_z), (half_x, height, half_z)), HOUSE_BODY),
+        *gable_parts,
+        Part(roof_v, roof_f, HOUSE_ROOF),
+        Part(*box((-0.24, 0.0, half_z - 0.01), (-0.08, 0.32, half_z + 0.025)), HOUSE_DOOR),  # door, left of centre
+        Part(*box((0.06, 0.20, half_z - 0.01), (0.26, 0.38, half_z + 0.015)), HOUSE_WINDOW),  # front window
+        Part(*box((half_x - 0.01, 0.18, -0.12), (half_x + 0.015, 0.38, 0.12)), HOUSE_WINDOW),  # +X side window only
+        Part(*box((0.16, 0.55, -0.20), (0.28, 0.95, -0.08)), HOUSE_CHIMNEY),  # chimney: +X, back slope
+    ]
+
+
+def _wind_outward(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Orient each face of a convex part away from the part's centroid."""
+    faces = np.asarray(faces, np.int64).copy()
+    tri = vertices[faces]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    inward = (normal * (tri.mean(1) - vertices.mean(0))).sum(-1) < 0
+    faces[inward] = faces[inward][:, ::-1]
+    return faces
 
 
 @dataclass(frozen=True)
@@ -368,19 +401,22 @@ class AsymmetricObject:
     """A multi-colour object with a clear front (+Z).
 
     ``front_feature`` is the colour of a part seen from the front only (used to test orientation); ``captions``
-    are its phrasings, the first canonical.
+    are its phrasings, the first canonical. Parts are scaled into a sphere of radius 0.65 (0.68 for the house, as
+    the shipped asset).
     """
 
     name: str
     build: Callable[[], list[Part]]
     front_feature: tuple[int, int, int]
     captions: tuple[str, ...]
+    #: every part is closed and wound outwards (back faces may be culled); the house has one-sided gables
+    closed: bool = True
 
 
 ASYMMETRIC_OBJECTS: dict[str, AsymmetricObject] = {o.name: o for o in (
-    AsymmetricObject("house", _house, (90, 50, 25), (
+    AsymmetricObject("house", _house, HOUSE_DOOR, (
         "a house", "a house with a door", "a small house with a red roof", "a yellow house with a red roof",
-        "a 3D render of a house", "a photo of a house")),
+        "a 3D render of a house", "a photo of a house"), closed=False),
     AsymmetricObject("snowman", _snowman, CARROT, (
         "a snowman", "a snowman with a carrot nose", "a snowman wearing a black hat", "a snowman with a red scarf",
         "a 3D render of a snowman", "a photo of a snowman")),
@@ -398,4 +434,4 @@ def asymmetric_parts(name: str) -> tuple[Part, ...]:
     """The parts of asymmetric object ``name``, centred and scaled to radius 0.65 (front towards +Z)."""
     if name not in ASYMMETRIC_OBJECTS:
         raise KeyError(f"unknown object {name!r}; known: {', '.join(ASYMMETRIC_OBJECTS)}")
-    return tuple(normalize_parts(ASYMMETRIC_OBJECTS[name].build()))
+    return tuple(normalize_parts(ASYMMETRIC_OBJECTS[name].build(), 0.68 if name == "house" else 0.65))
