@@ -43,8 +43,9 @@ __all__ = [
 
 KINDS = ("single", "asymmetric", "composition")
 
-#: Scale of each primitive inside a two-object composition, before the pair is fitted to the scene radius.
-_COMPOSITION_GAP = 0.08  # between the two objects (in the primitives' own units)
+#: gap between the two objects of a "next to" composition, in the primitives' own units (before fitting)
+_COMPOSITION_GAP = 0.08
+#: a composition's two objects are scaled together to fit a sphere of this radius
 SCENE_RADIUS = 0.65
 
 
