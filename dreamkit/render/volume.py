@@ -161,7 +161,8 @@ class OccupancyGrid(torch.nn.Module):
         return {"occupancy": float(self.occupied.float().mean())}
 
 
-def _sample_along_rays(rays: Rays, aabb: torch.Tensor, n_samples: int, stratified: bool
+def _sample_along_rays(rays: Rays, aabb: torch.Tensor, n_samples: int, stratified: bool,
+                       generator: Optional[torch.Generator] = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Uniform samples inside the box: t_mid [R, S], deltas [R, S], hit [R]."""
     t_near, t_far, hit = ray_aabb_intersect(rays.origins, rays.directions, aabb)
@@ -169,7 +170,9 @@ def _sample_along_rays(rays: Rays, aabb: torch.Tensor, n_samples: int, stratifie
     span = (t_far - t_near)[:, None]
     u = torch.arange(n_samples, device=span.device, dtype=span.dtype)[None]
     if stratified:
-        u = u + torch.rand(span.shape[0], n_samples, device=span.device, dtype=span.dtype)
+        gen_device = generator.device if generator is not None else span.device
+        u = u + torch.rand(span.shape[0], n_samples, generator=generator, device=gen_device,
+                           dtype=span.dtype).to(span.device)
     else:
         u = u + 0.5
     t_mid = t_near[:, None] + span * u / n_samples
@@ -188,6 +191,7 @@ def render_field(
     early_stop_eps: float = 1e-4,
     alpha_threshold: float = 0.0,
     chunk: int = 1 << 18,
+    generator: Optional[torch.Generator] = None,
 ) -> dict[str, torch.Tensor]:
     """March R rays through a field.
 
@@ -200,6 +204,7 @@ def render_field(
         occupancy: skip samples in empty cells; None evaluates every sample (dense reference).
         early_stop_eps: drop samples whose transmittance (from the no-grad pass) is below this (0 = keep all).
         alpha_threshold: drop samples whose alpha is below this (nerfacc's alpha_thre).
+        generator: for the stratified jitter (the caller owns it, so resumed runs repeat their samples).
 
     Returns {"rgb": [R, 3] (premultiplied, no background), "opacity": [R, 1], "depth": [R, 1] (along the ray),
     "normal": [R, 3] and "orient": [R] if the field gives normals, "weights": [R, S], "t_mid": [R, S],
@@ -212,7 +217,7 @@ def render_field(
                                          early_stop_eps, alpha_threshold)
         if cuda_out is not None:
             return cuda_out
-    t_mid_all, deltas_all, hit = _sample_along_rays(rays, aabb, S, stratified)
+    t_mid_all, deltas_all, hit = _sample_along_rays(rays, aabb, S, stratified, generator)
     ray_ids = hit.nonzero(as_tuple=True)[0]                        # only rays that cross the box are marched
     t_mid, deltas = t_mid_all[ray_ids], deltas_all[ray_ids]          # [Rh, S]
     origins, directions = rays.origins[ray_ids], rays.directions[ray_ids]

@@ -73,6 +73,8 @@ class VolumeRenderConfig:
     occ_update_every: int = 16
     occ_threshold: float = 0.01
     occ_decay: float = 0.95
+    #: seed of the stratified-sampling jitter generator (its state is checkpointed)
+    sample_seed: int = 0
     #: drop samples whose transmittance is below this (nerfacc's early_stop_eps; 0 = keep all)
     early_stop_eps: float = 1e-4
     #: trunc_exp | softplus
@@ -131,6 +133,8 @@ class VolumeModel(nn.Module):
         r = float(cfg.radius)
         self.register_buffer("aabb", torch.tensor([-r, -r, -r, r, r, r]), persistent=False)
         self.occupancy = OccupancyGrid(self.aabb, cfg.occ_resolution) if cfg.occ_resolution > 0 else None
+        # stratified-sampling jitter comes from a generator of our own, saved in checkpoints (exact resume)
+        self.sample_generator = torch.Generator().manual_seed(int(cfg.sample_seed))
         light = torch.nn.functional.normalize(torch.tensor(list(cfg.light_direction), dtype=torch.float32), dim=0)
         self.register_buffer("light", light, persistent=False)
 
@@ -201,7 +205,7 @@ class VolumeModel(nn.Module):
             rays = generate_rays(cams)
             res = render_field(rays, self.aabb, self.density, self.field, n_samples=self.cfg.num_samples,
                                occupancy=self.occupancy, stratified=stratified,
-                               early_stop_eps=self.cfg.early_stop_eps)
+                               early_stop_eps=self.cfg.early_stop_eps, generator=self.sample_generator)
             res["depth"] = res["depth"] * rays.z_scale[:, None]
             outs.append(res)
         rgb = torch.cat([o["rgb"] for o in outs]).reshape(B, H, W, 3)
@@ -241,12 +245,13 @@ class VolumeModel(nn.Module):
         info.update(self.occupancy.update(self.density, step_size, cfg.occ_threshold, cfg.occ_decay, gen))
         return info
 
-    # occupancy buffers are in the state_dict; nothing else to carry
+    # the occupancy grid's buffers are in the state_dict; the sampling generator travels here
     def extra_state_dict(self) -> dict:
-        return {}
+        return {"sample_generator": self.sample_generator.get_state()}
 
     def load_extra_state_dict(self, state: dict) -> None:
-        return None
+        if state.get("sample_generator") is not None:
+            self.sample_generator.set_state(state["sample_generator"])
 
 
 class NeRFModel(VolumeModel):
