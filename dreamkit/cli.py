@@ -1,4 +1,4 @@
-"""The ``dreamkit`` command: fit | export | render | sample | list.
+"""The ``dreamkit`` command: fit | export | render | sample | eval | list.
 
     dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
     dreamkit fit resume=outputs/gs_sds/a_red_cube@20261129-101500
@@ -137,6 +137,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.benchmark import run_eval
+
+    out = Path(args.out) if args.out else Path("outputs") / "eval" / Path(args.config).stem
+    if not args.out:
+        from .imageio_utils import unique_path
+
+        out = unique_path(out)
+    run_eval(args.config, args.prompts, out, args.overrides)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .config import shipped_configs
     from .registry import EXPORTERS, REGISTRY
@@ -198,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--output", "-o", help="PNG path (default samples/<prompt>.png, numbered if it exists)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="the world benchmark: fit world prompts, score geometry/colour/fronts vs truth")
+    p.add_argument("--config", "-c", required=True, help="recipe (gs_sds.yaml, gs_oracle.yaml, ...)")
+    p.add_argument("--prompts", "-p", nargs="+", default=["singles20"],
+                   help="prompt-set names (singles20, singles4, asymmetric) and/or world prompts")
+    p.add_argument("--out", "-o", help="results folder (default outputs/eval/<recipe>, numbered if it exists)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every fit")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("list", help="registered components and shipped configs")
     p.set_defaults(func=cmd_list)

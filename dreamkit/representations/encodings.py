@@ -4,8 +4,10 @@
   Encoding" (instant-ngp): L levels of grids with geometrically growing resolution; each level stores F features
   per vertex, densely while (res+1)³ ≤ T, otherwise in a table of T entries indexed by the spatial hash
   ``(x·1 ⊕ y·2654435761 ⊕ z·805459861) mod T``; a point's feature per level is the trilinear interpolation of its
-  cell's 8 corners. Pure PyTorch (vectorised over points × levels × corners); tiny-cuda-nn is used instead only
-  when importable *and* the input is on CUDA (imported lazily, never at module import).
+  cell's 8 corners. Pure PyTorch: a dense level is one ``grid_sample`` (trilinear over the vertex grid, exact and
+  much faster on CPU than gathering corners), a hashed level gathers its 8 corners with broadcast per-axis hashes.
+  tiny-cuda-nn is used instead only when importable *and* CUDA is available (imported inside a function, never at
+  module import).
 * :class:`FrequencyEncoding` — Mildenhall et al. 2020 (NeRF) positional encoding ``[x, sin(2^k π x), cos(2^k π x)]``.
 
 Inputs are points normalised to [0, 1]³ (the caller maps its bounding box there).
@@ -84,11 +86,23 @@ class HashGridEncoding(nn.Module):
         # one table for all levels (rows offset per level) so a single gather serves every level
         init = (torch.rand(offsets[-1], n_features_per_level, generator=generator) * 2 - 1) * init_scale
         self.embeddings = nn.Parameter(init)
-        self._tcnn = None  # built on first CUDA use
+        # tiny-cuda-nn twin: built here (not lazily) so its parameters exist when the optimizer is made. Its table
+        # layout is its own, so a checkpoint trained with it carries extra keys ("tcnn.params") and the torch path
+        # does not read them: train and render on the same kind of machine.
+        self.tcnn = None
+        if backend == "auto" and torch.cuda.is_available() and _tcnn_available():
+            import tinycudann as tcnn
+
+            self.tcnn = tcnn.Encoding(3, {
+                "otype": "HashGrid", "n_levels": n_levels, "n_features_per_level": n_features_per_level,
+                "log2_hashmap_size": log2_hashmap_size, "base_resolution": base_resolution,
+                "per_level_scale": per_level_scale})
 
     # -- index computation -------------------------------------------------------------------------------------
     def corner_indices_and_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, 3] in [0,1] → rows into ``embeddings`` [N, L, 8] and trilinear weights [N, L, 8]."""
+        """x [N, 3] in [0,1] → rows into ``embeddings`` [N, L, 8] and trilinear weights [N, L, 8].
+
+        All levels at once (memory-heavy; a second reference for tests and for porting, not the forward path)."""
         res = self._res.to(x.dtype)                                     # [L]
         pos = x[:, None, :] * res[None, :, None]                        # [N, L, 3] (vertex units)
         cell = torch.floor(pos).long()
@@ -109,8 +123,8 @@ class HashGridEncoding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
         x = x.reshape(-1, 3)
-        if x.is_cuda and self.backend == "auto" and _tcnn_available():
-            return self._forward_tcnn(x).reshape(*shape, self.output_dim)
+        if x.is_cuda and self.tcnn is not None:
+            return self.tcnn(x).float().reshape(*shape, self.output_dim)
         feats = [self._level(x, level) for level in range(self.n_levels)]
         return torch.cat(feats, dim=-1).reshape(*shape, self.output_dim)
 
@@ -141,18 +155,6 @@ class HashGridEncoding(nn.Module):
         weights = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(-1, 8, 1)
         corners = table.index_select(0, idx).view(-1, 8, F)
         return (corners * weights).sum(dim=1)
-
-    def _forward_tcnn(self, x: torch.Tensor) -> torch.Tensor:
-        # tiny-cuda-nn keeps its own parameter layout; used for speed on CUDA only (checkpoints then differ).
-        import tinycudann as tcnn
-
-        if self._tcnn is None:
-            self._tcnn = tcnn.Encoding(3, {
-                "otype": "HashGrid", "n_levels": self.n_levels, "n_features_per_level": self.n_features_per_level,
-                "log2_hashmap_size": self.log2_hashmap_size, "base_resolution": self.base_resolution,
-                "per_level_scale": self.per_level_scale}).to(x.device)
-        return self._tcnn(x).float()
-
 
 def hash_grid_reference_level(enc: HashGridEncoding, x: torch.Tensor, level: int) -> torch.Tensor:
     """Slow reference for one level: loops over points and corners. x [N,3] → [N, F]. For tests."""

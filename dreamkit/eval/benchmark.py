@@ -1,0 +1,174 @@
+"""`dreamkit eval`: fit a list of world prompts, export their geometry, score each against its ground truth.
+
+For every prompt: ``dreamkit fit`` with the recipe (with the oracle prior, the prompt's ground-truth scene becomes
+the oracle's target, so the benchmark has a known answer), marching-cubes export of the result, then
+* Chamfer distance and volumetric IoU against the ground-truth mesh, raw (world units, as placed) and after
+  centring and scaling both to unit bounding radius;
+* the world shape nearest to the result (normalised Chamfer) — right or wrong;
+* hue of the result (circular mean over saturated vertex colours), nearest world colour, hue error in degrees;
+* for asymmetric objects, the number of fronts seen over a 360° orbit (1 = correct, 2+ = Janus).
+Writes ``results.md`` (a Markdown table and a summary), ``results.csv`` and ``contact_sheet.png`` (8 turntable
+frames per prompt).
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import DreamkitError
+from ..world import ASYMMETRIC_OBJECTS, COLOURS, SHAPE_NAMES, parse_prompt
+
+_COLOUR_CYCLE = ("red", "blue", "green", "yellow", "purple", "orange", "cyan", "pink")
+
+
+def _singles(n: int) -> list[str]:
+    """n single-object prompts: shapes in turn, the colour shifted by one each round, so no pair repeats."""
+    out = []
+    for i in range(n):
+        shape, colour = SHAPE_NAMES[i % len(SHAPE_NAMES)], _COLOUR_CYCLE[(i + i // len(SHAPE_NAMES)) % 8]
+        out.append(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}")
+    return out
+
+
+PROMPT_SETS = {"singles20": _singles(20), "asymmetric": [o.captions[0] for o in ASYMMETRIC_OBJECTS.values()]}
+PROMPT_SETS["singles4"] = PROMPT_SETS["singles20"][:4]
+
+
+def resolve_prompts(spec: Sequence[str]) -> list[str]:
+    prompts: list[str] = []
+    for item in spec:
+        prompts.extend(PROMPT_SETS.get(item, [item]))
+    bad = [p for p in prompts if parse_prompt(p) is None]
+    if bad:
+        from ..world import nearest_prompts
+
+        raise DreamkitError(f"not a tiny-world prompt: {bad[0]!r} — nearest: {', '.join(nearest_prompts(bad[0]))}; "
+                            f"prompt sets: {', '.join(PROMPT_SETS)}")
+    return prompts
+
+
+def score_mesh(mesh, scene) -> dict:
+    """Metrics of an exported mesh (``dreamkit.export.mesh.Mesh``) against a world scene's ground truth."""
+    from ..export.mesh import render_mesh
+    from .world_metrics import (chamfer, circular_mean_hue, count_fronts, hue_distance, nearest_colour,
+                                nearest_shape, normalize_points, sample_surface, volume_iou)
+
+    from ..export.extract import decimate
+
+    v = torch.as_tensor(mesh.verts, dtype=torch.float32)
+    f = torch.as_tensor(mesh.faces, dtype=torch.long)
+    gv, gf, gcol = scene.mesh()
+    # the volumetric IoU uses a 1000-face version of the result (winding numbers cost points × faces)
+    dv, df = decimate(mesh.verts, mesh.faces, 1000) if len(mesh.faces) > 1000 else (mesh.verts, mesh.faces)
+    dv, df = torch.as_tensor(dv, dtype=torch.float32), torch.as_tensor(df, dtype=torch.long)
+    pts, gpts = sample_surface(v, f, 4096, seed=2), sample_surface(gv, gf, 4096, seed=3)
+    row = {
+        "chamfer": chamfer(pts, gpts),
+        "chamfer_norm": chamfer(normalize_points(pts), normalize_points(gpts)),
+        "iou": volume_iou((dv, df), (gv, gf)),
+        "iou_norm": volume_iou((normalize_points(dv, pts), df), (normalize_points(gv, gpts), gf)),
+    }
+    if scene.kind == "single":
+        shape, _ = nearest_shape(v, f)
+        row["nearest_shape"] = shape
+        row["shape_ok"] = shape == scene.shapes[0]
+        hue = circular_mean_hue(torch.as_tensor(mesh.vertex_colors)) if mesh.vertex_colors is not None else None
+        row["hue"] = hue
+        row["colour"] = nearest_colour(hue)
+        row["hue_error"] = hue_distance(hue, COLOURS[scene.colours[0]].hue) if hue is not None else 180.0
+        row["colour_ok"] = row["colour"] == scene.colours[0]
+    if scene.kind == "asymmetric":
+        from ..cameras import cameras_from_spherical
+
+        feature = [c / 255.0 for c in ASYMMETRIC_OBJECTS[scene.shapes[0]].front_feature]
+
+        def render(az: torch.Tensor) -> torch.Tensor:
+            n = len(az)
+            cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75),
+                                          torch.full((n,), 40.0), 64, 64)
+            return render_mesh(mesh, cams, background=(1.0, 1.0, 1.0))[0]
+
+        row["fronts"], _ = count_fronts(render, feature)
+    return row
+
+
+def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequence[str] = ()) -> Path:
+    from omegaconf import OmegaConf
+
+    from ..config import load_config
+    from ..export.extract import mesh_from_representation
+    from ..export.video import render_turntable
+    from ..imageio_utils import save_image_grid
+    from ..run import fit, load_run, slugify
+    from ..system import load_representation_from_checkpoint, resolve_device
+
+    prompts = resolve_prompts(prompts)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DreamkitError(f"{out_dir} exists and is not empty — pass another --out (results are never overwritten)")
+    (out_dir / "gt").mkdir(parents=True, exist_ok=True)
+    rows, sheets = [], []
+    for i, prompt in enumerate(prompts):
+        scene = parse_prompt(prompt)
+        items = list(overrides) + [f"prompt={prompt!r}", f"output_dir={out_dir / 'runs'}"]
+        cfg = load_config(config, items)
+        if cfg.prior.type == "oracle":  # the ground truth is the oracle's target: a known answer
+            gt_path = scene.export(out_dir / "gt" / f"{slugify(prompt)}.ply")
+            cfg.prior.targets = [{"mesh": str(gt_path), "label": prompt}]
+        print(f"[{i + 1}/{len(prompts)}] {prompt}", flush=True)
+        t0 = time.perf_counter()
+        run_dir = fit(cfg, export=False)
+        seconds = time.perf_counter() - t0
+        _, run_cfg, ckpt = load_run(run_dir)
+        device = resolve_device(str(run_cfg.device))
+        model = load_representation_from_checkpoint(run_cfg, ckpt, device)
+        row = {"prompt": prompt, "kind": scene.kind, "fit_s": round(seconds, 1), "run_dir": str(run_dir)}
+        try:
+            mesh, _ = mesh_from_representation(model, run_cfg.export)
+            row.update(score_mesh(mesh, scene))
+        except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
+            row.update({"error": str(err), "shape_ok": False, "colour_ok": False})
+        rows.append(row)
+        bg = torch.tensor(list(run_cfg.background.color), dtype=torch.float32)
+        sheets.append(render_turntable(model, frames=8, resolution=96, background=bg, device=device))
+    save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)
+    _write_tables(rows, out_dir, config, overrides)
+    return out_dir
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "✓" if value else "✗"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Sequence[str]) -> None:
+    columns = ["prompt", "kind", "nearest_shape", "shape_ok", "colour", "hue_error", "colour_ok", "fronts",
+               "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns + ["run_dir"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    singles = [r for r in rows if r["kind"] == "single"]
+    both = sum(1 for r in singles if r.get("shape_ok") and r.get("colour_ok"))
+    asym = [r for r in rows if r["kind"] == "asymmetric"]
+    lines = [f"# dreamkit eval — `{config}` {' '.join(overrides)}", ""]
+    if singles:
+        lines.append(f"- single objects nearest to the prompted shape **and** with the right hue: {both}/{len(singles)} "
+                     f"({100 * both / len(singles):.0f}%)")
+    if asym:
+        one = sum(1 for r in asym if r.get("fronts") == 1)
+        lines.append(f"- asymmetric objects showing exactly one front: {one}/{len(asym)}")
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    lines += ["", "![contact sheet](contact_sheet.png)", ""]
+    (out_dir / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines[:4]), flush=True)
+    print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'contact_sheet.png'}", flush=True)

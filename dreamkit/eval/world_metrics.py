@@ -1,0 +1,204 @@
+"""Scores against the tiny world's ground truth: geometry (Chamfer, volumetric IoU, nearest world shape), colour
+(hue error, nearest world colour), orientation (number of fronts over an orbit) and 2D samples (shape and colour of
+a prior's sample image).
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+from functools import lru_cache
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..world import COLOURS, SHAPE_NAMES, single_scene
+
+BACKGROUND = (0.9, 0.9, 0.9)
+
+
+# -- geometry ------------------------------------------------------------------------------------------------------
+
+def sample_surface(verts: torch.Tensor, faces: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """[n, 3] points uniformly on the surface (area-weighted faces, uniform barycentrics)."""
+    gen = torch.Generator().manual_seed(seed)
+    tri = verts[faces].double()
+    area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
+    idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=gen)
+    u, v = torch.rand(n, generator=gen, dtype=torch.float64), torch.rand(n, generator=gen, dtype=torch.float64)
+    flip = u + v > 1
+    u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
+    t = tri[idx]
+    return (t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])).float()
+
+
+def normalize_points(points: torch.Tensor, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Centre the bounding box at the origin and scale to unit bounding radius (of ``reference`` if given)."""
+    ref = points if reference is None else reference
+    centre = (ref.min(0).values + ref.max(0).values) / 2
+    radius = (ref - centre).norm(dim=-1).max().clamp_min(1e-9)
+    return (points - centre) / radius
+
+
+def chamfer(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> float:
+    """Symmetric Chamfer distance: mean nearest-neighbour distance a→b plus b→a (not squared)."""
+    def one_way(x, y):
+        return torch.cat([torch.cdist(x[i:i + chunk], y, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values for i in range(0, len(x), chunk)]).mean()
+    return float(one_way(a, b) + one_way(b, a))
+
+
+def winding_number(verts: torch.Tensor, faces: torch.Tensor, points: torch.Tensor,
+                   max_pairs: int = 1 << 21) -> torch.Tensor:
+    """Generalised winding number (Jacobson et al. 2013) of a triangle mesh at ``points`` [P, 3]: ≈1 inside, ≈0 out.
+
+    Robust to small holes and flipped patches, so exported meshes need not be perfectly watertight.
+    """
+    tri = verts[faces].float()  # [F, 3, 3]
+    chunk = max(1, max_pairs // max(len(faces), 1))  # bounds memory: chunk·F point–triangle pairs at a time
+    out = []
+    for i in range(0, len(points), chunk):
+        p = points[i:i + chunk].float()[:, None, None, :]  # [P, 1, 1, 3]
+        r = tri[None] - p  # [P, F, 3, 3]
+        n = r.norm(dim=-1)  # [P, F, 3]
+        a, b, c = r.unbind(2)
+        la, lb, lc = n.unbind(2)
+        det = (a * torch.linalg.cross(b, c, dim=-1)).sum(-1)
+        den = la * lb * lc + (a * b).sum(-1) * lc + (b * c).sum(-1) * la + (c * a).sum(-1) * lb
+        out.append((2 * torch.atan2(det, den)).sum(-1) / (4 * math.pi))
+    return torch.cat(out).float()
+
+
+def volume_iou(mesh_a: tuple[torch.Tensor, torch.Tensor], mesh_b: tuple[torch.Tensor, torch.Tensor],
+               resolution: int = 20) -> float:
+    """Volumetric IoU of two meshes on a grid over their joint bounding box (winding number ≥ 0.5 = inside)."""
+    va, vb = mesh_a[0].float(), mesh_b[0].float()
+    lo = torch.minimum(va.min(0).values, vb.min(0).values)
+    hi = torch.maximum(va.max(0).values, vb.max(0).values)
+    axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution) for i in range(3)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    ia = winding_number(va, mesh_a[1], grid) >= 0.5
+    ib = winding_number(vb, mesh_b[1], grid) >= 0.5
+    union = (ia | ib).sum()
+    return float((ia & ib).sum() / union) if union > 0 else 0.0
+
+
+@lru_cache(maxsize=None)
+def _shape_points(shape: str, n: int = 2048) -> torch.Tensor:
+    verts, faces, _ = single_scene(shape, "red").mesh()
+    return normalize_points(sample_surface(verts, faces, n))
+
+
+def nearest_shape(verts: torch.Tensor, faces: torch.Tensor) -> tuple[str, dict[str, float]]:
+    """The world shape whose normalised surface is nearest (Chamfer) to the mesh's normalised surface."""
+    points = normalize_points(sample_surface(verts, faces, 2048, seed=1))
+    scores = {s: chamfer(points, _shape_points(s)) for s in SHAPE_NAMES}
+    return min(scores, key=scores.get), scores
+
+
+# -- colour --------------------------------------------------------------------------------------------------------
+
+def circular_mean_hue(rgb: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                      min_saturation: float = 0.25) -> Optional[float]:
+    """Weighted circular mean hue (degrees) of [N, 3] colours in [0, 1], saturated ones only; None if none are."""
+    arr = rgb.detach().clamp(0, 1).cpu().numpy().astype(np.float64)
+    hsv = np.array([colorsys.rgb_to_hsv(*c) for c in arr]) if len(arr) else np.zeros((0, 3))
+    w = np.ones(len(arr)) if weights is None else weights.detach().cpu().numpy().astype(np.float64)
+    keep = (hsv[:, 1] >= min_saturation) & (hsv[:, 2] >= 0.15) if len(arr) else np.zeros(0, bool)
+    if not keep.any() or w[keep].sum() <= 0:
+        return None
+    ang = hsv[keep, 0] * 2 * math.pi
+    s, c = (w[keep] * np.sin(ang)).sum(), (w[keep] * np.cos(ang)).sum()
+    return (math.degrees(math.atan2(s, c)) + 360.0) % 360.0
+
+
+def hue_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d)
+
+
+def nearest_colour(hue: Optional[float]) -> Optional[str]:
+    if hue is None:
+        return None
+    return min(COLOURS, key=lambda name: hue_distance(hue, COLOURS[name].hue))
+
+
+# -- 2D samples ----------------------------------------------------------------------------------------------------
+
+def foreground_mask(image: torch.Tensor, background: Sequence[float] = BACKGROUND, threshold: float = 0.12):
+    """[3, H, W] in [0, 1] → [H, W] bool: pixels that differ from the background colour."""
+    bg = torch.tensor(background, dtype=image.dtype).view(3, 1, 1)
+    return (image - bg).abs().amax(0) > threshold
+
+
+def _normalise_mask(mask: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """Crop to a square around the mask's bounding box and resize, so scale and position do not matter."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return torch.zeros(size, size)
+    cy, cx = (ys.min() + ys.max()).float() / 2, (xs.min() + xs.max()).float() / 2
+    half = max(float(ys.max() - ys.min()), float(xs.max() - xs.min())) / 2 + 1
+    theta = torch.tensor([[[half / mask.shape[1] * 2, 0, (cx + 0.5) / mask.shape[1] * 2 - 1],
+                           [0, half / mask.shape[0] * 2, (cy + 0.5) / mask.shape[0] * 2 - 1]]])
+    grid = torch.nn.functional.affine_grid(theta, (1, 1, size, size), align_corners=False)
+    out = torch.nn.functional.grid_sample(mask[None, None].float(), grid, align_corners=False)
+    return out[0, 0] > 0.5
+
+
+@lru_cache(maxsize=None)
+def _silhouette_library(resolution: int = 64) -> dict[str, torch.Tensor]:
+    from ..cameras import cameras_from_spherical
+    from ..render.raster import render_mesh_colors
+
+    el = torch.tensor([-5.0, 15.0, 35.0]).repeat_interleave(8)
+    az = torch.arange(0, 360, 45, dtype=torch.float32).repeat(3)
+    cams = cameras_from_spherical(el, az, torch.full_like(el, 2.75), torch.full_like(el, 40.0), resolution,
+                                  resolution)
+    lib = {}
+    for shape in SHAPE_NAMES:
+        verts, faces, colors = single_scene(shape, "red").mesh()
+        _, alpha, _ = render_mesh_colors(verts, faces, cams, face_colors=colors)
+        lib[shape] = torch.stack([_normalise_mask(a[..., 0] > 0.5) for a in alpha])
+    return lib
+
+
+def classify_sample(image: torch.Tensor, background: Sequence[float] = BACKGROUND) -> dict:
+    """Which world shape and colour a sample image [3, H, W] shows, judged against ground-truth silhouettes.
+
+    Shape: best silhouette IoU (after normalising position and scale) over renders of every world shape from 24
+    views; colour: circular mean hue of the saturated foreground pixels, nearest world colour.
+    """
+    mask = foreground_mask(image, background)
+    norm = _normalise_mask(mask)
+    ious = {}
+    for shape, masks in _silhouette_library().items():
+        inter = (masks & norm).flatten(1).sum(1).float()
+        union = (masks | norm).flatten(1).sum(1).float().clamp_min(1)
+        ious[shape] = float((inter / union).max())
+    hue = circular_mean_hue(image.permute(1, 2, 0)[mask]) if mask.any() else None
+    shape = max(ious, key=ious.get)
+    return {"shape": shape, "shape_iou": ious[shape], "colour": nearest_colour(hue), "hue": hue,
+            "foreground": float(mask.float().mean())}
+
+
+# -- orientation ---------------------------------------------------------------------------------------------------
+
+def count_fronts(render: Callable[[torch.Tensor], torch.Tensor], feature_rgb: Sequence[float], views: int = 24,
+                 tolerance: float = 0.12, min_fraction: float = 0.002) -> tuple[int, list[float]]:
+    """Number of separate azimuth ranges from which the front feature is visible over a 360° orbit.
+
+    ``render(azimuths [V]) -> [V, H, W, 3]``. A correct object shows its front once; a Janus object twice or more.
+    Shading darkens colours, so a pixel matches the feature when its hue and chroma are close (rgb normalised by
+    its maximum).
+    """
+    az = torch.arange(views, dtype=torch.float32) * (360.0 / views)
+    images = render(az)
+    feat = torch.tensor(feature_rgb, dtype=torch.float32)
+    feat = feat / feat.max().clamp_min(1e-6)
+    norm = images / images.amax(-1, keepdim=True).clamp_min(1e-6)
+    match = ((norm - feat).abs().amax(-1) < tolerance) & (images.amax(-1) > 0.1)
+    fractions = match.flatten(1).float().mean(1).tolist()
+    seen = [f > min_fraction for f in fractions]
+    if all(seen):
+        return 1, fractions
+    runs = sum(1 for i in range(views) if seen[i] and not seen[i - 1])
+    return runs, fractions

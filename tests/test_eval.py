@@ -1,0 +1,88 @@
+"""World-benchmark metrics against known answers, and `dreamkit eval` end to end with the oracle prior."""
+import math
+
+import pytest
+import torch
+
+from dreamkit.cli import main
+from dreamkit.eval.world_metrics import (chamfer, circular_mean_hue, classify_sample, count_fronts, hue_distance,
+                                         nearest_colour, nearest_shape, sample_surface, volume_iou, winding_number)
+from dreamkit.world import COLOURS, SHAPE_NAMES, asymmetric_scene, single_scene
+
+
+def test_winding_number_and_volume_iou():
+    v, f, _ = single_scene("cube", "red").mesh()
+    w = winding_number(v, f, torch.tensor([[0.0, 0.0, 0.0], [0.2, -0.1, 0.3], [2.0, 0.0, 0.0]]))
+    assert w.tolist() == pytest.approx([1.0, 1.0, 0.0], abs=1e-4)
+    assert volume_iou((v, f), (v, f)) == pytest.approx(1.0)
+    assert volume_iou((v, f), (v + torch.tensor([5.0, 0, 0]), f)) == 0.0
+    # a cube against the same cube scaled by 0.5 about its centre: IoU = 1/8 (up to the grid)
+    assert volume_iou((v, f), (v * 0.5, f), resolution=32) == pytest.approx(0.125, abs=0.03)
+
+
+def test_chamfer_and_nearest_shape_on_ground_truth():
+    v, f, _ = single_scene("torus", "red").mesh()
+    a, b = sample_surface(v, f, 3000, seed=0), sample_surface(v, f, 3000, seed=1)
+    assert chamfer(a, a) == 0.0 and chamfer(a, b) < 0.05
+    assert chamfer(a, a + torch.tensor([3.0, 0.0, 0.0])) > 2 * (3.0 - 1.2)  # ≥ twice the gap between them
+    for shape in SHAPE_NAMES:
+        v, f, _ = single_scene(shape, "blue").mesh()
+        assert nearest_shape(v * 1.7 + 0.3, f)[0] == shape  # position and scale do not matter
+
+
+def test_hue_helpers():
+    assert hue_distance(350, 10) == 20 and hue_distance(0, 180) == 180
+    reds = torch.tensor([[0.9, 0.1, 0.12], [0.9, 0.12, 0.1]])  # hues just below and above 0°
+    assert hue_distance(circular_mean_hue(reds), 0.0) < 2
+    assert circular_mean_hue(torch.tensor([[0.5, 0.5, 0.5]])) is None  # grey has no hue
+    for name, colour in COLOURS.items():
+        assert nearest_colour(colour.hue) == name
+
+
+def test_classify_sample_on_ground_truth_renders():
+    from dreamkit.world.dataset import render_scene_views, sample_training_cameras
+
+    gen = torch.Generator().manual_seed(1)
+    right = 0
+    cases = [(s, c) for s, c in zip(SHAPE_NAMES, list(COLOURS))]
+    for shape, colour in cases:
+        rgb = render_scene_views(single_scene(shape, colour), sample_training_cameras(1, gen), generator=gen)[0]
+        result = classify_sample(rgb[0].permute(2, 0, 1).float())
+        right += result["shape"] == shape and result["colour"] == colour
+    assert right >= 7, right
+
+
+def test_count_fronts_detects_janus():
+    from dreamkit.cameras import cameras_from_spherical
+    from dreamkit.render.raster import render_mesh_colors
+    from dreamkit.world import ASYMMETRIC_OBJECTS
+
+    v, f, c = asymmetric_scene("snowman").mesh()
+    carrot = [x / 255 for x in ASYMMETRIC_OBJECTS["snowman"].front_feature]
+    # a Janus snowman: a second copy turned by 180° around +Y, nose at the back
+    flipped = v * torch.tensor([-1.0, 1.0, -1.0])
+    janus = (torch.cat([v, flipped]), torch.cat([f, f + len(v)]), torch.cat([c, c]))
+
+    def renderer(mesh):
+        def render(az):
+            n = len(az)
+            cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75),
+                                          torch.full((n,), 40.0), 48, 48)
+            return render_mesh_colors(mesh[0], mesh[1], cams, face_colors=mesh[2])[0]
+        return render
+
+    assert count_fronts(renderer((v, f, c)), carrot)[0] == 1
+    assert count_fronts(renderer(janus), carrot)[0] == 2
+
+
+def test_eval_command_with_the_oracle(tmp_path):
+    out = tmp_path / "eval"
+    code = main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red cube", "--out", str(out),
+                 "trainer.max_steps=120", "trainer.progress=false", "export.turntable=false",
+                 "export.mesh_resolution=64"])
+    assert code == 0
+    text = (out / "results.md").read_text()
+    assert "| a red cube | single | cube | ✓ | red |" in text
+    assert (out / "results.csv").is_file() and (out / "contact_sheet.png").is_file()
+    assert main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red dragon", "--out",
+                 str(tmp_path / "e2")]) == 2
