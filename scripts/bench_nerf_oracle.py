@@ -124,7 +124,7 @@ def main() -> int:
         a = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
         b = torch.load(run_k / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
         same_shapes = a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
-        max_diff = max(float((a[k] - b[k]).abs().max()) for k in a) if same_shapes else float("inf")
+        max_diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a) if same_shapes else float("inf")
         result.update({"killed_at_step": killed_at, "resumed_psnr_db": round(psnr_r, 2),
                        "psnr_diff_db": round(psnr_r - psnr, 3), "max_param_diff": max_diff})
         print(f"killed at checkpoint step {killed_at}, resumed: PSNR {psnr_r:.2f} dB "
