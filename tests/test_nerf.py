@@ -274,3 +274,22 @@ def test_short_oracle_fit_improves_held_out_psnr(tmp_path):
         trained = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
         psnr1 = psnr_db(trained.render(cams, background=bg).rgb, targets)
     assert psnr1 > psnr0 + 3.0, (psnr0, psnr1)
+
+
+def test_volume_models_export_through_marching_cubes():
+    """NeRF and triplane implement the mesh-export protocol (query_density / query_color / mesh_bound)."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from dreamkit.export.extract import mesh_from_representation
+    from dreamkit.representations.nerf import NeRFConfig, NeRFModel
+    from dreamkit.representations.triplane import TriplaneConfig, TriplaneModel
+
+    for cls, cfg_cls in ((NeRFModel, NeRFConfig), (TriplaneModel, TriplaneConfig)):
+        model = cls(OmegaConf.structured(cfg_cls(blob_density=10.0, blob_radius=0.4)), torch.Generator().manual_seed(0))
+        export_cfg = OmegaConf.create({"mesh_resolution": 48, "mesh_threshold": 10.0, "mesh_components": 1,
+                                       "mesh_faces": 5000})
+        mesh, color_fn = mesh_from_representation(model, export_cfg)
+        radius = np.linalg.norm(mesh.verts, axis=1)
+        assert len(mesh.faces) > 100 and radius.max() < 0.6  # the density blob's iso-surface, inside the box
+        assert color_fn(torch.zeros(4, 3)).shape == (4, 3)

@@ -18,6 +18,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -159,6 +160,22 @@ class VolumeModel(nn.Module):
         """points [N, 3] (world) → σ [N] ≥ 0."""
         raw, _ = self._raw(self._normalise(points))
         return self._activate(raw, points)
+
+    # -- the mesh-export protocol of dreamkit.export.extract (marching cubes on σ, colours from the albedo) -------
+    @torch.no_grad()
+    def query_density(self, points: torch.Tensor) -> torch.Tensor:
+        """points [N, 3] → σ [N] (no gradients), for marching cubes."""
+        return self.density(points.to(self.aabb.device))
+
+    @torch.no_grad()
+    def query_color(self, points: torch.Tensor) -> torch.Tensor:
+        """points [N, 3] → albedo [N, 3] in [0, 1], for vertex colours and texture baking."""
+        raw, feat = self._raw(self._normalise(points.to(self.aabb.device)))
+        return self._albedo(feat)
+
+    def mesh_bound(self) -> np.ndarray:
+        """[2, 3] box that contains the field (its AABB)."""
+        return self.aabb.detach().cpu().numpy().reshape(2, 3)
 
     def field(self, points: torch.Tensor, directions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """points [N, 3], directions [N, 3] (unused: albedo is view-independent) → {"sigma" [N], "rgb" [N, 3],

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark of the volume recipes: `dreamkit fit --config <recipe>.yaml` (nerf_oracle, triplane_oracle), timed,
-with held-out PSNR and the machine load (shared machines inflate wall times; the load is printed beside them).
+"""Benchmark of the oracle recipes: `dreamkit fit --config <recipe>.yaml` (gs_oracle, nerf_oracle, triplane_oracle),
+timed, with held-out PSNR and the machine load (shared machines inflate wall times; the load is printed beside them).
 
-    python scripts/bench_nerf_oracle.py --recipe nerf_oracle       # one full run: wall time + held-out PSNR
-    python scripts/bench_nerf_oracle.py --recipe triplane_oracle --kill-resume   # also kill a second run mid-way
+    python scripts/bench_oracle.py --recipe gs_oracle         # one full run: wall time + held-out PSNR
+    python scripts/bench_oracle.py --recipe nerf_oracle --kill-resume   # also kill a second run mid-way
                                                       # (SIGKILL), resume it, compare final PSNR and parameters
 
 Held-out views: the eval orbit of the config (azimuths offset 22.5° from multiples of 45°, fixed elevation and
@@ -53,7 +53,7 @@ def checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
-RECIPE = "nerf_oracle"
+RECIPE = "gs_oracle"
 
 
 def load_average() -> str:
@@ -77,7 +77,7 @@ def find_run(out: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="nerf_oracle", help="nerf_oracle | triplane_oracle (a config name)")
+    parser.add_argument("--recipe", default="gs_oracle", help="gs_oracle | nerf_oracle | triplane_oracle")
     parser.add_argument("--kill-resume", action="store_true")
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of max_steps to kill at")
     parser.add_argument("--out", type=Path, default=None)
