@@ -196,7 +196,8 @@ class DreamSystem(pl.LightningModule):
         if step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1:
             logs = {"train/loss": total.detach()}
             logs.update({f"train/{k}": v.detach() for k, v in terms.items() if torch.is_tensor(v)})
-            logs["train/num_gaussians"] = float(getattr(self.representation, "num_gaussians", 0))
+            if hasattr(self.representation, "num_gaussians"):
+                logs["train/num_gaussians"] = float(self.representation.num_gaussians)
             logs.update({f"train/{k}": float(v) for k, v in info.items()})
             self.log_dict(logs, on_step=True, prog_bar=False, logger=True, batch_size=len(cameras))
         self.log("loss", total.detach(), prog_bar=True, logger=False, on_step=True, batch_size=len(cameras))
