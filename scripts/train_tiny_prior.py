@@ -70,6 +70,8 @@ def main() -> int:
     p.add_argument("--multiview", action="store_true",
                    help="train the V=4 multi-view prior (MVDream-style cross-view attention + camera embedding)")
     p.add_argument("--channels", type=str, default="32,64,64,128")
+    p.add_argument("--attention-levels", type=int, default=2,
+                   help="UNet levels (from the lowest resolution) with cross-attention to the text tokens")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
@@ -119,7 +121,8 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in args.channels.split(","))
-    unet = UNet2DConditionModel(**unet_config(args.resolution, channels, multiview=views > 1)).to(device)
+    unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
+                                              multiview=views > 1)).to(device)
     if views > 1:
         from dreamkit.priors.multiview import camera_features, set_multiview_attention
 
