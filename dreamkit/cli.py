@@ -90,6 +90,24 @@ def _prior_config_for(name: str):
     return merge_structured(StableDiffusionPriorConfig, {"name": name}, prefix="prior")
 
 
+def _score_samples(prompt: str, images, verdicts: list) -> int:
+    """Judge single-object world samples: nearest shape by silhouette, nearest colour by hue (dreamkit.eval)."""
+    from .eval.world_metrics import classify_sample
+    from .world import parse_prompt
+
+    scene = parse_prompt(prompt)
+    if scene is None or scene.kind != "single":
+        print(f"  {prompt!r}: not a single-object world prompt, not scored")
+        return 0
+    for i, image in enumerate(images):
+        result = classify_sample(image)
+        ok = result["shape"] == scene.shapes[0] and result["colour"] == scene.colours[0]
+        verdicts.append(ok)
+        print(f"  {prompt!r} view {i}: {result['colour']} {result['shape']} (silhouette IoU {result['shape_iou']:.2f})"
+              f" {'✓' if ok else '✗'}")
+    return len(images)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Grid of prior samples: one row per prompt, ``--views`` columns (joint views for multi-view priors and the
     oracle; independent samples for single-view priors)."""
@@ -125,12 +143,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise DreamkitError(f"--views must be a multiple of this prior's {prior.views} joint views")
     generator = torch.Generator().manual_seed(int(args.seed))
     rows = []
+    scored, verdicts = 0, []
     for prompt in prompts:
         cams = sample_cameras(views, int(prior.resolution)) if joint else None
         images = ddim_sample(prior, [prompt] * views, steps=int(args.steps), guidance_scale=float(args.guidance),
                              cameras=cams, generator=generator)
         rows.append(images.permute(0, 2, 3, 1).cpu())
+        if args.score:
+            scored += _score_samples(prompt, images.cpu(), verdicts)
     grid = torch.cat(rows)
+    if args.score:
+        right = sum(verdicts)
+        print(f"samples with the prompted shape and colour (judged against ground-truth renders): {right}/{scored}")
     out = Path(args.output) if args.output else Path("samples") / f"{slugify(prompts[0])}.png"
     path = save_image_grid(grid, unique_path(out), columns=views)
     print(f"wrote {path} ({len(prompts)} prompt(s) × {views} view(s), {prior_cfg.type} prior {getattr(prior_cfg, 'name', '')})")
@@ -209,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", "-o", help="PNG path (default samples/<prompt>.png, numbered if it exists)")
+    p.add_argument("--score", action="store_true",
+                   help="judge single-object world prompts: shape and colour against ground-truth renders")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="the world benchmark: fit world prompts, score geometry/colour/fronts vs truth")

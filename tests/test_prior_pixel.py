@@ -97,3 +97,26 @@ def test_multiview_prior_attends_across_views_and_sees_cameras(tmp_path):
     assert (prior.predict(x, t, text.cond, other) - base).abs().max() > 1e-4
     with pytest.raises(ValueError, match="groups of 4"):
         prior.predict(x[:3], t[:3], text.cond[:3], cams[:3])
+
+
+def test_sample_scoring_against_ground_truth(tmp_path, capsys):
+    """An oracle whose target is a world scene samples its ground truth, which the scorer must accept; a prompt
+    naming another colour must be judged wrong."""
+    from dreamkit.world import single_scene
+
+    mesh = single_scene("torus", "purple").export(tmp_path / "torus.ply")
+    cfg = tmp_path / "oracle_torus.yaml"
+    cfg.write_text(f"""name: t
+prompt: a purple torus
+prior:
+  type: oracle
+  targets:
+    - {{mesh: {mesh}, label: a purple torus}}
+    - {{mesh: {mesh}, label: a green torus}}
+""")
+    assert main(["sample", "a purple torus", "--config", str(cfg), "--views", "2", "--steps", "10", "--guidance", "1",
+                 "--score", "--output", str(tmp_path / "s.png")]) == 0
+    assert "2/2" in capsys.readouterr().out
+    assert main(["sample", "a green torus", "--config", str(cfg), "--views", "1", "--steps", "10", "--guidance", "1",
+                 "--score", "--output", str(tmp_path / "g.png")]) == 0
+    assert "0/1" in capsys.readouterr().out  # the oracle's "green torus" target is purple: judged wrong
