@@ -90,6 +90,12 @@ class VolumeRenderConfig:
     shading: str = "albedo"
     ambient: float = 0.3
     light_direction: List[float] = field(default_factory=lambda: [0.3, 1.0, 0.6])
+    #: decoder MLPs shared by NeRF and triplane
+    hidden_dim: int = 32
+    density_layers: int = 1
+    albedo_layers: int = 1
+    geo_feature_dim: int = 15
+    lr_network: Any = sched(1e-3)
 
 
 @dataclass
@@ -102,14 +108,8 @@ class NeRFConfig(VolumeRenderConfig):
     log2_hashmap_size: int = 19
     base_resolution: int = 16
     per_level_scale: float = 1.35
-    #: MLPs
-    hidden_dim: int = 32
-    density_layers: int = 1
-    albedo_layers: int = 1
-    geo_feature_dim: int = 15
-    #: learning rates (numbers or schedules): the grid tables and the MLPs
+    #: learning rate (number or schedule) of the grid tables
     lr_encoding: Any = sched(1e-2)
-    lr_network: Any = sched(1e-3)
     #: auto (tiny-cuda-nn encoding on CUDA when importable) | torch
     backend: str = "auto"
 

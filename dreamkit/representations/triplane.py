@@ -26,12 +26,7 @@ class TriplaneConfig(VolumeRenderConfig):
     plane_channels: int = 16
     plane_resolution: int = 128
     plane_init_std: float = 0.1
-    hidden_dim: int = 32
-    density_layers: int = 1
-    albedo_layers: int = 1
-    geo_feature_dim: int = 15
     lr_planes: Any = sched(1e-2)
-    lr_network: Any = sched(1e-3)
 
 
 class TriplaneModel(VolumeModel):
