@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError, DreamkitError
+from .errors import DreamkitError
 
 CONFIG_NAME = "config.yaml"
 
@@ -236,3 +236,40 @@ def render_run(run_dir: Path, frames: Optional[int] = None, resolution: Optional
                            background=background_from_checkpoint(cfg, ckpt), device=device)
     print(f"wrote {path}", flush=True)
     return path
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    """Steps completed by a run's last checkpoint; -1 when there is none (or it is being replaced right now)."""
+    ckpt = Path(run_dir) / "ckpts" / "last.ckpt"
+    if not ckpt.is_file():
+        return -1
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:
+        return -1
+
+
+@torch.no_grad()
+def held_out_renders(run_dir: Path) -> tuple[DictConfig, Any, Any, torch.Tensor, torch.Tensor]:
+    """(config, representation, held-out cameras, renders [B,H,W,3], oracle targets [B,H,W,3]) of an oracle run's
+    last checkpoint, on the CPU; renders are over the run's solid background, clamped to [0, 1]."""
+    from .priors.configs import build_prior
+    from .system import eval_cameras, load_representation_from_checkpoint
+
+    run_dir, cfg, ckpt = load_run(run_dir)
+    if cfg.prior.type != "oracle":
+        raise DreamkitError(f"{run_dir} was not fitted with the oracle prior: it has no ground-truth targets")
+    model = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
+    cams = eval_cameras(cfg)
+    background = torch.tensor(list(cfg.background.color), dtype=torch.float32).expand(len(cams), 3)
+    images = model.render(cams, background=background).rgb.clamp(0, 1)
+    targets = build_prior(cfg.prior, torch.device("cpu")).target_images(cams, 0).permute(0, 2, 3, 1)
+    return cfg, model, cams, images, targets
+
+
+def held_out_psnr(run_dir: Path) -> float:
+    """PSNR (dB) of an oracle run's last checkpoint at the held-out cameras against the oracle's target renders."""
+    from .callbacks import psnr_db
+
+    _, _, _, images, targets = held_out_renders(run_dir)
+    return psnr_db(images, targets)

@@ -24,58 +24,26 @@ from pathlib import Path
 
 import torch
 
-
-def final_psnr(run_dir: Path) -> float:
-    """Re-render the held-out views from the last checkpoint and score them against the oracle targets."""
-    from dreamkit.callbacks import psnr_db
-    from dreamkit.priors.configs import build_prior
-    from dreamkit.run import load_run
-    from dreamkit.system import eval_cameras, load_representation_from_checkpoint
-
-    run_dir, cfg, ckpt = load_run(run_dir)
-    model = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
-    cams = eval_cameras(cfg)
-    prior = build_prior(cfg.prior, torch.device("cpu"))
-    targets = prior.target_images(cams, 0).permute(0, 2, 3, 1)
-    bg = torch.tensor(list(cfg.background.color)).expand(len(cams), 3)
-    with torch.no_grad():
-        images = model.render(cams, background=bg).rgb.clamp(0, 1)
-    return psnr_db(images, targets)
+from dreamkit.run import checkpoint_step, held_out_psnr
 
 
-def glb_psnr(run_dir: Path) -> dict:
-    """The exported GLB (read back by trimesh, not by our exporter) re-rendered unlit at the held-out views, against
-    the representation's render and the oracle target. Empty when the run wrote no GLB."""
+def scores(run_dir: Path) -> dict:
+    """Held-out PSNR of the last checkpoint against the oracle targets and, when the run wrote one, of its GLB read
+    back by trimesh (not by our exporter) and re-rendered unlit, against the representation and the targets."""
     from dreamkit.callbacks import psnr_db
     from dreamkit.export.mesh import load_mesh_file, render_mesh
-    from dreamkit.priors.configs import build_prior
-    from dreamkit.run import load_run
-    from dreamkit.system import eval_cameras, load_representation_from_checkpoint
+    from dreamkit.run import held_out_renders
 
-    run_dir, cfg, ckpt = load_run(run_dir)
-    glbs = sorted((run_dir / "exports").glob("mesh*.glb"))
-    if not glbs:
-        return {}
-    cams = eval_cameras(cfg)
-    bg = list(cfg.background.color)
-    # the baked colours already hold the learned (shaded) appearance: render them unlit
-    mesh_rgb = render_mesh(load_mesh_file(glbs[0]), cams, background=bg, ssaa=2, ambient=1.0, diffuse=0.0)[0]
-    model = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
-    with torch.no_grad():
-        rep = model.render(cams, background=torch.tensor(bg).expand(len(cams), 3)).rgb.clamp(0, 1)
-    targets = build_prior(cfg.prior, torch.device("cpu")).target_images(cams, 0).permute(0, 2, 3, 1)
-    return {"glb_vs_representation_psnr_db": round(psnr_db(mesh_rgb, rep), 2),
-            "glb_vs_target_psnr_db": round(psnr_db(mesh_rgb, targets), 2)}
-
-
-def checkpoint_step(run_dir: Path) -> int:
-    ckpt = run_dir / "ckpts" / "last.ckpt"
-    if not ckpt.is_file():
-        return -1
-    try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-    except Exception:
-        return -1
+    cfg, _, cams, images, targets = held_out_renders(run_dir)
+    out = {"held_out_psnr_db": psnr_db(images, targets)}
+    glbs = sorted((Path(run_dir) / "exports").glob("mesh*.glb"))
+    if glbs:
+        # the baked colours already hold the learned (shaded) appearance: render them unlit
+        mesh_rgb = render_mesh(load_mesh_file(glbs[0]), cams, background=list(cfg.background.color), ssaa=2,
+                               ambient=1.0, diffuse=0.0)[0]
+        out["glb_vs_representation_psnr_db"] = round(psnr_db(mesh_rgb, images), 2)
+        out["glb_vs_target_psnr_db"] = round(psnr_db(mesh_rgb, targets), 2)
+    return out
 
 
 RECIPE = "gs_oracle"
@@ -120,8 +88,9 @@ def main() -> int:
     subprocess.run(fit_cmd(out / "full", overrides), check=True)
     wall = time.perf_counter() - t0
     run = find_run(out / "full")
-    psnr = final_psnr(run)
-    glb = glb_psnr(run)
+    measured = scores(run)
+    psnr = measured.pop("held_out_psnr_db")
+    glb = measured
     result = {"recipe": RECIPE, "max_steps": max_steps, "wall_s": round(wall, 1), "held_out_psnr_db": round(psnr, 2),
               "threads": torch.get_num_threads(), "load_avg_before": load_before, "load_avg_after": load_average(),
               "cpus": os.cpu_count(), "run_dir": str(run)}
@@ -150,7 +119,7 @@ def main() -> int:
         killed_at = checkpoint_step(run_k)
         subprocess.run([sys.executable, "-m", "dreamkit.cli", "fit", f"resume={run_k}", "trainer.progress=false"],
                        check=True)
-        psnr_r = final_psnr(run_k)
+        psnr_r = held_out_psnr(run_k)
         a = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
         b = torch.load(run_k / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
         same_shapes = a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)

