@@ -5,7 +5,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch

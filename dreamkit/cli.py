@@ -69,8 +69,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _prior_config_for(name: str):
     """--prior NAME → a prior config section: 'oracle', a shipped/local pixel folder, an SD folder or a hub id."""
-    from omegaconf import OmegaConf
-
     from .config import merge_structured
     from .priors.configs import OraclePriorConfig, PixelPriorConfig, StableDiffusionPriorConfig
 
@@ -185,8 +183,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, (_, summary) in EXPORTERS.items():
         print(f"  {name:<18} {summary}")
     print("configs:")
-    from omegaconf import OmegaConf
-
     for path in shipped_configs():
         summary = ""
         with open(path) as f:

@@ -8,7 +8,6 @@ uninterrupted one.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .cameras import VIEW_SUFFIXES, CameraSampler, Cameras, orbit_cameras, view_direction_index
+from .config import to_plain
 from .errors import ConfigError
 from .registry import component_class
 from .schedule import Schedule, range_at, value_at
@@ -79,10 +79,7 @@ class DreamSystem(pl.LightningModule):
         self._prior = None
         self._guidance = None
         self.text_cond = None
-        self._lambdas = {k[len("lambda_"):]: Schedule.parse(OmegaConf.to_container(v) if not isinstance(v, (int, float))
-                                                           else v, f"loss.{k}")
-                         for k, v in cfg.loss.items()}
-        self._pending_generator_state: Optional[dict] = None
+        self._lambdas = {k[len("lambda_"):]: Schedule.parse(to_plain(v), f"loss.{k}") for k, v in cfg.loss.items()}
 
     # -- components that live outside the state_dict -----------------------------------------------------------
     @property
@@ -121,9 +118,6 @@ class DreamSystem(pl.LightningModule):
         if self.noise_gen is None or self.noise_gen.device != device:
             self.noise_gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed) + 3)
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
-        if self._pending_generator_state is not None:
-            self._restore_generators(self._pending_generator_state)
-            self._pending_generator_state = None
         prompt = str(self.cfg.prompt).strip()
         negative = str(self.cfg.negative_prompt)
         if self.cfg.camera.view_dependent_prompting:
@@ -235,7 +229,7 @@ class DreamSystem(pl.LightningModule):
         extra = checkpoint.get("dreamkit", {})
         if hasattr(self.representation, "load_extra_state_dict"):
             self.representation.load_extra_state_dict(extra.get("representation_extra", {}))
-        self._pending_generator_state = extra
+        # Lightning calls setup() (which creates the device generators) before restoring a checkpoint
         self._restore_generators(extra)
 
     def _restore_generators(self, extra: dict) -> None:
@@ -243,9 +237,10 @@ class DreamSystem(pl.LightningModule):
             self.camera_gen.set_state(extra["camera_gen"])
         if extra.get("torch_rng") is not None:
             torch.set_rng_state(extra["torch_rng"])
-        if self.noise_gen is not None and extra.get("noise_gen") is not None:
+        if extra.get("noise_gen") is not None or extra.get("strategy_gen") is not None:
+            if self.noise_gen is None or self.strategy_gen is None:  # resume would silently diverge otherwise
+                raise RuntimeError("checkpoint restored before setup() created the device generators")
             self.noise_gen.set_state(extra["noise_gen"])
-        if self.strategy_gen is not None and extra.get("strategy_gen") is not None:
             self.strategy_gen.set_state(extra["strategy_gen"])
 
 

@@ -1,5 +1,4 @@
 """World-benchmark metrics against known answers, and `dreamkit eval` end to end with the oracle prior."""
-import math
 
 import pytest
 import torch

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from dreamkit.cameras import orbit_cameras
-from dreamkit.representations.gaussian_strategy import DensifyConfig, DensifyStrategy, quat_to_rotmat
-from dreamkit.representations.gaussians import GaussianConfig, GaussianModel, knn_mean_distance
+from dreamkit.representations.gaussian_strategy import quat_to_rotmat
+from dreamkit.representations.gaussians import GaussianConfig, GaussianModel
 
 
 def make(**kw):

@@ -1,5 +1,4 @@
 import pytest
-from omegaconf import OmegaConf
 
 from dreamkit.config import load_config, resolve_config_path
 from dreamkit.errors import ConfigError

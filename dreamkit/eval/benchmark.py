@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -97,7 +97,6 @@ def score_mesh(mesh, scene) -> dict:
 
 
 def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequence[str] = ()) -> Path:
-    from omegaconf import OmegaConf
 
     from ..config import load_config
     from ..export.extract import mesh_from_representation

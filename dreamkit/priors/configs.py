@@ -63,7 +63,6 @@ def build_prior(cfg: Any, device: torch.device):
 
 def check_prior_config(cfg: Any) -> None:
     """Fail before any work when the prior's files are missing (folder of a checkpoint, target meshes)."""
-    import os
     from pathlib import Path
 
     from ..errors import DreamkitError

@@ -10,7 +10,6 @@ Parameters (raw, optimised) and their activations:
 """
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, List, Optional
 
 import torch
@@ -21,7 +20,6 @@ from ..config import sched
 from ..errors import ConfigError
 from ..render.sh import eval_sh, rgb_to_sh0
 from ..render.splat import rasterize_gaussians
-from ..schedule import value_at
 from ..types import RenderOutput
 from .gaussian_strategy import DensifyConfig, DensifyStrategy
 
