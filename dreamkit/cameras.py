@@ -71,7 +71,8 @@ class Cameras:
     @property
     def viewmats(self) -> torch.Tensor:
         """[B, 4, 4] world-to-camera (OpenCV), the ``viewmats`` of gsplat."""
-        return torch.linalg.inv(self.c2w)
+        # inv_ex: the same inverse without linalg.inv's singularity check, which reads a flag back from the GPU
+        return torch.linalg.inv_ex(self.c2w).inverse
 
     @property
     def positions(self) -> torch.Tensor:
@@ -219,16 +220,27 @@ class CameraSampler:
         fovy_range: tuple[float, float],
         uniform_sphere: bool = False,
         time_range: tuple[float, float] = (0.0, 0.0),
+        views: int = 1,
     ) -> Cameras:
+        """``views`` > 1 draws ``batch_size / views`` groups (group-major) for multi-view priors: in a group the
+        azimuths are ``a0 + k·360°/views`` (90° apart for 4 views, as MVDream) and elevation, distance, field of view
+        and time are shared."""
+        if views < 1 or batch_size % views:
+            raise ValueError(f"camera.batch_size={batch_size} must be a multiple of camera.views={views}")
+        n = batch_size // views
         if uniform_sphere:
             lo, hi = (math.sin(math.radians(e)) for e in elevation_range)
-            elevation = torch.rad2deg(torch.asin(self._uniform(batch_size, lo, hi)))
+            elevation = torch.rad2deg(torch.asin(self._uniform(n, lo, hi)))
         else:
-            elevation = self._uniform(batch_size, *elevation_range)
-        azimuth = self._uniform(batch_size, *azimuth_range)
-        distance = self._uniform(batch_size, *distance_range)
-        fovy = self._uniform(batch_size, *fovy_range)
-        time = self._uniform(batch_size, *time_range)
+            elevation = self._uniform(n, *elevation_range)
+        azimuth = self._uniform(n, *azimuth_range)
+        distance = self._uniform(n, *distance_range)
+        fovy = self._uniform(n, *fovy_range)
+        time = self._uniform(n, *time_range)
+        if views > 1:
+            offsets = torch.arange(views, dtype=torch.float32) * (360.0 / views)
+            azimuth = (azimuth[:, None] + offsets[None]).reshape(-1)
+            elevation, distance, fovy, time = (x.repeat_interleave(views) for x in (elevation, distance, fovy, time))
         return cameras_from_spherical(elevation, azimuth, distance, fovy, width, height, time=time)
 
 

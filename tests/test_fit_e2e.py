@@ -128,7 +128,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_diffusers_path_runs_a_few_steps(tiny_sd_dir, tmp_path):
-    code = main(["fit", "--config", "gs_sds.yaml", f"prior.name={tiny_sd_dir}", f"output_dir={tmp_path}",
+    code = main(["fit", "--config", "gs_sds.yaml", "prior.type=stable-diffusion", f"prior.name={tiny_sd_dir}",
+                 f"output_dir={tmp_path}",
                  "trainer.max_steps=3", "representation.num_points=500", "camera.batch_size=2", *FAST])
     assert code == 0
     (run,) = run_dirs(tmp_path)

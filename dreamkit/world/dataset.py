@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..cameras import Cameras, CameraSampler, cameras_from_spherical
+from ..cameras import Cameras, CameraSampler
 from ..config import CameraConfig
 from ..render.raster import _visibility, face_normals
 from ..schedule import range_at
@@ -81,8 +81,9 @@ def _fixed_lights(n: int) -> Lights:
 
 
 def sample_training_cameras(n: int, generator: torch.Generator, resolution: int = 64,
-                            camera: Optional[CameraConfig] = None, step: int = 0) -> Cameras:
-    """``n`` cameras from the ``dreamkit fit`` training distribution (``camera`` defaults to CameraConfig())."""
+                            camera: Optional[CameraConfig] = None, step: int = 0, views: int = 1) -> Cameras:
+    """``n`` cameras from the ``dreamkit fit`` training distribution (``camera`` defaults to CameraConfig()); with
+    ``views`` > 1, ``n / views`` groups of views 360°/views apart (see :meth:`CameraSampler.sample`)."""
     cfg = camera if camera is not None else CameraConfig()
     return CameraSampler(generator).sample(
         n, resolution, resolution,
@@ -91,20 +92,16 @@ def sample_training_cameras(n: int, generator: torch.Generator, resolution: int 
         distance_range=range_at(cfg.distance_range, step, "camera.distance_range"),
         fovy_range=range_at(cfg.fovy_range, step, "camera.fovy_range"),
         uniform_sphere=cfg.uniform_sphere,
+        views=views,
     )
 
 
 def sample_multiview_cameras(n_groups: int, generator: torch.Generator, resolution: int = 64, views: int = 4,
                              camera: Optional[CameraConfig] = None, step: int = 0) -> Cameras:
     """``n_groups × views`` cameras, group-major: in each group the azimuths are ``a0 + k·360/views`` (90° apart for
-    4 views, as MVDream), with one random elevation, distance and field of view shared by the group."""
-    cfg = camera if camera is not None else CameraConfig()
-    base = sample_training_cameras(n_groups, generator, resolution, cfg, step)
-    offsets = torch.arange(views, dtype=torch.float32) * (360.0 / views)
-    rep = lambda x: x.repeat_interleave(views)  # noqa: E731
-    azimuth = (base.azimuth[:, None] + offsets[None]).reshape(-1)
-    return cameras_from_spherical(rep(base.elevation), azimuth, rep(base.distance), rep(base.fovy),
-                                  resolution, resolution)
+    4 views, as MVDream), with one random elevation, distance and field of view shared by the group — the grouping
+    that ``dreamkit fit`` samples with ``camera.views``."""
+    return sample_training_cameras(n_groups * views, generator, resolution, camera, step, views=views)
 
 
 @torch.no_grad()
