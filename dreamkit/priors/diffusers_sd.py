@@ -237,6 +237,12 @@ class StableDiffusionPrior(Prior):
         self.text_encoder.to(device=device, dtype=torch_dtype)
         if enable_attention_slicing:
             self.unet.set_attention_slice("auto")
+        # multi-view (MVDream-style) folders: "views" and "class_condition": "camera" in model_index.json
+        from .multiview import ViewSettings
+
+        self.view_settings = ViewSettings.from_folder(Path(name).expanduser() if _looks_like_path(name) else None,
+                                                      self.unet, default_class="camera", allowed=("camera",))
+        self.views = self.view_settings.views
 
         self.prediction_type = str(self.scheduler.config.get("prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
@@ -333,11 +339,14 @@ class StableDiffusionPrior(Prior):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 cameras: Optional[Cameras] = None) -> torch.Tensor:
         """ε̂(x_t, t, cond): x_t [B, 4, h, w], t [B] integer timesteps (or a scalar), cond [B, T, D] → [B, 4, h, w]
-        float32. ``cameras`` is ignored (single-view prior)."""
+        float32. ``cameras`` [B] are needed by multi-view (MVDream-style) folders only."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype)).sample.float()
+        self.view_settings.check_batch(x_t.shape[0], cameras)
+        labels = self.view_settings.class_labels(cond, cameras, x_t.device, self.dtype)
+        kwargs = {} if labels is None else {"class_labels": labels}
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), **kwargs).sample.float()
         if self.prediction_type == "epsilon":
             return out
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)

@@ -10,6 +10,10 @@ Two changes turn a text-to-image ``UNet2DConditionModel`` into a V-view model, w
    embedding (``class_embed_type="projection"``, ``projection_class_embeddings_input_dim=16``) is exactly that MLP
    (Linear → SiLU → Linear, added to the time embedding), so we feed the camera as ``class_labels``.
 
+The same two changes apply to a latent Stable Diffusion folder (``prior.type=stable-diffusion``): when its
+``model_index.json`` says ``"views": 4`` the adapter installs the cross-view processor and feeds the cameras, which is
+how a converted MVDream checkpoint is loaded (:class:`ViewSettings`).
+
 Loading a converted MVDream checkpoint into this format (documented, not yet exercised with real weights):
 * UNet weights: the standard SD (LDM) → diffusers key conversion; MVDream's ``attn1`` of each transformer block maps to
   diffusers' ``attn1`` unchanged (only the processor differs);
@@ -21,6 +25,9 @@ Loading a converted MVDream checkpoint into this format (documented, not yet exe
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -29,6 +36,61 @@ import torch.nn.functional as F
 from ..cameras import Cameras
 
 CAMERA_DIM = 16
+CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
+CONVENTIONS = ("opencv", "opengl")
+
+
+@dataclass
+class ViewSettings:
+    """What a prior folder's ``model_index.json`` says about views and the class embedding.
+
+    ``views``: images denoised jointly (1 = a single-view model); ``class_condition``: what the UNet's class embedding
+    receives — "pooled_text" (token 0 of our conditioning), "camera" (MVDream) or "pooled_text+camera" — or None when
+    the UNet has no class embedding; ``camera_convention``: axes of the c2w matrices the model was trained with.
+    """
+
+    views: int = 1
+    class_condition: Optional[str] = None
+    camera_convention: str = "opencv"
+
+    @classmethod
+    def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
+                    allowed: tuple[str, ...] = CLASS_CONDITIONS) -> "ViewSettings":
+        from ..errors import DreamkitError
+
+        index_file = Path(folder) / "model_index.json" if folder is not None else None
+        index = json.loads(index_file.read_text()) if index_file is not None and index_file.is_file() else {}
+        views = int(index.get("views", 1))
+        has_class = unet.config.get("class_embed_type") is not None
+        condition = index.get("class_condition", "camera" if views > 1 else default_class) if has_class else None
+        if condition is not None and condition not in allowed:
+            raise DreamkitError(f"{index_file}: class_condition {condition!r} is not supported here — expected one "
+                                f"of {', '.join(allowed)}")
+        convention = index.get("camera_convention", "opencv")
+        if convention not in CONVENTIONS:
+            raise DreamkitError(f"{index_file}: camera_convention {convention!r} — expected opencv or opengl")
+        if views < 1:
+            raise DreamkitError(f"{index_file}: views must be ≥ 1, got {views}")
+        if views > 1:
+            set_multiview_attention(unet, views)
+        return cls(views, condition, convention)
+
+    def check_batch(self, batch: int, cameras: Optional[Cameras]) -> None:
+        needs_cameras = self.views > 1 or (self.class_condition or "").endswith("camera")
+        if batch % self.views or (needs_cameras and (cameras is None or len(cameras) != batch)):
+            raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of "
+                             f"n·{self.views} images with one camera each (consecutive groups are one scene)")
+
+    def class_labels(self, cond: torch.Tensor, cameras: Optional[Cameras], device, dtype) -> Optional[torch.Tensor]:
+        """The class-embedding input for a batch (None when the UNet has no class embedding)."""
+        if self.class_condition is None:
+            return None
+        parts = []
+        if self.class_condition in ("pooled_text", "pooled_text+camera"):
+            parts.append(cond[:, 0].to(device, dtype))
+        if self.class_condition in ("camera", "pooled_text+camera"):
+            parts.append(camera_features(cameras, self.camera_convention).to(device, dtype))
+        return torch.cat(parts, dim=-1)
 
 
 def camera_features(cameras: Cameras | torch.Tensor, convention: str = "opencv") -> torch.Tensor:

@@ -147,18 +147,11 @@ class PixelDiffusionPrior(Prior):
         self.prediction_type = self.scheduler.config.prediction_type
         self.text_encoder = load_text_encoder(folder)
         index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
-        self.views = int(index.get("views", 1))
-        self.class_condition = index.get("class_condition", "camera" if self.views > 1 else "pooled_text")
-        from .tiny_pixel import CLASS_CONDITIONS
+        from .multiview import ViewSettings
 
-        if self.class_condition not in CLASS_CONDITIONS:
-            raise DreamkitError(f"{folder}/model_index.json: class_condition {self.class_condition!r} is unknown — "
-                                f"expected one of {', '.join(CLASS_CONDITIONS)}")
-        self.camera_convention = index.get("camera_convention", "opencv")
-        if self.views > 1:
-            from .multiview import set_multiview_attention
-
-            set_multiview_attention(self.unet, self.views)
+        self.view_settings = ViewSettings.from_folder(folder, self.unet)
+        self.views = self.view_settings.views
+        self.class_condition = self.view_settings.class_condition
         self.channels = 3
         self.resolution = int(self.unet.config.sample_size)
         self.world_captions: list[str] = list(index.get("world_captions", []))
@@ -211,19 +204,9 @@ class PixelDiffusionPrior(Prior):
                 cameras: Optional[Cameras] = None) -> torch.Tensor:
         dtype = next(self.unet.parameters()).dtype
         t = t.to(x_t.device).expand(x_t.shape[0]) if t.dim() == 0 else t.to(x_t.device)
-        kwargs: dict[str, Any] = {}
-        if self.views > 1 and (cameras is None or len(cameras) != x_t.shape[0] or x_t.shape[0] % self.views):
-            raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of n·{self.views} "
-                             "images with one camera each (consecutive groups are one scene)")
-        if self.unet.config.class_embed_type is not None:
-            parts = []
-            if self.class_condition in ("pooled_text", "pooled_text+camera"):
-                parts.append(cond[:, 0].to(x_t.device, dtype))
-            if self.class_condition in ("camera", "pooled_text+camera"):
-                from .multiview import camera_features
-
-                parts.append(camera_features(cameras, self.camera_convention).to(x_t.device, dtype))
-            kwargs["class_labels"] = torch.cat(parts, dim=-1)
+        self.view_settings.check_batch(x_t.shape[0], cameras)
+        labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
+        kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
         out = self.unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":

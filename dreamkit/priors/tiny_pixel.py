@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .multiview import CLASS_CONDITIONS
+
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
 
@@ -31,9 +33,6 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
         norm_num_groups=norm_groups, class_embed_type="projection",
         projection_class_embeddings_input_dim=class_condition_dim(class_condition, text_dim),
     )
-
-
-CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
 
 
 def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM) -> int:
@@ -76,13 +75,14 @@ def _diffusers_version() -> str:
 
 
 def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
-                                  seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1) -> Path:
+                                  seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1,
+                                  class_condition: Optional[str] = None) -> Path:
     """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1,
-                                              multiview=views > 1))
+                                              multiview=views > 1, class_condition=class_condition))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
-                            world_captions=world_captions, views=views)
+                            world_captions=world_captions, views=views, class_condition=class_condition)

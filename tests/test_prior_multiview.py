@@ -1,0 +1,94 @@
+"""Multi-view priors: the class-embedding inputs, and an MVDream-style latent (Stable Diffusion) folder."""
+import json
+
+import pytest
+import torch
+
+from dreamkit.errors import DreamkitError
+from dreamkit.priors.pixel import PixelDiffusionPrior
+from dreamkit.priors.sampling import sample_cameras
+
+
+def _mixes_views_and_cameras(prior, x, text_cond, cams, other_cams):
+    t = torch.full((x.shape[0],), 500)
+    base = prior.predict(x, t, text_cond, cams)
+    x2 = x.clone()
+    x2[3] = torch.randn_like(x2[3])
+    mixed = (prior.predict(x2, t, text_cond, cams)[0] - base[0]).abs().max()
+    camera = (prior.predict(x, t, text_cond, other_cams) - base).abs().max()
+    return base, float(mixed), float(camera)
+
+
+def test_pooled_text_plus_camera_feeds_both(tmp_path):
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "mv", views=4, class_condition="pooled_text+camera")
+    prior = PixelDiffusionPrior(str(folder), warn_outside_world=False)
+    assert prior.views == 4 and prior.class_condition == "pooled_text+camera"
+    assert prior.unet.config.projection_class_embeddings_input_dim == 384 + 16
+    cams = sample_cameras(4, 16)
+    red, blue = prior.encode_text(["a red cube"] * 4), prior.encode_text(["a blue cube"] * 4)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    base, mixed, camera = _mixes_views_and_cameras(prior, x, red.cond, cams, sample_cameras(4, 16, elevation=60.0))
+    assert mixed > 1e-4 and camera > 1e-4
+    # the pooled text goes through the class embedding: zeroing the class embedding's text columns changes the output
+    t = torch.full((4,), 500)
+    with torch.no_grad():
+        prior.unet.class_embedding.linear_1.weight[:, :384] = 0
+    assert (prior.predict(x, t, red.cond, cams) - base).abs().max() > 1e-5
+    assert (prior.predict(x, t, blue.cond, cams) - prior.predict(x, t, red.cond, cams)).abs().max() > 1e-5
+
+
+def test_unknown_class_condition_is_a_clear_error(tmp_path):
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "p")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["class_condition"] = "pooled-text"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamkitError, match="class_condition 'pooled-text'.*expected one of"):
+        PixelDiffusionPrior(str(folder))
+
+
+@pytest.fixture(scope="module")
+def tiny_mvdream_dir(tmp_path_factory):
+    """A tiny random SD folder turned into the MVDream layout: a 16-d camera class embedding and views = 4."""
+    from diffusers import UNet2DConditionModel
+
+    from dreamkit.priors.tiny_random import build_tiny_sd
+
+    folder = build_tiny_sd(tmp_path_factory.mktemp("tiny_mvdream"))
+    config = dict(UNet2DConditionModel.load_config(folder / "unet"))
+    config.update(class_embed_type="projection", projection_class_embeddings_input_dim=16)
+    torch.manual_seed(0)
+    UNet2DConditionModel.from_config(config).save_pretrained(folder / "unet")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(views=4, class_condition="camera", camera_convention="opengl")
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_stable_diffusion_folder_with_views_is_multiview(tiny_mvdream_dir):
+    from dreamkit.priors.diffusers_sd import StableDiffusionPrior
+
+    prior = StableDiffusionPrior(str(tiny_mvdream_dir))
+    assert prior.views == 4
+    h = prior.resolution // prior.vae_scale_factor
+    x = torch.randn(4, 4, h, h, generator=torch.Generator().manual_seed(1))
+    text = prior.encode_text(["a red cube"] * 4)
+    cams = sample_cameras(4, prior.resolution)
+    _, mixed, camera = _mixes_views_and_cameras(prior, x, text.cond, cams,
+                                                sample_cameras(4, prior.resolution, elevation=60.0))
+    assert mixed > 1e-5 and camera > 1e-5
+    with pytest.raises(ValueError, match="groups of 4"):
+        prior.predict(x[:2], torch.full((2,), 10), text.cond[:2], cams[:2])
+
+
+def test_opengl_convention_flips_camera_axes():
+    from dreamkit.priors.multiview import camera_features
+
+    cams = sample_cameras(2, 16)
+    cv, gl = camera_features(cams, "opencv").view(-1, 4, 4), camera_features(cams, "opengl").view(-1, 4, 4)
+    torch.testing.assert_close(gl[:, :3, 0], cv[:, :3, 0])
+    torch.testing.assert_close(gl[:, :3, 1:3], -cv[:, :3, 1:3])
+    torch.testing.assert_close(gl[:, :3, 3], cv[:, :3, 3])
