@@ -40,6 +40,8 @@ class CameraConfig:
     azimuth_range: List[Any] = field(default_factory=lambda: [-180.0, 180.0], metadata=SCHEDULE)
     distance_range: List[Any] = field(default_factory=lambda: [2.5, 3.0], metadata=SCHEDULE)
     fovy_range: List[Any] = field(default_factory=lambda: [35.0, 45.0], metadata=SCHEDULE)
+    #: cameras per group: 1, or the prior's V for multi-view priors (groups of V views 360°/V apart in azimuth)
+    views: int = 1
     #: draw elevation uniformly on the sphere band instead of uniformly in angle
     uniform_sphere: bool = False
     #: append "front view" / "side view" / "back view" / "overhead view" to the prompt (DreamFusion)
@@ -122,6 +124,9 @@ class DreamkitConfig:
     output_dir: str = "outputs"
     #: a run folder to continue from its last checkpoint
     resume: Optional[str] = None
+    #: a finished run folder whose result initialises this one (mesh / dmtet: its extracted surface and colours,
+    #: the coarse-to-fine hand-over of Magic3D and DreamGaussian); ignored when resuming
+    init_from: Optional[str] = None
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
     representation: Any = field(default_factory=lambda: {"name": "gaussians"})

@@ -21,6 +21,10 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "triplane": ("dreamkit.representations.triplane:TriplaneModel",
                      "dreamkit.representations.triplane:TriplaneConfig",
                      "three axis-aligned feature planes + small MLP decoder (EG3D), volume-rendered"),
+        "mesh": ("dreamkit.representations.mesh:MeshModel", "dreamkit.representations.mesh:MeshConfig",
+                 "explicit triangle mesh (vertex offsets) + PBR material field, rasterized; init_from a run's mesh"),
+        "dmtet": ("dreamkit.representations.dmtet:DMTetModel", "dreamkit.representations.dmtet:DMTetConfig",
+                  "DMTet: SDF + deformation on a tet grid, marching tetrahedra, PBR material field, rasterized"),
     },
     "prior": {
         "oracle": ("dreamkit.priors.oracle:OraclePrior", "dreamkit.priors.configs:OraclePriorConfig",

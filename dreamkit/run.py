@@ -114,6 +114,8 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     system.attach_prior(prior)
     with torch.no_grad():
         prior.encode_text([str(cfg.prompt).strip()], [str(cfg.negative_prompt)])  # e.g. a prompt the prior can't express
+    if cfg.get("init_from") and resume_dir is None:  # a resumed run's checkpoint already holds the initialisation
+        init_from_run(system.representation, cfg)
     ckpt_path = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
@@ -185,6 +187,17 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         export_run(run_dir, list(cfg.export.formats) + (["mp4"] if cfg.export.turntable else []),
                    system=system)
     return run_dir
+
+
+def init_from_run(representation: Any, cfg: DictConfig) -> None:
+    """``init_from=<run>``: initialise the representation from a finished run folder (before the new run's folder
+    exists, so a bad source fails with one line and leaves nothing behind)."""
+    from .errors import ConfigError
+
+    if not hasattr(representation, "initialize_from_run"):
+        raise ConfigError(f"init_from is set but representation.name={cfg.representation.name} cannot start from "
+                          "another run — use representation.name=mesh or dmtet, or drop init_from")
+    representation.initialize_from_run(Path(str(cfg.init_from)).expanduser())
 
 
 def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: Optional[Path] = None) -> list[Path]:

@@ -1,6 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark of the oracle recipes: `dreamkit fit --config <recipe>.yaml` (gs_oracle, nerf_oracle, triplane_oracle),
-timed, with held-out PSNR and the machine load (shared machines inflate wall times; the load is printed beside them).
+"""Benchmark of the oracle recipes: `dreamkit fit --config <recipe>.yaml` (gs_oracle, nerf_oracle, triplane_oracle,
+mesh_oracle), timed, with held-out PSNR and the machine load (shared machines inflate wall times; the load is printed
+beside them).
+
+    python scripts/bench_oracle.py --recipe mesh_oracle       # a coarse-to-fine recipe: its source stage (gs_oracle)
+                                                      # runs first and is passed as init_from (unless given);
+                                                      # the wall time covers both stages
 
     python scripts/bench_oracle.py --recipe gs_oracle         # one full run: wall time + held-out PSNR
     python scripts/bench_oracle.py --recipe nerf_oracle --kill-resume   # also kill a second run mid-way
@@ -47,6 +52,8 @@ def scores(run_dir: Path) -> dict:
 
 
 RECIPE = "gs_oracle"
+#: recipes that refine another run (init_from): the recipe of their source stage
+SOURCE_STAGE = {"mesh_oracle": "gs_oracle", "dmtet_oracle": "gs_oracle"}
 
 
 def load_average() -> str:
@@ -70,7 +77,8 @@ def find_run(out: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="gs_oracle", help="gs_oracle | nerf_oracle | triplane_oracle")
+    parser.add_argument("--recipe", default="gs_oracle", help="gs_oracle | nerf_oracle | triplane_oracle | "
+                        "mesh_oracle | dmtet_oracle")
     parser.add_argument("--kill-resume", action="store_true")
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of max_steps to kill at")
     parser.add_argument("--out", type=Path, default=None)
@@ -85,6 +93,15 @@ def main() -> int:
 
     load_before = load_average()
     t0 = time.perf_counter()
+    source_wall = None
+    if RECIPE in SOURCE_STAGE and not any(o.startswith("init_from=") for o in overrides):
+        source = SOURCE_STAGE[RECIPE]
+        subprocess.run([sys.executable, "-m", "dreamkit.cli", "fit", "--config", f"{source}.yaml",
+                        f"output_dir={out / 'source'}", "trainer.progress=false", "export.formats=[]",
+                        "export.turntable=false"], check=True)
+        source_wall = time.perf_counter() - t0
+        overrides = [*overrides, f"init_from={find_run(out / 'source')}"]
+        print(f"source stage {source}: {source_wall:.1f}s", flush=True)
     subprocess.run(fit_cmd(out / "full", overrides), check=True)
     wall = time.perf_counter() - t0
     run = find_run(out / "full")
@@ -94,6 +111,8 @@ def main() -> int:
     result = {"recipe": RECIPE, "max_steps": max_steps, "wall_s": round(wall, 1), "held_out_psnr_db": round(psnr, 2),
               "threads": torch.get_num_threads(), "load_avg_before": load_before, "load_avg_after": load_average(),
               "cpus": os.cpu_count(), "run_dir": str(run)}
+    if source_wall is not None:
+        result["source_stage"] = {"recipe": SOURCE_STAGE[RECIPE], "wall_s": round(source_wall, 1)}
     print(f"{RECIPE}: wall {wall:.1f}s (incl. start-up and exports), held-out PSNR {psnr:.2f} dB, "
           f"load average before {load_before} / after {result['load_avg_after']}")
     if glb:
