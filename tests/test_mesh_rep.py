@@ -246,3 +246,17 @@ def test_mesh_representation_exports_a_valid_glb_with_baked_material(mesh_run, t
     orm, mask = bake_texture(unwrap_uv(own, 128, padding=2), 128, color_fn=model.query_orm, padding=2)
     assert mask.any() and np.allclose(orm[..., 0], 1.0)
     assert 0.0 < float(orm[mask][:, 1].mean()) < 1.0
+    # ... and that texture is what the GLB carries (read with pygltflib, not with our exporter's objects)
+    import io
+
+    import imageio.v3 as iio
+    import pygltflib
+
+    gltf = pygltflib.GLTF2().load(str(path))
+    material = gltf.materials[0].pbrMetallicRoughness
+    assert material.roughnessFactor == 1.0 and material.metallicFactor == 1.0
+    image = gltf.images[gltf.textures[material.metallicRoughnessTexture.index].source]
+    view = gltf.bufferViews[image.bufferView]
+    png = gltf.binary_blob()[view.byteOffset: view.byteOffset + view.byteLength]
+    stored = iio.imread(io.BytesIO(png)).astype(np.float32)[..., :3] / 255.0
+    assert np.abs(stored[mask] - orm[mask]).mean() < 2.0 / 255

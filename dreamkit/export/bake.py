@@ -99,18 +99,22 @@ def bake_texture(mesh: Mesh, size: int = 1024, color_fn: Optional[ColorFn] = Non
 
 
 def bake_mesh(mesh: Mesh, texture_size: int = 1024, padding: int = 8, color_fn: Optional[ColorFn] = None,
-              roughness: float = 0.9, metallic: float = 0.0) -> Mesh:
+              roughness: float = 0.9, metallic: float = 0.0, orm_fn: Optional[ColorFn] = None) -> Mesh:
     """UV-unwrap (xatlas) and bake: a copy of ``mesh`` with ``uvs``, a ``base_color`` texture and an ``orm``
-    texture (occlusion 1, constant ``roughness`` and ``metallic``; the material factors become 1 so the texture
+    texture (occlusion, roughness, metallic: baked from ``orm_fn`` — a representation with a PBR material field —
+    or constant ``roughness`` and ``metallic`` with occlusion 1; the material factors become 1 so the texture
     carries the values, as glTF multiplies factor and texture)."""
     if mesh.num_faces == 0:
         raise ValueError("cannot bake an empty mesh")
     unwrapped = mesh if mesh.uvs is not None else unwrap_uv(mesh, texture_size, padding=max(2, padding // 2))
     base_color, _ = bake_texture(unwrapped, texture_size, color_fn=color_fn, padding=padding)
-    orm = np.empty((texture_size, texture_size, 3), dtype=np.float32)
-    orm[..., 0] = 1.0
-    orm[..., 1] = float(roughness)
-    orm[..., 2] = float(metallic)
+    if orm_fn is not None:
+        orm, _ = bake_texture(unwrapped, texture_size, color_fn=orm_fn, padding=padding)
+    else:
+        orm = np.empty((texture_size, texture_size, 3), dtype=np.float32)
+        orm[..., 0] = 1.0
+        orm[..., 1] = float(roughness)
+        orm[..., 2] = float(metallic)
     return unwrapped.copy(base_color=base_color, orm=orm, roughness=1.0, metallic=1.0)
 
 
@@ -130,7 +134,7 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     mesh, color_fn = mesh_from_representation(model, export_cfg)
     result = bake_mesh(mesh, texture_size=int(opt("texture_size", 1024)), padding=int(opt("texture_padding", 8)),
                      color_fn=color_fn, roughness=float(opt("mesh_roughness", 0.9)),
-                     metallic=float(opt("mesh_metallic", 0.0)))
+                     metallic=float(opt("mesh_metallic", 0.0)), orm_fn=getattr(model, "query_orm", None))
     _LAST[0] = (key, result)
     return result
 
