@@ -1,9 +1,10 @@
-"""The ``dreamkit`` command: fit | export | render | sample | eval | list.
+"""The ``dreamkit`` command: fit | export | render | sample | eval | bench | list.
 
     dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
     dreamkit fit resume=outputs/gs_sds/a_red_cube@20261129-101500
     dreamkit export outputs/gs_sds/a_red_cube@20261129-101500 --format ply
     dreamkit render outputs/gs_sds/a_red_cube@20261129-101500
+    dreamkit bench --recipe gs_oracle --json bench.json
     dreamkit list
 
 Bad input (unknown key, wrong type, missing file, ...) prints one line starting with ``error:`` and exits with 2.
@@ -171,6 +172,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, run_bench
+
+    opts = BenchOptions(recipes=list(args.recipe or []), device=args.device, prior=args.prior, steps=args.steps,
+                        warmup=args.warmup, overrides=list(args.override or []),
+                        json_path=Path(args.json) if args.json else None,
+                        sd21_dir=Path(args.sd21_dir) if args.sd21_dir else None)
+    _, code = run_bench(opts)
+    return code
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .config import shipped_configs
     from .registry import EXPORTERS, REGISTRY
@@ -240,6 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", help="results folder (default outputs/eval/<recipe>, numbered if it exists)")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every fit")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="steps/s of recipes' training step, its split, and the prior-alone limit",
+                       description="Time each recipe's real training step (warm-up, then timed steps) without "
+                                   "Lightning's Trainer: steps/s, peak memory, the split of a step into render, "
+                                   "encode, prior, guidance, regularizers, backward, optimizer, post_step and other, "
+                                   "and the limit (the prior's work for the same batch alone) with ratio = step/limit.")
+    p.add_argument("--recipe", "-r", action="extend", nargs="+", metavar="NAME",
+                   help="shipped recipe names or YAML paths (default: every shipped recipe; with --prior "
+                        "sd21-random: gs_sds)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    p.add_argument("--prior", default="tiny", choices=["tiny", "sd21-random"],
+                   help="tiny: each recipe as shipped; sd21-random: the real SD 2.1-base architecture with random "
+                        "weights (no download) at 512², batch 4")
+    p.add_argument("--steps", type=int, help="timed steps (default 50 on CUDA, 10 on the CPU; 1 for sd21-random "
+                                             "on the CPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 10 on CUDA, 2 on the CPU)")
+    p.add_argument("--override", action="extend", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="config overrides applied to every recipe (e.g. trainer.grad_clip=1.0)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as a JSON list, one object per recipe")
+    p.add_argument("--sd21-dir", metavar="DIR",
+                   help="cache folder of the random SD 2.1 weights (default $DREAMKIT_SD21_RANDOM_DIR or "
+                        "~/.cache/dreamkit/sd21-random; built there once, ~2.5 GB)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="registered components and shipped configs")
     p.set_defaults(func=cmd_list)

@@ -5,11 +5,18 @@ cameras ← sampler; out ← representation.render; losses ← guidance(out.rgb)
 total ← Σ λ_i(step)·loss_i; backward; clip; optimizer step; representation.post_step (densify/prune).
 All randomness comes from generators owned here and saved in checkpoints, so a resumed run repeats the
 uninterrupted one.
+
+The step itself is :meth:`DreamSystem.optimization_step` (one step given an optimizer, no Lightning needed);
+Lightning's ``training_step`` calls it and adds logging, and ``dreamkit bench`` calls it directly with a
+:class:`~dreamkit.timing.StepTimer`. On CUDA it never waits for the device outside the renderer (whose tile binning
+must read back how many Gaussian–tile pairs to allocate): cameras are drawn on the host and sent in one pinned,
+asynchronous copy, and nothing is read back except on logging steps.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -21,6 +28,8 @@ from .config import to_plain
 from .errors import ConfigError
 from .registry import component_class
 from .schedule import Schedule, range_at, value_at
+from .timing import NULL_TIMER
+from .types import TextCond
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,6 +50,33 @@ def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = 
 def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) -> nn.Module:
     cls = component_class("representation", cfg.representation.name, "representation.name")
     return cls(cfg.representation, generator=generator)
+
+
+def host_to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Copy host tensors to ``device`` without a host–device synchronisation: on CUDA one pinned, non-blocking
+    transfer per dtype (views of it come back, each contiguous); elsewhere ``tensor.to(device)``."""
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    out: list[Optional[torch.Tensor]] = [None] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for idxs in by_dtype.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in idxs]).pin_memory()
+        on_device = flat.to(device, non_blocking=True)
+        for i, part in zip(idxs, on_device.split([tensors[i].numel() for i in idxs])):
+            out[i] = part.view(tensors[i].shape)
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class StepResult:
+    """What one optimisation step produced (device tensors; nothing has been read back to the host)."""
+
+    loss: torch.Tensor
+    terms: dict[str, Any]
+    info: dict[str, Any]
+    cameras: Cameras
 
 
 class Background(nn.Module):
@@ -79,6 +115,8 @@ class DreamSystem(pl.LightningModule):
         self._prior = None
         self._guidance = None
         self.text_cond = None
+        self._timer = NULL_TIMER  # dreamkit bench swaps in a StepTimer (see set_timer)
+        self._zero_index: Optional[torch.Tensor] = None
         self._lambdas = {k[len("lambda_"):]: Schedule.parse(to_plain(v), f"loss.{k}") for k, v in cfg.loss.items()}
 
     # -- components that live outside the state_dict -----------------------------------------------------------
@@ -111,6 +149,13 @@ class DreamSystem(pl.LightningModule):
                 hint = f"did you mean loss.lambda_{close[0]}? " if close else ""
                 raise ConfigError(f"loss.lambda_{name}: no loss term named '{name}' in this recipe — {hint}"
                                   f"terms: {valid}")
+
+    def set_timer(self, timer: Any = None) -> None:
+        """Time the sections of each step with ``timer`` (a :class:`~dreamkit.timing.StepTimer`); None disables."""
+        timer = timer if timer is not None else NULL_TIMER
+        object.__setattr__(self, "_timer", timer)
+        if self._guidance is not None and hasattr(self._guidance, "timer"):
+            object.__setattr__(self._guidance, "timer", timer)
 
     def setup(self, stage: str) -> None:
         device = self.device
@@ -145,57 +190,119 @@ class DreamSystem(pl.LightningModule):
         for group, (schedule, key) in zip(optimizer.param_groups, self._lr_schedules):
             group["lr"] = value_at(schedule, step, key)
 
-    def sample_cameras(self, step: int) -> Cameras:
+    def _sample_host_cameras(self, step: int) -> Cameras:
+        """[B] random cameras on the host (the camera generator is a CPU generator saved in checkpoints)."""
         cam = self.cfg.camera
-        cams = self.sampler.sample(
+        return self.sampler.sample(
             int(cam.batch_size), int(cam.width), int(cam.height),
             elevation_range=range_at(cam.elevation_range, step, "camera.elevation_range"),
             azimuth_range=range_at(cam.azimuth_range, step, "camera.azimuth_range"),
             distance_range=range_at(cam.distance_range, step, "camera.distance_range"),
             fovy_range=range_at(cam.fovy_range, step, "camera.fovy_range"),
             uniform_sphere=bool(cam.uniform_sphere),
+            views=int(cam.get("views", 1)),
         )
-        return cams.to(self.device)
 
-    def text_for(self, cameras: Cameras):
+    def _view_index(self, cameras: Cameras) -> Optional[torch.Tensor]:
+        """[B] index of each camera's prompt variant (host tensor), or None when there is a single variant."""
         if self.text_cond.cond.shape[0] == 1:
-            return self.text_cond.select(torch.zeros(len(cameras), dtype=torch.long))
+            return None
         cam = self.cfg.camera
-        idx = view_direction_index(cameras.elevation.cpu(), cameras.azimuth.cpu(), cam.front_threshold,
-                                   cam.back_threshold, cam.overhead_threshold)
-        return self.text_cond.select(idx)
+        return view_direction_index(cameras.elevation.cpu(), cameras.azimuth.cpu(), cam.front_threshold,
+                                    cam.back_threshold, cam.overhead_threshold)
 
-    def training_step(self, batch: Any, batch_idx: int):
-        step = int(self.global_step)
-        optimizer = self.optimizers()
+    def _select_text(self, index: Optional[torch.Tensor], batch: int, prompts: list[str]) -> TextCond:
+        """Gather one text variant per camera with a device-side index (no host read-back)."""
+        cond = self.text_cond
+        if index is None:
+            if self._zero_index is None or self._zero_index.shape[0] != batch \
+                    or self._zero_index.device != cond.cond.device:
+                self._zero_index = torch.zeros(batch, dtype=torch.long, device=cond.cond.device)
+            index = self._zero_index
+        return TextCond(cond.cond.index_select(0, index), cond.uncond.index_select(0, index), prompts)
+
+    def _host_batch(self, step: int) -> tuple[Cameras, Optional[torch.Tensor], list[str]]:
+        """Host-side part of a batch: cameras, their prompt-variant index (None for one variant) and prompts."""
+        cams = self._sample_host_cameras(step)
+        index = self._view_index(cams)
+        variants = self.text_cond.prompts
+        if not variants:
+            prompts: list[str] = []
+        elif index is None:
+            prompts = [variants[0]] * len(cams)
+        else:
+            prompts = [variants[i] for i in index.tolist()]
+        return cams, index, prompts
+
+    def sample_batch(self, step: int) -> tuple[Cameras, TextCond]:
+        """Cameras [B] on the device and their text variants: drawn on the host, the view-dependent prompt index
+        computed there too, then everything sent in one asynchronous copy (no synchronisation on CUDA)."""
+        cams, index, prompts = self._host_batch(step)
+        fields = [cams.c2w, cams.K, cams.elevation, cams.azimuth, cams.distance, cams.fovy, cams.time]
+        if index is not None:
+            fields.append(index)
+        moved = host_to_device(fields, self.device)
+        cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
+        return cameras, self._select_text(moved[7] if index is not None else None, len(cams), prompts)
+
+    def is_log_step(self, step: int) -> bool:
+        return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
+
+    def optimization_step(self, step: int, optimizer: Any,
+                          backward: Optional[Callable[[torch.Tensor], Any]] = None) -> StepResult:
+        """One training step at ``step`` with ``optimizer`` (a torch optimizer or Lightning's wrapper of it).
+
+        ``backward(loss)`` defaults to ``loss.backward()`` (Lightning passes ``manual_backward``). Reads nothing
+        back from the device; sections are timed when a timer is set (:meth:`set_timer`).
+        """
+        timer = self._timer
         raw_opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         self._set_learning_rates(raw_opt, step)
-        cameras = self.sample_cameras(step)
+        cameras, text = self.sample_batch(step)
         background = self.background(len(cameras), self.noise_gen)
-        out = self.representation.render(cameras, background=background, step=step)
+        with timer("render"):
+            out = self.representation.render(cameras, background=background, step=step)
         images = out.rgb.permute(0, 3, 1, 2)
-        terms = self._guidance(images, self.text_for(cameras), cameras, step, generator=self.noise_gen)
-        terms.update(self.representation.regularizers(out, step))
-        total = images.new_zeros(())
+        with timer("guidance"):
+            terms = self._guidance(images, text, cameras, step, generator=self.noise_gen)
+        with timer("regularizers"):
+            terms.update(self.representation.regularizers(out, step))
+        total = None
         for name, schedule in self._lambdas.items():
             weight = schedule(step)
             if weight != 0 and f"loss_{name}" in terms:
-                total = total + weight * terms[f"loss_{name}"]
+                term = weight * terms[f"loss_{name}"]
+                total = term if total is None else total + term
+        if total is None:
+            total = images.new_zeros(())
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(total)
-        if float(self.cfg.trainer.grad_clip) > 0:
-            torch.nn.utils.clip_grad_norm_(self.representation.parameters(), float(self.cfg.trainer.grad_clip))
-        optimizer.step()
-        info = self.representation.post_step(step, out, raw_opt, cameras, generator=self.strategy_gen) or {}
-        if step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1:
-            logs = {"train/loss": total.detach()}
-            logs.update({f"train/{k}": v.detach() for k, v in terms.items() if torch.is_tensor(v)})
+        with timer("backward"):
+            if backward is None:
+                total.backward()
+            else:
+                backward(total)
+        with timer("optimizer"):
+            if float(self.cfg.trainer.grad_clip) > 0:
+                torch.nn.utils.clip_grad_norm_(self.representation.parameters(), float(self.cfg.trainer.grad_clip))
+            optimizer.step()
+        with timer("post_step"):
+            info = self.representation.post_step(step, out, raw_opt, cameras, generator=self.strategy_gen) or {}
+        return StepResult(loss=total.detach(), terms=terms, info=info, cameras=cameras)
+
+    def training_step(self, batch: Any, batch_idx: int):
+        step = int(self.global_step)
+        result = self.optimization_step(step, self.optimizers(), backward=self.manual_backward)
+        if self.is_log_step(step):  # the only place a step reads values back from the device
+            batch_size = len(result.cameras)
+            logs = {"train/loss": result.loss}
+            logs.update({f"train/{k}": v.detach() for k, v in result.terms.items() if torch.is_tensor(v)})
             if hasattr(self.representation, "num_gaussians"):
                 logs["train/num_gaussians"] = float(self.representation.num_gaussians)
-            logs.update({f"train/{k}": float(v) for k, v in info.items()})
-            self.log_dict(logs, on_step=True, prog_bar=False, logger=True, batch_size=len(cameras))
-        self.log("loss", total.detach(), prog_bar=True, logger=False, on_step=True, batch_size=len(cameras))
-        return total.detach()
+            logs.update({f"train/{k}": float(v) for k, v in result.info.items()})
+            self.log_dict(logs, on_step=True, prog_bar=False, logger=True, batch_size=batch_size)
+            # a host copy: the progress bar converts its metrics to numbers after every batch
+            self.log("loss", result.loss.cpu(), prog_bar=True, logger=False, on_step=True, batch_size=batch_size)
+        return result.loss
 
     # -- evaluation renders ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -21,6 +21,7 @@ from ..cameras import Cameras
 from ..config import sched
 from ..priors.base import Prior
 from ..schedule import value_at
+from ..timing import NULL_TIMER
 from ..types import TextCond
 
 T_ANNEALS = ("random", "linear", "sqrt")
@@ -62,6 +63,9 @@ class SDSGuidance(nn.Module):
         # the prior is frozen and shared; keep it out of this module's state_dict
         object.__setattr__(self, "prior", prior)
         self.max_steps = max(int(max_steps), 1)
+        # sections "encode" (the prior's encoder forward) and "prior" (its noise prediction) for dreamkit bench;
+        # a no-op unless the system sets a StepTimer
+        object.__setattr__(self, "timer", NULL_TIMER)
 
     def parameter_groups(self) -> list[dict]:
         return []
@@ -105,7 +109,8 @@ class SDSGuidance(nn.Module):
         ``t`` [B] and ``noise`` (shape of the encoded images) may be given, e.g. for common random numbers in
         ablations; by default they are drawn from ``generator``.
         """
-        x = self.prior.encode(images)
+        with self.timer("encode"):
+            x = self.prior.encode(images)
         batch = x.shape[0]
         if t is None:
             t = self.sample_timesteps(batch, step, generator, x.device)
@@ -115,10 +120,11 @@ class SDSGuidance(nn.Module):
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
             scale = value_at(self.cfg.guidance_scale, step, "guidance.guidance_scale")
-            if scale == 1.0:
-                eps = self.prior.predict(x_t, t, text.cond, cameras)
-            else:
-                eps = self.prior.predict_cfg(x_t, t, text, scale, cameras)
+            with self.timer("prior"):
+                if scale == 1.0:
+                    eps = self.prior.predict(x_t, t, text.cond, cameras)
+                else:
+                    eps = self.prior.predict_cfg(x_t, t, text, scale, cameras)
             grad = self.weight(t).view_as(abar) * (eps.to(x.dtype) - noise)
             clip = value_at(self.cfg.grad_clip, step, "guidance.grad_clip")
             if clip > 0:

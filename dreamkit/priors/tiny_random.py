@@ -13,6 +13,10 @@ Layout written by :func:`build_tiny_sd` (what ``StableDiffusionPipeline.save_pre
     FOLDER/text_encoder/{config.json, model.safetensors}
     FOLDER/tokenizer/{vocab.json, merges.txt, tokenizer_config.json, ...}
     FOLDER/scheduler/scheduler_config.json
+
+:func:`build_sd21_random` writes the same layout with the *real* Stable Diffusion 2.1-base architecture (865.9 M
+UNet, 83.7 M VAE, 340 M OpenCLIP ViT-H text encoder) and random weights, for speed and memory measurements
+(``dreamkit bench --prior sd21-random``) on machines that cannot download the checkpoint. About 2.5 GB in fp16.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Union
 
 import torch
 
-__all__ = ["build_tiny_sd", "TINY_WORDS"]
+__all__ = ["build_tiny_sd", "build_sd21_random", "ensure_sd21_random", "sd21_configs", "TINY_WORDS"]
 
 #: Words that get whole-word tokens in the tiny tokenizer (any other text still tokenizes, byte by byte).
 TINY_WORDS: tuple[str, ...] = (
@@ -188,3 +192,108 @@ def build_tiny_sd(folder: Union[str, Path], prediction_type: str = "epsilon", se
     folder.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(folder)
     return folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stable Diffusion 2.1-base architecture with random weights (benchmarks only)
+
+SD21_RANDOM_VERSION = 1
+_SD21_MARKER = "dreamkit_random.json"
+
+
+def sd21_configs(vocab_size: int = 49408, max_length: int = 77) -> dict[str, dict]:
+    """Constructor arguments of the three networks of stabilityai/stable-diffusion-2-1-base (their config.json
+    files): ``{"unet": UNet2DConditionModel kwargs, "vae": AutoencoderKL kwargs, "text": CLIPTextConfig kwargs,
+    "scheduler": DDIMScheduler kwargs}``. Images are 512², latents 4 × 64².
+
+    UNet: channels (320, 640, 1280, 1280), 2 layers per block, cross-attention in the first three levels with
+    attention_head_dim (5, 10, 20, 20) (SD 2.x's per-level head counts), linear projections in the transformers,
+    1024-d cross-attention. VAE: channels (128, 256, 512, 512), 4 latent channels, scaling 0.18215. Text: OpenCLIP
+    ViT-H/14's text tower as CLIPTextModel, 1024 wide, 23 layers, 16 heads, GELU.
+    """
+    return {
+        "unet": dict(
+            sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+            freq_shift=0,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            only_cross_attention=False, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+            downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
+            cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), dual_cross_attention=False,
+            use_linear_projection=True, upcast_attention=False,
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=4,
+            norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+        ),
+        "text": dict(
+            vocab_size=vocab_size, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+            num_attention_heads=16, max_position_embeddings=max_length, hidden_act="gelu", layer_norm_eps=1e-5,
+            projection_dim=512,
+        ),
+        "scheduler": dict(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+        ),
+    }
+
+
+def build_sd21_random(folder: Union[str, Path], seed: int = 0, device: Union[str, torch.device, None] = None,
+                      dtype: torch.dtype = torch.float16, max_length: int = 77) -> Path:
+    """Write a Stable Diffusion 2.1-base pipeline with random weights to ``folder`` (diffusers format).
+
+    The networks are built on ``device`` (default: CUDA when available — random initialisation of 1.3 B parameters
+    takes seconds there and minutes on a small CPU), cast to ``dtype`` and saved. The tokenizer is the tiny one of
+    :func:`build_tiny_sd` (the real 49k-token vocabulary cannot be made offline); the text encoder keeps SD's 49408
+    embeddings, so it has the real size. Predictions are noise: for timing and memory, never quality.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder).expanduser()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = _tiny_tokenizer(max_length)
+    configs = sd21_configs(max_length=max_length)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            **configs["text"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the cast warns about fp32-only modules; SD 2.1 has none
+    try:
+        for module in (unet, vae, text_encoder):
+            module.to(device="cpu", dtype=dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**configs["scheduler"]),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(folder)
+    (folder / _SD21_MARKER).write_text(json.dumps(
+        {"architecture": "stable-diffusion-2-1-base", "weights": "random", "seed": seed, "dtype": str(dtype),
+         "version": SD21_RANDOM_VERSION}, indent=2) + "\n")
+    return folder
+
+
+def ensure_sd21_random(folder: Union[str, Path], **kwargs) -> Path:
+    """``folder`` if it already holds this version of :func:`build_sd21_random`'s output, else build it there."""
+    folder = Path(folder).expanduser()
+    marker = folder / _SD21_MARKER
+    try:
+        if json.loads(marker.read_text()).get("version") == SD21_RANDOM_VERSION:
+            return folder
+    except (OSError, ValueError):
+        pass
+    return build_sd21_random(folder, **kwargs)

@@ -59,6 +59,7 @@ class DensifyStrategy:
         self.cfg = cfg
         self.grad2d: Optional[torch.Tensor] = None
         self.count: Optional[torch.Tensor] = None
+        self._grad_scale_cache: Optional[tuple] = None  # a derived constant, not state
 
     # -- state for checkpoints ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -69,6 +70,16 @@ class DensifyStrategy:
         self.count = state.get("count")
 
     # -- hooks ----------------------------------------------------------------------------------------------------
+    def _grad_scale(self, width: int, height: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """[2] (W/2·B, H/2·B), made on the device (no host-to-device copy) once per image size and batch."""
+        key = (width, height, batch, like.device, like.dtype)
+        cached = self._grad_scale_cache
+        if cached is None or cached[0] != key:
+            scale = torch.stack([torch.full((), width / 2.0 * batch, device=like.device, dtype=like.dtype),
+                                 torch.full((), height / 2.0 * batch, device=like.device, dtype=like.dtype)])
+            cached = self._grad_scale_cache = (key, scale)
+        return cached[1]
+
     def _accumulate(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> None:
         """means2d.grad [B, N, 2] (pixels) → accumulate per-Gaussian NDC gradient norms where visible."""
         grad = means2d.grad
@@ -77,8 +88,7 @@ class DensifyStrategy:
         n = grad.shape[-2]
         batch = grad.shape[0]
         # pixel → NDC units, and undo the 1/B of a batch-averaged loss (as gsplat's DefaultStrategy)
-        scale = torch.tensor([width / 2.0 * batch, height / 2.0 * batch], device=grad.device, dtype=grad.dtype)
-        norms = (grad * scale).norm(dim=-1)  # [B, N]
+        norms = (grad * self._grad_scale(width, height, batch, grad)).norm(dim=-1)  # [B, N]
         visible = radii > 0
         if self.grad2d is None or self.grad2d.shape[0] != n:
             self.grad2d = torch.zeros(n, device=grad.device)
