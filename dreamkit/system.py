@@ -130,6 +130,11 @@ class DreamSystem(pl.LightningModule):
 
     def attach_prior(self, prior: nn.Module) -> None:
         """Frozen priors are not part of checkpoints (they can be GBs); attach before fit."""
+        views, cam = int(getattr(prior, "views", 1)), self.cfg.camera
+        if int(cam.views) != views or int(cam.batch_size) % views:
+            raise ConfigError(f"this prior denoises groups of {views} view(s) but camera.views={cam.views} and "
+                              f"camera.batch_size={cam.batch_size} — set camera.views={views} and a batch_size that "
+                              f"is a multiple of it")
         object.__setattr__(self, "_prior", prior)
         cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
         guidance = cls(self.cfg.guidance, prior, int(self.cfg.trainer.max_steps))

@@ -92,3 +92,18 @@ def test_opengl_convention_flips_camera_axes():
     torch.testing.assert_close(gl[:, :3, 0], cv[:, :3, 0])
     torch.testing.assert_close(gl[:, :3, 1:3], -cv[:, :3, 1:3])
     torch.testing.assert_close(gl[:, :3, 3], cv[:, :3, 3])
+
+
+def test_fit_through_a_multiview_prior_needs_grouped_cameras(tmp_path):
+    from dreamkit.cli import main
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "mv", views=4, class_condition="pooled_text+camera",
+                                           world_captions=["a snowman"])
+    common = ["fit", "--config", "gs_sds_mv.yaml", f"prior.name={folder}", f"output_dir={tmp_path / 'out'}",
+              "trainer.max_steps=2", "representation.num_points=300", "trainer.progress=false",
+              "export.turntable=false", "export.formats=[ply]"]
+    assert main(common) == 0
+    # a single-view camera batch for a 4-view prior is refused before anything is written
+    assert main(common[:-4] + ["camera.views=1", "trainer.progress=false"]) == 2
+    assert len(list((tmp_path / "out").rglob("config.yaml"))) == 1
