@@ -134,8 +134,9 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
         rows.append(row)
         bg = torch.tensor(list(run_cfg.background.color), dtype=torch.float32)
         sheets.append(render_turntable(model, frames=8, resolution=96, background=bg, device=device))
-    save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)
-    _write_tables(rows, out_dir, config, overrides)
+        # tables and contact sheet so far after every prompt: a long benchmark that is stopped keeps what it measured
+        save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)
+        _write_tables(rows, out_dir, config, overrides, quiet=i + 1 < len(prompts))
     return out_dir
 
 
@@ -147,7 +148,7 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Sequence[str]) -> None:
+def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Sequence[str], quiet: bool = False) -> None:
     columns = ["prompt", "kind", "nearest_shape", "shape_ok", "colour", "hue_error", "colour_ok", "fronts",
                "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
     with open(out_dir / "results.csv", "w", newline="") as f:
@@ -169,5 +170,7 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
     lines += ["", "![contact sheet](contact_sheet.png)", ""]
     (out_dir / "results.md").write_text("\n".join(lines))
+    if quiet:
+        return
     print("\n".join(lines[:4]), flush=True)
     print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'contact_sheet.png'}", flush=True)
