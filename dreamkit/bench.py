@@ -178,33 +178,28 @@ def measure_steps(system: Any, optimizer: Any, device: torch.device, warmup: int
         system.optimization_step(step, optimizer)
         step += 1
     timer = StepTimer(sync=sync)
-    if sync is None:  # CPU: synchronous, the timer costs microseconds — one pass gives both
-        system.set_timer(timer)
-        try:
-            start = _now(None)
-            for _ in range(steps):
-                system.optimization_step(step, optimizer)
-                step += 1
-            step_s = (_now(None) - start) / steps
-        finally:
-            system.set_timer(None)
-        split_n, split_step_s = steps, step_s
-    else:
-        start = _now(sync)
-        for _ in range(steps):
-            system.optimization_step(step, optimizer)
-            step += 1
-        step_s = (_now(sync) - start) / steps
-        split_n = max(1, min(steps, split_steps))
-        system.set_timer(timer)
+
+    def timed(n: int, with_timer: bool) -> float:
+        """Run n steps (optionally under the section timer) → mean seconds per step."""
+        nonlocal step
+        if with_timer:
+            system.set_timer(timer)
         try:
             start = _now(sync)
-            for _ in range(split_n):
+            for _ in range(n):
                 system.optimization_step(step, optimizer)
                 step += 1
-            split_step_s = (_now(sync) - start) / split_n
+            return (_now(sync) - start) / n
         finally:
             system.set_timer(None)
+
+    if sync is None:  # CPU: synchronous, the timer costs microseconds — one pass gives both
+        step_s = timed(steps, with_timer=True)
+        split_n, split_step_s = steps, step_s
+    else:  # CUDA: the timer synchronises at every section, so the step time comes from an untimed pass
+        step_s = timed(steps, with_timer=False)
+        split_n = max(1, min(steps, split_steps))
+        split_step_s = timed(split_n, with_timer=True)
     split = {k: timer.totals.get(k, 0.0) / split_n for k in SPLIT_KEYS if k != "other"}
     for k, v in timer.totals.items():  # sections a component added beyond the known ones
         if k not in split:
