@@ -316,7 +316,7 @@ conditioning is the pooled sentence vector; the class embedding receives `{class
 - produced by: `{command}`
 - at commit: `{git_commit()}`
 {init_text}- steps: {step}, batch {args.batch} images, lr {args.lr}, seed {args.seed}, device {device}
-- data: {len(images)} images of {len(meta['scenes'])} scenes, {len(captions)} captions (`dreamkit.world.dataset`)
+- data: {len(images)} {"images" if views == 1 else f"groups of {views} views"} of {len(meta['scenes'])} scenes, {len(captions)} captions (`dreamkit.world.dataset`)
 - it knows only the tiny world's prompts (see `model_index.json` → `world_captions`); others get a warning that
   names the nearest in-world prompts.
 """)
