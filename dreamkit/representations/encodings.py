@@ -15,18 +15,38 @@ Inputs are points normalised to [0, 1]³ (the caller maps its bounding box there
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["HashGridEncoding", "FrequencyEncoding", "HASH_PRIMES", "hash_grid_reference_level"]
+from ..config import sched
+
+__all__ = ["HashGridConfig", "HashGridEncoding", "hash_grid_from_config", "FrequencyEncoding", "HASH_PRIMES", "hash_grid_reference_level"]
 
 #: instant-ngp's spatial-hash primes (the first is 1 so that coherent x stays cache-friendly)
 HASH_PRIMES = (1, 2654435761, 805459861)
 
 # the 8 corners of a unit cell, [8, 3] in {0,1}
 _CORNERS = torch.tensor([[(i >> 0) & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=torch.long)
+
+
+@dataclass
+class HashGridConfig:
+    """Hash-grid fields of a representation config (NeRF's field, the mesh representations' material field).
+    The defaults keep every level dense (16 … 71 vertices per side): on CPU a dense level is one grid_sample; raise
+    log2_hashmap_size/levels on CUDA for finer detail."""
+
+    n_levels: int = 6
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.35
+    #: learning rate (number or schedule) of the grid tables
+    lr_encoding: Any = sched(1e-2)
+    #: auto (tiny-cuda-nn encoding on CUDA when importable) | torch
+    backend: str = "auto"
 
 
 def _tcnn_available() -> bool:
@@ -155,6 +175,12 @@ class HashGridEncoding(nn.Module):
         weights = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(-1, 8, 1)
         corners = table.index_select(0, idx).view(-1, 8, F)
         return (corners * weights).sum(dim=1)
+
+def hash_grid_from_config(cfg: Any, generator: Optional[torch.Generator] = None) -> "HashGridEncoding":
+    """The encoding a :class:`HashGridConfig` (or a config with its fields) describes."""
+    return HashGridEncoding(cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size, cfg.base_resolution,
+                            cfg.per_level_scale, backend=cfg.backend, generator=generator)
+
 
 def hash_grid_reference_level(enc: HashGridEncoding, x: torch.Tensor, level: int) -> torch.Tensor:
     """Slow reference for one level: loops over points and corners. x [N,3] → [N, F]. For tests."""

@@ -43,7 +43,7 @@ from ..render import raster
 from ..render.material import (MaterialConfig, check_material_config, environment_sh, perturb_normal,
                                sample_light_positions, sample_shading_mode, shade)
 from ..types import RenderOutput
-from .encodings import HashGridEncoding
+from .encodings import HashGridConfig, hash_grid_from_config
 
 __all__ = [
     "SurfaceConfig", "MeshConfig", "SurfaceModel", "MeshModel", "MaterialField",
@@ -153,23 +153,15 @@ def sample_surface(verts: torch.Tensor, faces: torch.Tensor, n: int, generator: 
 
 
 @dataclass
-class SurfaceConfig:
-    """Fields shared by the rasterized surface representations (mesh, dmtet)."""
+class SurfaceConfig(HashGridConfig):
+    """Fields shared by the rasterized surface representations (mesh, dmtet); the material field is a hash grid
+    (fields of :class:`HashGridConfig`) + MLP."""
 
     #: half-size of the cube [-r, r]³ of the material field
     radius: float = 0.6
-    #: material field: hash grid (all levels dense with these defaults) + MLP
-    n_levels: int = 6
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: int = 16
-    per_level_scale: float = 1.35
     hidden_dim: int = 32
     layers: int = 1
-    lr_encoding: Any = sched(1e-2)
     lr_network: Any = sched(1e-3)
-    #: auto (tiny-cuda-nn encoding on CUDA when importable) | torch
-    backend: str = "auto"
     #: shading: materials, lights, random shading modes (see dreamkit.render.material)
     material: MaterialConfig = field(default_factory=MaterialConfig)
     #: shading normals: smooth (interpolated vertex normals) | flat (face normals)
@@ -210,9 +202,7 @@ class MaterialField(nn.Module):
     def __init__(self, cfg: SurfaceConfig, generator: torch.Generator):
         super().__init__()
         self.radius = float(cfg.radius)
-        self.encoding = HashGridEncoding(cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
-                                         cfg.base_resolution, cfg.per_level_scale, backend=cfg.backend,
-                                         generator=generator)
+        self.encoding = hash_grid_from_config(cfg, generator)
         self.perturb = float(cfg.material.normal_perturbation) > 0
         out = 5 + (3 if self.perturb else 0)
         with torch.random.fork_rng(devices=[]):

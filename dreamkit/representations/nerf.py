@@ -27,7 +27,7 @@ from ..config import sched
 from ..errors import ConfigError
 from ..render.volume import OccupancyGrid, generate_rays, render_field
 from ..types import RenderOutput
-from .encodings import HashGridEncoding
+from .encodings import HashGridConfig, hash_grid_from_config
 
 __all__ = ["NeRFConfig", "NeRFModel", "VolumeModel", "trunc_exp", "mlp"]
 
@@ -99,19 +99,10 @@ class VolumeRenderConfig:
 
 
 @dataclass
-class NeRFConfig(VolumeRenderConfig):
+class NeRFConfig(VolumeRenderConfig, HashGridConfig):
+    """A hash grid (Müller et al. 2022, fields of :class:`HashGridConfig`) + the shared volume decoder."""
+
     name: str = "nerf"
-    #: hash grid (Müller et al. 2022). Defaults keep every level dense (16 … 71 vertices per side): on CPU a dense
-    #: level is one grid_sample; raise log2_hashmap_size/levels on CUDA for finer detail
-    n_levels: int = 6
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: int = 16
-    per_level_scale: float = 1.35
-    #: learning rate (number or schedule) of the grid tables
-    lr_encoding: Any = sched(1e-2)
-    #: auto (tiny-cuda-nn encoding on CUDA when importable) | torch
-    backend: str = "auto"
 
 
 class VolumeModel(nn.Module):
@@ -300,9 +291,7 @@ class NeRFModel(VolumeModel):
             raise ConfigError(f"representation.backend={cfg.backend!r} — use auto or torch")
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self._init_volume(cfg)
-        self.encoding = HashGridEncoding(cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
-                                         cfg.base_resolution, cfg.per_level_scale, backend=cfg.backend,
-                                         generator=generator)
+        self.encoding = hash_grid_from_config(cfg, generator)
         self._init_decoder(self.encoding.output_dim, generator)
 
     def features(self, points01: torch.Tensor) -> torch.Tensor:
