@@ -179,7 +179,10 @@ def main() -> int:
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
         if source_type != args.prediction_type:
-            raise SystemExit(f"--init-from {args.init_from} predicts {source_type}; pass --prediction-type {source_type}")
+            # switching the target is a fine-tune, as Stable Diffusion 2's 768-v model was fine-tuned from its
+            # ε-prediction base; say so, since the first steps' loss is that of the other parameterisation
+            print(f"--init-from {args.init_from} predicts {source_type}; fine-tuning it to predict "
+                  f"{args.prediction_type}", flush=True)
     scheduler = DDPMScheduler(**scheduler_config(args.prediction_type))
     abar = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
