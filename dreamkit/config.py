@@ -95,6 +95,12 @@ class ExportConfig:
     # -- textured mesh exports (glb / obj / mesh): density grid → marching cubes → cleanup → UVs → baked textures
     #: density grid samples per axis for marching cubes
     mesh_resolution: int = 128
+    #: density: iso-surface of the density field at mesh_threshold | hull: the visual hull of mesh_views renders'
+    #: silhouettes (alpha ≥ 0.5): solid, no inner cavities or faint floaters, but no concavity that no silhouette
+    #: shows (a cup's inside); mesh_threshold is unused
+    mesh_method: str = "density"
+    #: cameras (a Fibonacci lattice) whose silhouettes carve the grid when mesh_method=hull
+    mesh_views: int = 48
     #: iso-level of the density (Gaussians: Σ opacity·exp(−½ Mahalanobis²), as DreamGaussian)
     mesh_threshold: float = 1.0
     #: half-size of the extraction cube; 0 = from the representation (Gaussians: the extent of their means)

@@ -144,6 +144,34 @@ def sphere_gaussians(n=1500, radius=0.5):
     return model
 
 
+def test_visual_hull_of_a_gaussian_shell_is_one_solid_surface():
+    """A shell of Gaussians renders as an opaque ball. Its density iso-surface is two nested spheres (the shell's
+    outside and inside); the visual hull (export.mesh_method=hull) is one closed sphere just outside the shell,
+    with the colours of the Gaussians under it."""
+    import trimesh
+
+    from dreamkit.export.extract import fibonacci_view_directions, mesh_from_representation
+
+    el, az = fibonacci_view_directions(24)
+    assert el.min() >= -75 and el.max() <= 75 and len(az.unique()) == 24
+    model = sphere_gaussians()
+    common = dict(mesh_resolution=64, mesh_bound=0.0, mesh_components=0, mesh_faces=0, mesh_views=24)
+    dense, _ = mesh_from_representation(model, SimpleNamespace(mesh_method="density", mesh_threshold=0.3, **common))
+    hull, _ = mesh_from_representation(model, SimpleNamespace(mesh_method="hull", mesh_threshold=123.0, **common))
+    r_dense = np.linalg.norm(dense.verts, axis=1)
+    r_hull = np.linalg.norm(hull.verts, axis=1)
+    assert r_dense.min() < 0.47 and r_dense.max() > 0.52  # the inner and the outer wall of the shell
+    assert r_hull.min() > 0.48 and r_hull.max() < 0.62  # only the outside
+    mesh = trimesh.Trimesh(hull.verts, hull.faces, process=True)
+    assert len(mesh.split(only_watertight=False)) == 1 and mesh.euler_number == 2  # one sphere-like surface
+    r = float(np.median(r_hull))
+    assert abs(mesh.area / (4 * np.pi * r * r) - 1) < 0.1
+    up = hull.verts[:, 1] > 0.2
+    assert (hull.vertex_colors[up, 0] > hull.vertex_colors[up, 2]).all()  # red on top, from the Gaussians
+    with pytest.raises(ValueError, match="mesh_method='voxels'"):
+        mesh_from_representation(model, SimpleNamespace(mesh_method="voxels", **common))
+
+
 def test_gaussians_to_textured_glb_and_obj(tmp_path):
     radius = 0.5
     model = sphere_gaussians(radius=radius)
