@@ -163,11 +163,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.benchmark import run_eval
 
-    out = Path(args.out) if args.out else Path("outputs") / "eval" / Path(args.config).stem
+    default = Path(args.rescore).name + "-rescore" if args.rescore else Path(args.config or "eval").stem
+    out = Path(args.out) if args.out else Path("outputs") / "eval" / default
     if not args.out:
         from .imageio_utils import unique_path
 
         out = unique_path(out)
+    if args.rescore:
+        from .eval.benchmark import rescore_eval
+
+        rescore_eval(Path(args.rescore), out, args.overrides)
+        return 0
+    if not args.config:
+        raise DreamkitError("dreamkit eval needs --config RECIPE (or --rescore EVAL_DIR to score finished runs again)")
     run_eval(args.config, args.prompts, out, args.overrides)
     return 0
 
@@ -246,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="the world benchmark: fit world prompts, score geometry/colour/fronts vs truth")
-    p.add_argument("--config", "-c", required=True, help="recipe (gs_sds.yaml, gs_oracle.yaml, ...)")
+    p.add_argument("--config", "-c", help="recipe (gs_sds.yaml, gs_oracle.yaml, ...)")
+    p.add_argument("--rescore", metavar="EVAL_DIR",
+                   help="score the runs of a finished eval again without fitting (overrides: e.g. export.*)")
     p.add_argument("--prompts", "-p", nargs="+", default=["singles20"],
                    help="prompt-set names (singles20, singles4, asymmetric) and/or world prompts")
     p.add_argument("--out", "-o", help="results folder (default outputs/eval/<recipe>, numbered if it exists)")

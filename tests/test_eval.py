@@ -1,5 +1,6 @@
 """World-benchmark metrics against known answers, and `dreamkit eval` end to end with the oracle prior."""
 
+import csv
 import pytest
 import torch
 
@@ -85,3 +86,14 @@ def test_eval_command_with_the_oracle(tmp_path):
     assert (out / "results.csv").is_file() and (out / "contact_sheet.png").is_file()
     assert main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red dragon", "--out",
                  str(tmp_path / "e2")]) == 2
+    # the same run scored again without fitting, through the visual hull: same shape and colour, and the export
+    # setting reaches the scorer (an unknown export key is refused)
+    again = tmp_path / "rescored"
+    assert main(["eval", "--rescore", str(out), "--out", str(again), "export.mesh_method=hull",
+                 "export.mesh_views=16"]) == 0
+    rows = list(csv.DictReader(open(again / "results.csv")))
+    first = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 1 and rows[0]["nearest_shape"] == "cube" and rows[0]["colour"] == "red"
+    assert rows[0]["run_dir"] == first[0]["run_dir"] and rows[0]["chamfer"] != first[0]["chamfer"]
+    assert main(["eval", "--rescore", str(out), "--out", str(tmp_path / "r2"), "export.mesh_metod=hull"]) == 2
+    assert main(["eval", "--rescore", str(out), "--out", str(again)]) == 2  # never overwrites results

@@ -96,14 +96,62 @@ def score_mesh(mesh, scene) -> dict:
     return row
 
 
-def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequence[str] = ()) -> Path:
-
+def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -> torch.Tensor:
+    """Export a finished run's geometry (its recipe's ``export.*``, plus ``overrides``), score it into ``row``;
+    returns its 8 turntable frames for the contact sheet."""
     from ..config import load_config
     from ..export.extract import mesh_from_representation
     from ..export.video import render_turntable
-    from ..imageio_utils import save_image_grid
-    from ..run import fit, load_run, slugify
+    from ..run import CONFIG_NAME, load_run
     from ..system import load_representation_from_checkpoint, resolve_device
+
+    _, run_cfg, ckpt = load_run(run_dir)
+    if overrides:
+        run_cfg = load_config(str(Path(run_dir) / CONFIG_NAME), list(overrides))
+    device = resolve_device(str(run_cfg.device))
+    model = load_representation_from_checkpoint(run_cfg, ckpt, device)
+    try:
+        mesh, _ = mesh_from_representation(model, run_cfg.export)
+        row.update(score_mesh(mesh, scene))
+    except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
+        row.update({"error": str(err), "shape_ok": False, "colour_ok": False})
+    bg = torch.tensor(list(run_cfg.background.color), dtype=torch.float32)
+    return render_turntable(model, frames=8, resolution=96, background=bg, device=device)
+
+
+def rescore_eval(eval_dir: Path, out_dir: Path, overrides: Sequence[str] = ()) -> Path:
+    """Score the runs of a finished ``dreamkit eval`` again, without fitting: e.g. with other export settings
+    (``export.mesh_method=hull``). Reads ``<eval_dir>/results.csv`` (prompt, run_dir, fit_s); writes a new results
+    folder with the same tables."""
+    from ..imageio_utils import save_image_grid
+
+    eval_dir, out_dir = Path(eval_dir), Path(out_dir)
+    table = eval_dir / "results.csv"
+    if not table.is_file():
+        raise DreamkitError(f"{table} not found — --rescore takes the folder of a finished `dreamkit eval`")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DreamkitError(f"{out_dir} exists and is not empty — pass another --out (results are never overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(table, newline="") as f:
+        old_rows = list(csv.DictReader(f))
+    heading = f"rescore of {eval_dir}"
+    rows, sheets = [], []
+    for i, old in enumerate(old_rows):
+        scene = parse_prompt(old["prompt"])
+        print(f"[{i + 1}/{len(old_rows)}] {old['prompt']}", flush=True)
+        row = {"prompt": old["prompt"], "kind": scene.kind, "fit_s": float(old["fit_s"] or 0), "run_dir": old["run_dir"]}
+        sheets.append(_score_run(Path(old["run_dir"]), scene, row, overrides))
+        rows.append(row)
+        save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)
+        _write_tables(rows, out_dir, heading, overrides, quiet=i + 1 < len(old_rows))
+    return out_dir
+
+
+def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequence[str] = ()) -> Path:
+
+    from ..config import load_config
+    from ..imageio_utils import save_image_grid
+    from ..run import fit, slugify
 
     prompts = resolve_prompts(prompts)
     out_dir = Path(out_dir)
@@ -122,18 +170,9 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
         t0 = time.perf_counter()
         run_dir = fit(cfg, export=False)
         seconds = time.perf_counter() - t0
-        _, run_cfg, ckpt = load_run(run_dir)
-        device = resolve_device(str(run_cfg.device))
-        model = load_representation_from_checkpoint(run_cfg, ckpt, device)
         row = {"prompt": prompt, "kind": scene.kind, "fit_s": round(seconds, 1), "run_dir": str(run_dir)}
-        try:
-            mesh, _ = mesh_from_representation(model, run_cfg.export)
-            row.update(score_mesh(mesh, scene))
-        except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
-            row.update({"error": str(err), "shape_ok": False, "colour_ok": False})
+        sheets.append(_score_run(run_dir, scene, row))
         rows.append(row)
-        bg = torch.tensor(list(run_cfg.background.color), dtype=torch.float32)
-        sheets.append(render_turntable(model, frames=8, resolution=96, background=bg, device=device))
         # tables and contact sheet so far after every prompt: a long benchmark that is stopped keeps what it measured
         save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)
         _write_tables(rows, out_dir, config, overrides, quiet=i + 1 < len(prompts))
