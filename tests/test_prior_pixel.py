@@ -38,8 +38,12 @@ def test_pixel_prior_loading_text_and_prediction(tiny_pixel_dir):
     manual = prior.unet(x, t, encoder_hidden_states=text.cond.expand(2, -1, -1),
                         class_labels=text.cond[:, 0].expand(2, -1)).sample
     torch.testing.assert_close(eps, manual)
-    with pytest.warns(UserWarning, match="outside the tiny world"):
+    with pytest.warns(UserWarning, match="outside the tiny world") as record:
         prior.encode_text(["a purple dragon"])
+    # the prompts it suggests are ones this prior was trained on (it may know only a subset of the world)
+    named = str(record[0].message).split("nearest in-world prompts: ")[1].split(", ")
+    known = {c.lower() for c in prior.world_captions}
+    assert named and all(n.lower() in known for n in named), (named, sorted(known)[:5])
 
 
 def test_pixel_prior_v_prediction(tmp_path):

@@ -188,13 +188,13 @@ class PixelDiffusionPrior(Prior):
             for suffix in VIEW_SUFFIXES:
                 base = base.removesuffix(", " + suffix)
             if base and base not in known:
-                try:
-                    from ..world import nearest_prompts
+                import difflib
 
-                    near = nearest_prompts(base, k=3)
-                except Exception:
-                    import difflib
+                from ..world import nearest_prompts
 
+                # the world's nearest captions that this prior was trained on (a prior may know a subset)
+                near = [p for p in nearest_prompts(base, k=32) if p.lower().strip() in known][:3]
+                if not near:
                     near = difflib.get_close_matches(base, sorted(known), n=3, cutoff=0.0)
                 warnings.warn(f"prompt {prompt!r} is outside the tiny world this prior was trained on; "
                               f"nearest in-world prompts: {', '.join(near)}", stacklevel=3)
