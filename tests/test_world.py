@@ -138,6 +138,10 @@ def test_nearest_prompts_returns_in_world_captions():
         assert parse_prompt(caption) is not None
         assert "red" in caption
     assert nearest_prompts("a house on a hill", k=1) == ["a house"]
+    # restricted to what a prior knows: only those captions, still ranked (red before blue for "a red dragon")
+    assert nearest_prompts("a red dragon", k=3, among={"a blue cube", "a red cube", "not a caption"}) == \
+        ["a red cube", "a blue cube"]
+    assert nearest_prompts("a red dragon", among=set()) == []
 
 
 def test_culled_renderer_matches_two_sided_reference():

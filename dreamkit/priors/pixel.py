@@ -192,10 +192,10 @@ class PixelDiffusionPrior(Prior):
 
                 from ..world import nearest_prompts
 
-                # the world's nearest captions that this prior was trained on (a prior may know a subset)
-                near = [p for p in nearest_prompts(base, k=32) if p.lower().strip() in known][:3]
-                if not near:
-                    near = difflib.get_close_matches(base, sorted(known), n=3, cutoff=0.0)
+                # the world's nearest captions that this prior was trained on (a prior may know a subset), else
+                # the closest of its own captions
+                near = (nearest_prompts(base, k=3, among=known)
+                        or difflib.get_close_matches(base, sorted(known), n=3, cutoff=0.0))
                 warnings.warn(f"prompt {prompt!r} is outside the tiny world this prior was trained on; "
                               f"nearest in-world prompts: {', '.join(near)}", stacklevel=3)
 

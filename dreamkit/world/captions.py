@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from functools import lru_cache
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Collection, Optional
 
 from ..cameras import VIEW_SUFFIXES
 from .shapes import ASYMMETRIC_OBJECTS, COLOUR_NAMES, SHAPE_NAMES, SHAPE_SYNONYMS
@@ -179,8 +179,9 @@ def _canonical_index() -> tuple[tuple[str, frozenset[str]], ...]:
     return tuple((sc.caption, _tokens(sc.caption)) for sc in scenes)
 
 
-def nearest_prompts(text: str, k: int = 3) -> list[str]:
-    """The ``k`` canonical in-world captions closest to ``text``.
+def nearest_prompts(text: str, k: int = 3, among: Optional[Collection[str]] = None) -> list[str]:
+    """The ``k`` canonical in-world captions closest to ``text``; with ``among`` (lower-case captions, e.g. what a
+    prior was trained on), only the canonical captions in it.
 
     Rank by Jaccard overlap of content words (articles and framing words ignored), then by
     ``difflib.SequenceMatcher`` similarity of the whole strings.
@@ -190,6 +191,8 @@ def nearest_prompts(text: str, k: int = 3) -> list[str]:
     query = " ".join(_TOKEN_SYNONYMS.get(w, w) for w in query.split())
     scored = []
     for caption, toks in _canonical_index():
+        if among is not None and caption.lower() not in among:
+            continue
         union = len(q | toks)
         scored.append((len(q & toks) / union if union else 0.0, caption))
     scored.sort(key=lambda t: -t[0])
