@@ -139,7 +139,8 @@ def rescore_eval(eval_dir: Path, out_dir: Path, overrides: Sequence[str] = ()) -
     for i, old in enumerate(old_rows):
         scene = parse_prompt(old["prompt"])
         print(f"[{i + 1}/{len(old_rows)}] {old['prompt']}", flush=True)
-        row = {"prompt": old["prompt"], "kind": scene.kind, "fit_s": float(old["fit_s"] or 0), "run_dir": old["run_dir"]}
+        row = {"prompt": old["prompt"], "kind": scene.kind, "fit_s": float(old["fit_s"] or 0),
+               "run_dir": old["run_dir"]}
         sheets.append(_score_run(Path(old["run_dir"]), scene, row, overrides))
         rows.append(row)
         save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)

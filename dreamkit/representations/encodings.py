@@ -23,7 +23,8 @@ from torch import nn
 
 from ..config import sched
 
-__all__ = ["HashGridConfig", "HashGridEncoding", "hash_grid_from_config", "FrequencyEncoding", "HASH_PRIMES", "hash_grid_reference_level"]
+__all__ = ["HashGridConfig", "HashGridEncoding", "hash_grid_from_config", "FrequencyEncoding", "HASH_PRIMES",
+           "hash_grid_reference_level"]
 
 #: instant-ngp's spatial-hash primes (the first is 1 so that coherent x stays cache-friendly)
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -175,6 +176,7 @@ class HashGridEncoding(nn.Module):
         weights = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(-1, 8, 1)
         corners = table.index_select(0, idx).view(-1, 8, F)
         return (corners * weights).sum(dim=1)
+
 
 def hash_grid_from_config(cfg: Any, generator: Optional[torch.Generator] = None) -> "HashGridEncoding":
     """The encoding a :class:`HashGridConfig` (or a config with its fields) describes."""
