@@ -140,12 +140,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     joint = getattr(prior, "views", 1) > 1 or prior_cfg.type == "oracle"
     if getattr(prior, "views", 1) > 1 and views % prior.views:
         raise DreamkitError(f"--views must be a multiple of this prior's {prior.views} joint views")
+    guidance = float(args.guidance) if args.guidance is not None else float(prior.sample_guidance_scale)
     generator = torch.Generator().manual_seed(int(args.seed))
     rows = []
     scored, verdicts = 0, []
     for prompt in prompts:
         cams = sample_cameras(views, int(prior.resolution)) if joint else None
-        images = ddim_sample(prior, [prompt] * views, steps=int(args.steps), guidance_scale=float(args.guidance),
+        images = ddim_sample(prior, [prompt] * views, steps=int(args.steps), guidance_scale=guidance,
                              cameras=cams, generator=generator)
         rows.append(images.permute(0, 2, 3, 1).cpu())
         if args.score:
@@ -156,7 +157,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"samples with the prompted shape and colour (judged against ground-truth renders): {right}/{scored}")
     out = Path(args.output) if args.output else Path("samples") / f"{slugify(prompts[0])}.png"
     path = save_image_grid(grid, unique_path(out), columns=views)
-    print(f"wrote {path} ({len(prompts)} prompt(s) × {views} view(s), {prior_cfg.type} prior {getattr(prior_cfg, 'name', '')})")
+    print(f"wrote {path} ({len(prompts)} prompt(s) × {views} view(s), {prior_cfg.type} prior "
+          f"{getattr(prior_cfg, 'name', '')}, guidance {guidance:g})")
     return 0
 
 
@@ -176,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise DreamkitError("dreamkit eval needs --config RECIPE (or --rescore EVAL_DIR to score finished runs again)")
-    run_eval(args.config, args.prompts, out, args.overrides)
+    run_eval(args.config, args.prompts, out, args.overrides, jobs=args.jobs)
     return 0
 
 
@@ -245,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="take the prior from this recipe instead")
     p.add_argument("--views", type=int, default=4, help="columns: joint views (multi-view priors) or samples")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the prior's own, from its model_index.json "
+                        "'sample_guidance_scale'; else 7.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", "-o", help="PNG path (default samples/<prompt>.png, numbered if it exists)")
@@ -260,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", "-p", nargs="+", default=["singles20"],
                    help="prompt-set names (singles20, singles4, asymmetric) and/or world prompts")
     p.add_argument("--out", "-o", help="results folder (default outputs/eval/<recipe>, numbered if it exists)")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="fits at once, in worker processes that share the CPU threads equally")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every fit")
     p.set_defaults(func=cmd_eval)
 

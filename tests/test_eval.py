@@ -1,6 +1,7 @@
 """World-benchmark metrics against known answers, and `dreamkit eval` end to end with the oracle prior."""
-
 import csv
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -97,3 +98,18 @@ def test_eval_command_with_the_oracle(tmp_path):
     assert rows[0]["run_dir"] == first[0]["run_dir"] and rows[0]["chamfer"] != first[0]["chamfer"]
     assert main(["eval", "--rescore", str(out), "--out", str(tmp_path / "r2"), "export.mesh_metod=hull"]) == 2
     assert main(["eval", "--rescore", str(out), "--out", str(again)]) == 2  # never overwrites results
+
+
+def test_eval_jobs_runs_fits_in_parallel_workers_and_keeps_prompt_order(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "--config", "gs_oracle.yaml", "--prompts", "a blue sphere", "a red cube", "--out", str(out),
+            "--jobs", "2", "trainer.max_steps=60", "trainer.progress=false", "export.turntable=false",
+            "export.mesh_resolution=48", "representation.num_points=800"]
+    assert main(args) == 0
+    assert "2 fits at a time" in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["prompt"] for r in rows] == ["a blue sphere", "a red cube"]  # the prompts' order, not finishing order
+    assert all(r["nearest_shape"] and r["colour"] and Path(r["run_dir"]).is_dir() for r in rows)
+    assert main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red cube", "--out", str(tmp_path / "e3"),
+                 "--jobs", "0"]) == 2

@@ -189,3 +189,27 @@ def test_sh3_ply_layout(tmp_path):
                                m.params["log_scales"].detach().numpy(), atol=1e-6)
     q = np.stack([v[f"rot_{i}"] for i in range(4)], 1)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-6)
+
+
+def test_bound_radius_projects_means_onto_the_ball_after_each_step():
+    from dreamkit.errors import ConfigError
+
+    m = make(num_points=4, init_scale=0.05, bound_radius=0.5, densify={"enabled": False})
+    opt = adam_for(m)
+    with torch.no_grad():
+        m.params["means"][:] = torch.tensor([[0.1, 0.2, 0.0], [0.0, 0.9, 0.0], [0.6, 0.0, 0.8], [0.0, 0.0, -0.3]])
+    inside_before = m.means[[0, 3]].detach().clone()
+    cams = orbit_cameras(2, 16, 16)
+    out = m.render(cams)
+    out.rgb.sum().backward()
+    opt.zero_grad()  # a step with zero gradient does not move the means; only the projection acts
+    opt.step()
+    m.post_step(0, out, opt, cams)
+    means = m.means.detach()
+    # outside points land on the sphere along their own direction: (0, 0.9, 0) → (0, 0.5, 0); (0.6, 0, 0.8) → ×0.5
+    assert torch.allclose(means[1], torch.tensor([0.0, 0.5, 0.0]), atol=1e-6)
+    assert torch.allclose(means[2], torch.tensor([0.3, 0.0, 0.4]), atol=1e-6)
+    assert torch.equal(means[[0, 3]], inside_before)  # inside points are untouched
+    assert m.means is opt.param_groups[0]["params"][0]  # projected in place: the optimizer keeps its parameter
+    with pytest.raises(ConfigError, match="bound_radius"):
+        make(num_points=4, bound_radius=-1.0)

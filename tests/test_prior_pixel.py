@@ -70,6 +70,30 @@ def test_sample_command_writes_grid(tiny_pixel_dir, tmp_path):
     assert main(["sample", "a red cube", "--prior", "no-such-prior"]) == 2
 
 
+def test_sample_uses_the_priors_own_guidance_scale(tiny_pixel_dir, tmp_path, capsys, monkeypatch):
+    """model_index.json's 'sample_guidance_scale' is the default of --guidance; a given --guidance wins."""
+    import json
+    import shutil
+
+    import dreamkit.priors.sampling as sampling
+
+    folder = tmp_path / "prior"
+    shutil.copytree(tiny_pixel_dir, folder)
+    assert PixelDiffusionPrior(str(folder)).sample_guidance_scale == 7.5  # no key: Stable Diffusion's default
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"sample_guidance_scale": 3.0}))
+    assert PixelDiffusionPrior(str(folder)).sample_guidance_scale == 3.0
+    used = []
+    real = sampling.ddim_sample
+    monkeypatch.setattr(sampling, "ddim_sample", lambda *a, **k: used.append(k["guidance_scale"]) or real(*a, **k))
+    assert main(["sample", "a red cube", "--prior", str(folder), "--steps", "2", "--output", str(tmp_path / "a.png")]) == 0
+    assert main(["sample", "a red cube", "--prior", str(folder), "--steps", "2", "--guidance", "5",
+                 "--output", str(tmp_path / "b.png")]) == 0
+    assert used == [3.0, 5.0]
+    out = capsys.readouterr().out
+    assert "guidance 3" in out and "guidance 5" in out
+
+
 def test_fit_through_the_pixel_prior(tiny_pixel_dir, tmp_path):
     code = main(["fit", "--config", "gs_sds.yaml", "prior.type=pixel", f"prior.name={tiny_pixel_dir}",
                  f"output_dir={tmp_path}", "trainer.max_steps=2", "representation.num_points=300",

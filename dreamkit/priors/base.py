@@ -33,6 +33,9 @@ class Prior(nn.Module, ABC):
     frames: int = 1
     #: True when x lives in a learned latent space (encode/decode are not the identity map)
     latent: bool = False
+    #: classifier-free guidance scale that ``dreamkit sample`` uses when --guidance is not given (a model's own
+    #: recommendation, as diffusers pipelines default per model; 7.5 is Stable Diffusion's)
+    sample_guidance_scale: float = 7.5
 
     @property
     def num_train_timesteps(self) -> int:

@@ -155,6 +155,7 @@ class PixelDiffusionPrior(Prior):
         self.channels = 3
         self.resolution = int(self.unet.config.sample_size)
         self.world_captions: list[str] = list(index.get("world_captions", []))
+        self.sample_guidance_scale = float(index.get("sample_guidance_scale", type(self).sample_guidance_scale))
         self.warn_outside_world = warn_outside_world
         self.to(torch_device)
 

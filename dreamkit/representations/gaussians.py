@@ -48,6 +48,11 @@ class GaussianConfig:
     lr_sh0: Any = sched(1e-2)
     lr_shN: Any = sched(5e-4)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
+    #: keep every mean inside a ball of this radius around the origin (0 = unbounded). The scene bound of
+    #: DreamFusion and threestudio (their bounding sphere/box ``radius``), applied to Gaussians by projecting the
+    #: means back onto the ball after each optimizer step: outside the region that every sampled camera sees, the
+    #: prior's gradient is inconsistent and fits grow there unchecked (a cube growing into a column out of frame)
+    bound_radius: float = 0.0
     #: auto (gsplat on CUDA when installed, else the PyTorch twin) | torch | gsplat
     backend: str = "auto"
     #: tile size of the PyTorch twin (0 = automatic)
@@ -63,6 +68,8 @@ class GaussianModel(nn.Module):
             raise ConfigError(f"representation.init={cfg.init!r} — use sphere, points or mesh")
         if not 0 <= cfg.sh_degree <= 3:
             raise ConfigError(f"representation.sh_degree={cfg.sh_degree} — use 0, 1, 2 or 3")
+        if cfg.bound_radius < 0:
+            raise ConfigError(f"representation.bound_radius={cfg.bound_radius} — use a radius > 0, or 0 for no bound")
         if cfg.backend not in ("auto", "torch", "gsplat"):
             raise ConfigError(f"representation.backend={cfg.backend!r} — use auto, torch or gsplat")
         self.cfg = cfg
@@ -200,8 +207,19 @@ class GaussianModel(nn.Module):
 
     def post_step(self, step: int, out: RenderOutput, optimizer: Optional[torch.optim.Optimizer],
                   cameras: Cameras, generator: Optional[torch.Generator] = None) -> dict:
-        return self.strategy.step_post_backward(self, optimizer, step, out.extras, cameras.width, cameras.height,
+        info = self.strategy.step_post_backward(self, optimizer, step, out.extras, cameras.width, cameras.height,
                                                 generator)
+        if self.cfg.bound_radius > 0:
+            self.project_into_bound()
+        return info
+
+    @torch.no_grad()
+    def project_into_bound(self) -> None:
+        """Move means farther than ``bound_radius`` from the origin onto the sphere of that radius (in place; the
+        optimizer state is kept; no host sync)."""
+        means = self.params["means"]
+        norm = means.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        means.mul_((float(self.cfg.bound_radius) / norm).clamp_max(1.0))
 
     # -- checkpoint state beyond parameters ---------------------------------------------------------------------
     def extra_state_dict(self) -> dict:
