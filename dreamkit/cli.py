@@ -107,6 +107,31 @@ def _score_samples(prompt: str, images, verdicts: list) -> int:
     return len(images)
 
 
+def _score_joint_samples(prompt: str, images, cameras, group: int, tally: dict) -> None:
+    """Judge a multi-view prior's joint samples against the truth rendered at the same cameras (dreamkit.eval)."""
+    from .eval.world_metrics import judge_multiview
+    from .world import parse_prompt
+
+    scene = parse_prompt(prompt)
+    if scene is None or scene.kind == "composition":
+        print(f"  {prompt!r}: not a single or asymmetric world prompt, views not judged")
+        return
+    for g, row in enumerate(judge_multiview(images, cameras, scene, group)):
+        tally["groups"] += 1
+        tally["consistent"] += bool(row["consistent"])
+        if scene.kind == "single":
+            seen = ", ".join(f"{c} {s}" for c, s in row["views"])
+            detail = f"views: {seen}"
+        else:
+            tally["asymmetric"] += 1
+            tally["oriented"] += bool(row["oriented"])
+            mark = lambda seen: "".join("F" if x else "·" for x in seen)  # noqa: E731
+            detail = (f"front seen {mark(row['seen_sample'])} (truth {mark(row['seen_truth'])})"
+                      f"{', oriented as the truth' if row['oriented'] else ''}")
+        print(f"  {prompt!r} group {g}: {detail}; silhouette IoU vs truth {row['silhouette_iou']:.2f} "
+              f"{'✓ one object' if row['consistent'] else '✗'}")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Grid of prior samples: one row per prompt, ``--views`` columns (joint views for multi-view priors and the
     oracle; independent samples for single-view priors)."""
@@ -144,15 +169,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(int(args.seed))
     rows = []
     scored, verdicts = 0, []
+    tally = {"groups": 0, "consistent": 0, "asymmetric": 0, "oriented": 0}
+    group = int(getattr(prior, "views", 1))
     for prompt in prompts:
-        cams = sample_cameras(views, int(prior.resolution)) if joint else None
+        cams = (sample_cameras(views, int(prior.resolution), group=int(getattr(prior, "views", 1)))
+                if joint else None)
         images = ddim_sample(prior, [prompt] * views, steps=int(args.steps), guidance_scale=guidance,
                              cameras=cams, generator=generator)
         rows.append(images.permute(0, 2, 3, 1).cpu())
-        if args.score:
+        if args.score and group > 1:
+            _score_joint_samples(prompt, images.cpu(), cams, group, tally)
+        elif args.score:
             scored += _score_samples(prompt, images.cpu(), verdicts)
     grid = torch.cat(rows)
-    if args.score:
+    if args.score and group > 1:
+        print(f"groups of {group} joint views consistent with one object (judged against ground-truth renders at "
+              f"the same cameras): {tally['consistent']}/{tally['groups']}; asymmetric groups with the front where "
+              f"the truth has it: {tally['oriented']}/{tally['asymmetric']}")
+    elif args.score:
         right = sum(verdicts)
         print(f"samples with the prompted shape and colour (judged against ground-truth renders): {right}/{scored}")
     out = Path(args.output) if args.output else Path("samples") / f"{slugify(prompts[0])}.png"
@@ -254,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--output", "-o", help="PNG path (default samples/<prompt>.png, numbered if it exists)")
     p.add_argument("--score", action="store_true",
-                   help="judge single-object world prompts: shape and colour against ground-truth renders")
+                   help="judge world prompts against ground-truth renders: shape and colour of each sample; for a "
+                        "multi-view prior, whether each group of joint views shows one object (one front)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="the world benchmark: fit world prompts, score geometry/colour/fronts vs truth")

@@ -76,6 +76,62 @@ def test_count_fronts_detects_janus():
     assert count_fronts(renderer(janus), carrot)[0] == 2
 
 
+def test_sample_cameras_groups_are_spaced_as_the_multiview_prior_expects():
+    from dreamkit.priors.sampling import sample_cameras
+
+    def azimuths(cams):
+        pos = cams.c2w[:, :3, 3]
+        return torch.rad2deg(torch.atan2(pos[:, 0], pos[:, 2])) % 360
+
+    az = azimuths(sample_cameras(8, 16, group=4))
+    first = az[0]
+    expected = (first + torch.tensor([0.0, 90, 180, 270, 45, 135, 225, 315])) % 360
+    diff = (az - expected + 180) % 360 - 180
+    assert diff.abs().max() < 1e-3
+    assert torch.allclose(azimuths(sample_cameras(4, 16, group=4)), azimuths(sample_cameras(4, 16)), atol=1e-3)
+    with pytest.raises(ValueError, match="whole groups"):
+        sample_cameras(6, 16, group=4)
+
+
+def test_judge_multiview_accepts_the_truth_and_rejects_janus_and_turned_views():
+    """Joint views judged against the truth at the same cameras: the truth itself is one object with its front where
+    it belongs; repeating the front half of the orbit (a Janus object) is not one object; turning every view by one
+    slot keeps one object but puts the front in the wrong place."""
+    from dreamkit.eval.world_metrics import judge_multiview
+    from dreamkit.priors.sampling import sample_cameras
+    from dreamkit.render.raster import render_mesh_colors
+
+    cams = sample_cameras(8, 32, group=4)
+    for scene in (asymmetric_scene("house"), asymmetric_scene("car"), single_scene("cube", "red")):
+        v, f, c = scene.mesh()
+        truth = render_mesh_colors(v, f, cams, face_colors=c, background=(0.9, 0.9, 0.9))[0].permute(0, 3, 1, 2)
+        rows = judge_multiview(truth, cams, scene, 4)
+        assert len(rows) == 2 and all(r["consistent"] for r in rows)
+        assert all(r["silhouette_iou"] > 0.99 for r in rows)
+        if scene.kind == "single":
+            assert rows[0]["views"] == [("red", "cube")] * 4
+            continue
+        assert all(r["oriented"] and any(r["seen_truth"]) for r in rows)
+        janus = truth.clone()
+        janus[2:4], janus[6:8] = truth[0:2], truth[4:6]
+        assert not any(r["consistent"] for r in judge_multiview(janus, cams, scene, 4))
+        turned = torch.cat([truth[:4].roll(1, 0), truth[4:].roll(1, 0)])
+        rows = judge_multiview(turned, cams, scene, 4)
+        assert all(r["consistent"] and not r["oriented"] for r in rows)
+    wrong = render_mesh_colors(*single_scene("sphere", "blue").mesh()[:2], cams,
+                               face_colors=single_scene("sphere", "blue").mesh()[2],
+                               background=(0.9, 0.9, 0.9))[0].permute(0, 3, 1, 2)
+    assert not any(r["consistent"] for r in judge_multiview(wrong, cams, single_scene("cube", "red"), 4))
+
+
+def test_sample_score_judges_joint_views_of_the_multiview_prior(tmp_path, capsys):
+    assert main(["sample", "a house", "a red cube", "--prior", "tiny-mv", "--views", "4", "--steps", "4", "--score",
+                 "--output", str(tmp_path / "mv.png")]) == 0
+    out = capsys.readouterr().out
+    assert "'a house' group 0: front seen" in out and "'a red cube' group 0: views:" in out
+    assert "groups of 4 joint views consistent with one object" in out and "/2;" in out
+
+
 def test_eval_command_with_the_oracle(tmp_path):
     out = tmp_path / "eval"
     code = main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red cube", "--out", str(out),

@@ -15,6 +15,9 @@ import torch
 from ..world import COLOURS, SHAPE_NAMES, single_scene
 
 BACKGROUND = (0.9, 0.9, 0.9)
+#: the factor by which the dataset's lighting scales a surface colour: ambient 0.3–0.45 plus diffuse 0.45–0.7 times
+#: the cosine (dreamkit.world.dataset), with a margin
+WORLD_SHADE_RANGE = (0.25, 1.2)
 
 
 # -- geometry ------------------------------------------------------------------------------------------------------
@@ -182,23 +185,94 @@ def classify_sample(image: torch.Tensor, background: Sequence[float] = BACKGROUN
 
 # -- orientation ---------------------------------------------------------------------------------------------------
 
+def feature_fractions(images: torch.Tensor, feature_rgb: Sequence[float], tolerance: float = 0.12,
+                      shade_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """``images`` [V, H, W, 3] in [0, 1] → [V]: the fraction of each image's pixels that show the feature colour.
+
+    Shading darkens colours, so a pixel matches the feature when its hue and chroma are close (rgb normalised by
+    its maximum) and it is not near black. ``shade_range`` (lo, hi) also asks the pixel's brightness to be the
+    feature's times a shade in [lo, hi]: in blurry samples a blend of two other colours can have the feature's hue
+    (the house's red roof over its yellow wall blends to its brown door's hue, but about 2.4× brighter).
+    """
+    feat = torch.as_tensor(feature_rgb, dtype=torch.float32)
+    peak = feat.max().clamp_min(1e-6)
+    feat = feat / peak
+    images = images.float()
+    value = images.amax(-1)
+    norm = images / value.unsqueeze(-1).clamp_min(1e-6)
+    match = ((norm - feat).abs().amax(-1) < tolerance) & (value > 0.1)
+    if shade_range is not None:
+        match &= (value >= shade_range[0] * peak) & (value <= shade_range[1] * peak)
+    return match.flatten(1).float().mean(1)
+
+
+def _circular_runs(seen: Sequence[bool]) -> int:
+    """Separate runs of True in a circular sequence (all True = 1)."""
+    if all(seen):
+        return 1
+    return sum(1 for i in range(len(seen)) if seen[i] and not seen[i - 1])
+
+
 def count_fronts(render: Callable[[torch.Tensor], torch.Tensor], feature_rgb: Sequence[float], views: int = 24,
                  tolerance: float = 0.12, min_fraction: float = 0.002) -> tuple[int, list[float]]:
     """Number of separate azimuth ranges from which the front feature is visible over a 360° orbit.
 
     ``render(azimuths [V]) -> [V, H, W, 3]``. A correct object shows its front once; a Janus object twice or more.
-    Shading darkens colours, so a pixel matches the feature when its hue and chroma are close (rgb normalised by
-    its maximum).
     """
     az = torch.arange(views, dtype=torch.float32) * (360.0 / views)
-    images = render(az)
-    feat = torch.tensor(feature_rgb, dtype=torch.float32)
-    feat = feat / feat.max().clamp_min(1e-6)
-    norm = images / images.amax(-1, keepdim=True).clamp_min(1e-6)
-    match = ((norm - feat).abs().amax(-1) < tolerance) & (images.amax(-1) > 0.1)
-    fractions = match.flatten(1).float().mean(1).tolist()
-    seen = [f > min_fraction for f in fractions]
-    if all(seen):
-        return 1, fractions
-    runs = sum(1 for i in range(views) if seen[i] and not seen[i - 1])
-    return runs, fractions
+    fractions = feature_fractions(render(az), feature_rgb, tolerance).tolist()
+    return _circular_runs([f > min_fraction for f in fractions]), fractions
+
+
+def judge_multiview(images: torch.Tensor, cameras, scene, group: int, background: Sequence[float] = BACKGROUND,
+                    tolerance: float = 0.12, shade_range: tuple[float, float] = WORLD_SHADE_RANGE) -> list[dict]:
+    """Judge a multi-view prior's joint samples against the ground truth rendered at the same cameras.
+
+    ``images`` [N, 3, H, W] in [0, 1], N = groups × ``group``; the views of a group are 360°/group apart, in order,
+    as `sample_cameras(..., group=V)` makes them; ``scene`` the world scene of the prompt. Per group:
+
+    * ``silhouette_iou``: mean over views of the IoU of the sample's foreground and the truth's at that camera (the
+      cameras are known, so position, size and pose all count);
+    * single objects: ``views`` = (colour, shape) judged per view by :func:`classify_sample`; ``consistent`` when every
+      view shows the prompted shape and colour;
+    * asymmetric objects: the front feature's pixel fraction per view, sample (``front_sample``) and truth
+      (``front_truth``); a view shows the front when its fraction is at least 30% of the truth's largest in the group
+      (and a pixel), counting pixels of the feature's hue and of its brightness under the world's shading
+      (``shade_range``, see :func:`feature_fractions`). ``consistent`` (one object, no Janus) when the views showing it form one run around the circle
+      and not all of them; ``oriented`` when they are exactly the views that show it in the truth (the prior was
+      trained with the world's fronts facing +Z, so a good multi-view prior also gets the absolute turn right).
+    Compositions are not judged (``consistent`` None).
+    """
+    from ..render.raster import render_mesh_colors
+    from ..world import ASYMMETRIC_OBJECTS
+
+    n, _, h, w = images.shape
+    if group < 1 or n % group:
+        raise ValueError(f"{n} images are not whole groups of {group} views")
+    verts, faces, colors = scene.mesh()
+    truth_rgb, truth_alpha, _ = render_mesh_colors(verts, faces, cameras, face_colors=colors, background=background)
+    truth_mask = truth_alpha[..., 0] > 0.5
+    sample_mask = torch.stack([foreground_mask(im, background) for im in images])
+    inter = (truth_mask & sample_mask).flatten(1).sum(1).float()
+    union = (truth_mask | sample_mask).flatten(1).sum(1).float().clamp_min(1)
+    iou = inter / union
+    out = []
+    for g in range(n // group):
+        sl = slice(g * group, (g + 1) * group)
+        row: dict = {"silhouette_iou": float(iou[sl].mean()), "consistent": None, "oriented": None}
+        if scene.kind == "single":
+            verdicts = [classify_sample(im, background) for im in images[sl]]
+            row["views"] = [(v["colour"], v["shape"]) for v in verdicts]
+            row["consistent"] = all(v == (scene.colours[0], scene.shapes[0]) for v in row["views"])
+        elif scene.kind == "asymmetric":
+            feature = [c / 255.0 for c in ASYMMETRIC_OBJECTS[scene.shapes[0]].front_feature]
+            fs = feature_fractions(images[sl].permute(0, 2, 3, 1), feature, tolerance, shade_range)
+            ft = feature_fractions(truth_rgb[sl], feature, tolerance, shade_range)
+            threshold = max(0.3 * float(ft.max()), 1.0 / (h * w))
+            seen_s = [bool(f >= threshold) for f in fs]
+            seen_t = [bool(f >= threshold) for f in ft]
+            row.update(front_sample=fs.tolist(), front_truth=ft.tolist(), seen_sample=seen_s, seen_truth=seen_t)
+            row["consistent"] = any(seen_s) and not all(seen_s) and _circular_runs(seen_s) == 1
+            row["oriented"] = seen_s == seen_t
+        out.append(row)
+    return out

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..cameras import Cameras, orbit_cameras
+from ..cameras import Cameras, cameras_from_spherical, orbit_cameras
 
 
 def sample_shape(prior) -> tuple[int, int, int]:
@@ -18,9 +18,22 @@ def sample_shape(prior) -> tuple[int, int, int]:
 
 
 def sample_cameras(n: int, resolution: int, elevation: float = 15.0, distance: float = 2.75,
-                   fovy: float = 40.0) -> Cameras:
-    """``n`` views 360°/n apart in azimuth (90° for the V = 4 cameras of a multi-view prior)."""
-    return orbit_cameras(n, resolution, resolution, elevation=elevation, distance=distance, fovy=fovy)
+                   fovy: float = 40.0, group: int = 0) -> Cameras:
+    """``n`` cameras around the origin for sampling.
+
+    ``group`` = 0 (or 1): one orbit, 360°/n apart. ``group`` = V > 1 (a multi-view prior denoises consecutive groups
+    of V images jointly and was trained on views 360°/V apart): ``n / V`` groups, each one 360°/V apart as the prior
+    expects, group g turned by g·360°/n, so that 8 views of a 4-view prior are two 90°-spaced groups that together
+    cover the orbit every 45°.
+    """
+    if group <= 1:
+        return orbit_cameras(n, resolution, resolution, elevation=elevation, distance=distance, fovy=fovy)
+    if n % group:
+        raise ValueError(f"{n} views are not whole groups of the prior's {group} joint views")
+    k = torch.arange(n)
+    az = (k % group).float() * (360.0 / group) + (k // group).float() * (360.0 / n)
+    full = torch.full((n,), 1.0)
+    return cameras_from_spherical(full * elevation, az, full * distance, full * fovy, resolution, resolution)
 
 
 @torch.no_grad()
