@@ -92,3 +92,21 @@ def test_timestep_annealing():
     g.cfg.t_anneal = "random"
     t = g.sample_timesteps(4096, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert t.min() >= 200 and t.max() <= 800 and t.float().std() > 100
+
+
+def test_multiview_prior_gets_one_timestep_per_group_of_views():
+    """A V-view prior denoises V consecutive images jointly and was trained with one noise level per group."""
+    class MultiView(AffinePrior):
+        views = 4
+
+        def __init__(self):
+            super().__init__()
+            self.alphas_cumprod = torch.linspace(0.999, 0.01, 1000)
+
+    g = SDSGuidance(OmegaConf.structured(SDSConfig()), MultiView(), max_steps=100)
+    t = g.sample_timesteps(32, 0, torch.Generator().manual_seed(0), torch.device("cpu")).view(8, 4)
+    assert (t == t[:, :1]).all() and t[:, 0].unique().numel() > 1
+    single = SDSGuidance(OmegaConf.structured(SDSConfig()), MultiView.__bases__[0](), max_steps=100)
+    single.prior.alphas_cumprod = torch.linspace(0.999, 0.01, 1000)
+    t = single.sample_timesteps(32, 0, torch.Generator().manual_seed(0), torch.device("cpu")).view(8, 4)
+    assert not (t == t[:, :1]).all()

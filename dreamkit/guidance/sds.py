@@ -81,9 +81,18 @@ class SDSGuidance(nn.Module):
 
     def sample_timesteps(self, batch: int, step: int, generator: Optional[torch.Generator],
                          device: torch.device) -> torch.Tensor:
-        """[B] integer timesteps for this step, by the configured annealing."""
+        """[B] integer timesteps for this step, by the configured annealing.
+
+        A multi-view prior (``prior.views`` = V > 1) denoises each group of V consecutive images jointly and was
+        trained with one noise level per group (as MVDream), so random timesteps are drawn per group and shared by its
+        views.
+        """
         t_min, t_max = self.timestep_range(step)
         if self.cfg.t_anneal == "random":
+            views = int(getattr(self.prior, "views", 1) or 1)
+            if views > 1 and batch % views == 0:
+                t = torch.randint(t_min, t_max + 1, (batch // views,), generator=generator, device=device)
+                return t.repeat_interleave(views)
             return torch.randint(t_min, t_max + 1, (batch,), generator=generator, device=device)
         frac = min(step / self.max_steps, 1.0)
         if self.cfg.t_anneal == "sqrt":  # HiFA (Zhu et al. 2023): t decreases as the square root of progress
