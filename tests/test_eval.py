@@ -74,6 +74,8 @@ def test_count_fronts_detects_janus():
 
     assert count_fronts(renderer((v, f, c)), carrot)[0] == 1
     assert count_fronts(renderer(janus), carrot)[0] == 2
+    # painted all over in the feature's colour: seen from everywhere, which is no front
+    assert count_fronts(renderer((v, f, torch.tensor(carrot).expand_as(c))), carrot)[0] == 0
 
 
 def test_sample_cameras_groups_are_spaced_as_the_multiview_prior_expects():

@@ -215,13 +215,16 @@ def _circular_runs(seen: Sequence[bool]) -> int:
 
 def count_fronts(render: Callable[[torch.Tensor], torch.Tensor], feature_rgb: Sequence[float], views: int = 24,
                  tolerance: float = 0.12, min_fraction: float = 0.002) -> tuple[int, list[float]]:
-    """Number of separate azimuth ranges from which the front feature is visible over a 360° orbit.
+    """Number of fronts: separate azimuth ranges from which the front feature is visible over a 360° orbit.
 
     ``render(azimuths [V]) -> [V, H, W, 3]``. A correct object shows its front once; a Janus object twice or more.
+    A feature seen from every azimuth is no front (0): every world object hides its front from behind (the truth
+    shows it over 9–14 of 24 views), so a feature colour all around means it was painted everywhere.
     """
     az = torch.arange(views, dtype=torch.float32) * (360.0 / views)
     fractions = feature_fractions(render(az), feature_rgb, tolerance).tolist()
-    return _circular_runs([f > min_fraction for f in fractions]), fractions
+    seen = [f > min_fraction for f in fractions]
+    return (0 if all(seen) else _circular_runs(seen)), fractions
 
 
 def judge_multiview(images: torch.Tensor, cameras, scene, group: int, background: Sequence[float] = BACKGROUND,
