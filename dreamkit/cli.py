@@ -172,8 +172,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     tally = {"groups": 0, "consistent": 0, "asymmetric": 0, "oriented": 0}
     group = int(getattr(prior, "views", 1))
     for prompt in prompts:
-        cams = (sample_cameras(views, int(prior.resolution), group=int(getattr(prior, "views", 1)))
-                if joint else None)
+        cams = sample_cameras(views, int(prior.resolution), group=group) if joint else None
         images = ddim_sample(prior, [prompt] * views, steps=int(args.steps), guidance_scale=guidance,
                              cameras=cams, generator=generator)
         rows.append(images.permute(0, 2, 3, 1).cpu())
