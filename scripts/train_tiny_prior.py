@@ -118,6 +118,9 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--sample-guidance-scale", type=float, default=None,
+                   help="written to model_index.json: the CFG scale `dreamkit sample` uses for this prior by default "
+                        "(choose it by `dreamkit sample ... --score` at a few scales)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="caption → empty prompt, for CFG")
     p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget of this call")
     p.add_argument("--max-steps", type=int, default=1_000_000)
@@ -301,7 +304,9 @@ def main() -> int:
 
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
-                     extra_index={"trained_steps": step, "resolution": args.resolution})
+                     extra_index={"trained_steps": step, "resolution": args.resolution,
+                                  **({} if args.sample_guidance_scale is None
+                                     else {"sample_guidance_scale": args.sample_guidance_scale})})
     kind = "text-to-image" if views == 1 else f"multi-view (V={views}, MVDream-style)"
     mv_text = "" if views == 1 else (
         f"\nMulti-view: {views} views of one scene 90° apart in azimuth at a random elevation, denoised jointly; every "

@@ -36,8 +36,9 @@ def test_train_resume_and_multiview_init(tmp_path):
     assert torch.isfinite(prior.predict(x, torch.tensor([10, 900]), prior.encode_text(["a red cube"] * 2).cond)).all()
 
     # a second call with the same --work continues from the checkpoint
-    log = _train("--work", str(work), "--out", str(out), "--max-steps", "6")
+    log = _train("--work", str(work), "--out", str(out), "--max-steps", "6", "--sample-guidance-scale", "4")
     assert "resumed from step 4" in log and "step 6 " in log
+    assert PixelDiffusionPrior(str(out), warn_outside_world=False).sample_guidance_scale == 4.0
 
     # the multi-view prior starts from the text-to-image weights (new camera columns at zero)
     mv = tmp_path / "mv"
