@@ -6,7 +6,8 @@ Renders every single-object scene of the world (8 shapes × 8 colours) ``--per-s
 the ``dreamkit fit`` / dataset distribution with random lights (as the priors' training data, but a different seed),
 and judges each render with :func:`dreamkit.eval.world_metrics.classify_sample`. A prior's samples cannot be judged
 right more often than the truth itself is, so this is the ceiling of the sample bar; it prints the accuracy per shape
-and the most common confusions.
+and the most common confusions, then judges ``--per-scene`` groups of 4 true views (90° apart) of each asymmetric
+object with the multi-view judge (one object; front where the truth has it).
 """
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {shape:9s} {right[shape]:4d}/{total[shape]:<4d} {100 * right[shape] / total[shape]:5.1f}%")
     if confusions:
         print("most common confusions: " + "; ".join(f"{c} ×{m}" for c, m in confusions.most_common(8)))
+
+    # the multi-view judge (dreamkit sample --score with a 4-view prior) on groups of 4 ground-truth views
+    from dreamkit.eval.world_metrics import judge_multiview
+    from dreamkit.world.dataset import sample_multiview_cameras
+    from dreamkit.world.scenes import asymmetric_scenes
+
+    for scene in asymmetric_scenes():
+        cams = sample_multiview_cameras(args.per_scene, gen, args.resolution)
+        images, _, _ = render_scene_views(scene, cams, generator=gen)
+        rows = judge_multiview(images.permute(0, 3, 1, 2), cams, scene, 4)
+        print(f"  multi-view judge, {scene.shapes[0]:8s} groups of 4 true views: one object "
+              f"{sum(bool(r['consistent']) for r in rows)}/{len(rows)}, oriented "
+              f"{sum(bool(r['oriented']) for r in rows)}/{len(rows)}")
     return 0
 
 

@@ -250,7 +250,7 @@ def judge_multiview(images: torch.Tensor, cameras, scene, group: int, background
       (``front_truth``); a view shows the front when its fraction is at least 30% of the truth's largest in the group
       (and a pixel), counting pixels of the feature's hue and of its brightness under the world's shading
       (``shade_range``, see :func:`feature_fractions`). ``consistent`` (one object, no Janus) when the views showing it form one run around the circle
-      and not all of them; ``oriented`` when they are exactly the views that show it in the truth (the prior was
+      and not all of them (unless the truth shows it in all, as a snowman's carrot from high up); ``oriented`` when they are exactly the views that show it in the truth (the prior was
       trained with the world's fronts facing +Z, so a good multi-view prior also gets the absolute turn right).
     Compositions are not judged (``consistent`` None).
     """
@@ -283,7 +283,8 @@ def judge_multiview(images: torch.Tensor, cameras, scene, group: int, background
             seen_s = [bool(f >= threshold) for f in fs]
             seen_t = [bool(f >= threshold) for f in ft]
             row.update(front_sample=fs.tolist(), front_truth=ft.tolist(), seen_sample=seen_s, seen_truth=seen_t)
-            row["consistent"] = any(seen_s) and not all(seen_s) and _circular_runs(seen_s) == 1
+            row["consistent"] = (any(seen_s) and _circular_runs(seen_s) == 1
+                                 and (not all(seen_s) or all(seen_t)))  # from high up a carrot shows all round
             row["oriented"] = seen_s == seen_t
         out.append(row)
     return out
