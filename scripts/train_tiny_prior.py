@@ -118,6 +118,8 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--class-embedding-lr-mult", type=float, default=1.0,
+                   help="learning-rate factor for the class embedding (pooled text and, for --multiview, the camera)")
     p.add_argument("--sample-guidance-scale", type=float, default=None,
                    help="written to model_index.json: the CFG scale `dreamkit sample` uses for this prior by default "
                         "(choose it by `dreamkit sample ... --score` at a few scales)")
@@ -188,7 +190,13 @@ def main() -> int:
                   f"{args.prediction_type}", flush=True)
     scheduler = DDPMScheduler(**scheduler_config(args.prediction_type))
     abar = scheduler.alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    # the class embedding carries the camera of a multi-view prior (and the pooled text); its camera columns start at
+    # zero (--init-from), and at the base rate they learned almost nothing (scripts/mv_camera_sensitivity.py)
+    class_params = [q for n, q in unet.named_parameters() if n.startswith("class_embedding.")]
+    other_params = [q for n, q in unet.named_parameters() if not n.startswith("class_embedding.")]
+    opt = torch.optim.AdamW([{"params": other_params, "lr_mult": 1.0},
+                             {"params": class_params, "lr_mult": args.class_embedding_lr_mult}],
+                            lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
     step = 0
     ckpt_path = args.work / "ckpt.pt"
@@ -196,7 +204,10 @@ def main() -> int:
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+        if len(state["opt"]["param_groups"]) == len(opt.param_groups):
+            opt.load_state_dict(state["opt"])
+        else:  # a checkpoint from before the class embedding had its own group: weights kept, Adam moments restart
+            print("optimizer state of an older layout not restored (Adam moments restart)", flush=True)
         gen.set_state(state["gen"])
         step = int(state["step"])
         print(f"resumed from step {step}", flush=True)
@@ -272,7 +283,7 @@ def main() -> int:
             loss = per_sample.mean()
             lr = args.lr * min(1.0, (step + 1) / args.warmup)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_mult", 1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

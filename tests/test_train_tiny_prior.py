@@ -43,7 +43,7 @@ def test_train_resume_and_multiview_init(tmp_path):
     # the multi-view prior starts from the text-to-image weights (new camera columns at zero)
     mv = tmp_path / "mv"
     log = _train("--work", str(tmp_path / "work_mv"), "--out", str(mv), "--max-steps", "2", "--multiview",
-                 "--init-from", str(out))
+                 "--init-from", str(out), "--class-embedding-lr-mult", "10")
     assert f"initialised from {out}" in log
     prior = PixelDiffusionPrior(str(mv), warn_outside_world=False)
     assert prior.views == 4 and prior.class_condition == "pooled_text+camera"
