@@ -12,7 +12,6 @@ object with the multi-view judge (one object; front where the truth has it).
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 import time
 
@@ -29,25 +28,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dreamkit.eval.world_metrics import classify_sample
-    from dreamkit.world.dataset import render_scene_views, sample_training_cameras
-    from dreamkit.world.scenes import all_single_scenes
+    from dreamkit.eval.world_metrics import sample_judge_accuracy
+    from dreamkit.world.dataset import render_scene_views
 
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed)
-    right, total = collections.Counter(), collections.Counter()
-    confusions: collections.Counter = collections.Counter()
-    for scene in all_single_scenes():
-        cams = sample_training_cameras(args.per_scene, gen, args.resolution)
-        images, _, _ = render_scene_views(scene, cams, generator=gen)
-        for image in images:
-            verdict = classify_sample(image.permute(2, 0, 1))
-            shape, colour = scene.shapes[0], scene.colours[0]
-            ok = verdict["shape"] == shape and verdict["colour"] == colour
-            total[shape] += 1
-            right[shape] += ok
-            if not ok:
-                confusions[f"{colour} {shape} → {verdict['colour']} {verdict['shape']}"] += 1
+    result = sample_judge_accuracy(args.per_scene, args.resolution, gen)
+    right, total, confusions = result["right"], result["total"], result["confusions"]
     n, k = sum(total.values()), sum(right.values())
     print(f"judge right on {k}/{n} ground-truth renders ({100 * k / n:.1f}%), {args.resolution}×{args.resolution}, "
           f"seed {args.seed}, {time.time() - t0:.0f} s")

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dreamkit.cameras import cameras_from_spherical
+    from dreamkit.cameras import orbit_cameras
     from dreamkit.cli import _prior_config_for
     from dreamkit.priors.configs import build_prior
     from dreamkit.priors.sampling import ddim_sample
@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {args.prior} is not a multi-view prior (views = {views})")
 
     def sample(azimuth0: float, elevation: float = 15.0) -> torch.Tensor:
-        ones = torch.ones(views)
-        cams = cameras_from_spherical(ones * elevation, azimuth0 + torch.arange(views) * (360.0 / views),
-                                      ones * 2.75, ones * 40.0, prior.resolution, prior.resolution)
+        cams = orbit_cameras(views, prior.resolution, prior.resolution, elevation=elevation, distance=2.75, fovy=40.0,
+                             start_azimuth=azimuth0)
         return ddim_sample(prior, [args.prompt] * views, steps=args.steps, guidance_scale=args.guidance,
                            cameras=cams, generator=torch.Generator().manual_seed(0))
 

@@ -191,6 +191,35 @@ def classify_sample(image: torch.Tensor, background: Sequence[float] = BACKGROUN
             "foreground": float(mask.float().mean())}
 
 
+def sample_judge_accuracy(per_scene: int, resolution: int, generator: torch.Generator) -> dict:
+    """How often :func:`classify_sample` is right on the world's own ground truth: every single-object scene rendered
+    ``per_scene`` times from the fit/dataset camera distribution with random lights (drawn from ``generator``).
+
+    Returns ``{"right": Counter, "total": Counter}`` per shape and ``"confusions"``: Counter of
+    "colour shape → judged colour judged shape". Used by ``scripts/judge_accuracy.py`` and the tests.
+    """
+    import collections
+
+    from ..world.dataset import render_scene_views, sample_training_cameras
+    from ..world.scenes import all_single_scenes
+
+    right: collections.Counter = collections.Counter()
+    total: collections.Counter = collections.Counter()
+    confusions: collections.Counter = collections.Counter()
+    for scene in all_single_scenes():
+        images, _, _ = render_scene_views(scene, sample_training_cameras(per_scene, generator, resolution),
+                                          generator=generator)
+        shape, colour = scene.shapes[0], scene.colours[0]
+        for image in images:
+            verdict = classify_sample(image.permute(2, 0, 1))
+            ok = verdict["shape"] == shape and verdict["colour"] == colour
+            total[shape] += 1
+            right[shape] += ok
+            if not ok:
+                confusions[f"{colour} {shape} → {verdict['colour']} {verdict['shape']}"] += 1
+    return {"right": right, "total": total, "confusions": confusions}
+
+
 # -- orientation ---------------------------------------------------------------------------------------------------
 
 def feature_fractions(images: torch.Tensor, feature_rgb: Sequence[float], tolerance: float = 0.12,

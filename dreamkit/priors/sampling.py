@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..cameras import Cameras, cameras_from_spherical, orbit_cameras
+from ..cameras import Cameras, orbit_cameras
 
 
 def sample_shape(prior) -> tuple[int, int, int]:
@@ -30,10 +30,8 @@ def sample_cameras(n: int, resolution: int, elevation: float = 15.0, distance: f
         return orbit_cameras(n, resolution, resolution, elevation=elevation, distance=distance, fovy=fovy)
     if n % group:
         raise ValueError(f"{n} views are not whole groups of the prior's {group} joint views")
-    k = torch.arange(n)
-    az = (k % group).float() * (360.0 / group) + (k // group).float() * (360.0 / n)
-    full = torch.full((n,), 1.0)
-    return cameras_from_spherical(full * elevation, az, full * distance, full * fovy, resolution, resolution)
+    return Cameras.cat([orbit_cameras(group, resolution, resolution, elevation=elevation, distance=distance,
+                                      fovy=fovy, start_azimuth=g * 360.0 / n) for g in range(n // group)])
 
 
 @torch.no_grad()
