@@ -30,6 +30,10 @@ SAMPLE_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder", "a yellow c
                   "an orange pyramid", "a snowman", "a red cube on top of a blue sphere"]
 
 
+#: the multi-view sample grid shows whether the views agree (cube, sphere) and whether fronts turn with the cameras
+MULTIVIEW_SAMPLE_PROMPTS = ["a red cube", "a blue sphere", "a snowman", "a house"]
+
+
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -52,8 +56,9 @@ def atomic_save(obj, path: Path) -> None:
 def init_weights(unet, folder: Path) -> None:
     """Copy the UNet weights of a trained prior folder into ``unet`` (same layout except the class-embedding input).
 
-    A class-embedding input that grew (pooled text → pooled text + camera) keeps the old columns and starts the new
-    ones at zero, so the model initially behaves exactly as the one it starts from.
+    A class-embedding input that grew (pooled text → pooled text + camera), or a ``conv_in`` that gained the input
+    channels of a camera ray map, keeps the old weights and starts the new inputs at zero, so the model initially
+    behaves exactly as the one it starts from.
     """
     from safetensors.torch import load_file
 
@@ -73,13 +78,17 @@ def init_weights(unet, folder: Path) -> None:
         elif key == "class_embedding.linear_1.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
             value.zero_()
             value[:, : src.shape[1]].copy_(src)
+        elif key == "conv_in.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
+            value.zero_()
+            value[:, : src.shape[1]].copy_(src)
         else:
             raise SystemExit(f"--init-from {folder}: {key} has shape {tuple(src.shape)}, expected {tuple(value.shape)}")
     print(f"initialised from {folder}", flush=True)
 
 
 def load_dataset(data_dir: Path):
-    """uint8 images [N, H, W, 3] (multi-view: [G, V, H, W, 3]), caption indices [N] ([G]), c2w [N(, V), 4, 4]."""
+    """uint8 images [N, H, W, 3] (multi-view: [G, V, H, W, 3]), caption indices [N] ([G]), c2w [N(, V), 4, 4],
+    vertical field of view [N(, V)] in degrees, scene indices [N] ([G])."""
     from dreamkit.world.dataset import load_shard
 
     meta = json.loads((data_dir / "captions.json").read_text())
@@ -87,7 +96,9 @@ def load_dataset(data_dir: Path):
     images = torch.cat([s["images"] for s in shards])
     captions = torch.cat([s["caption"] for s in shards])
     c2w = torch.cat([s["c2w"] for s in shards])
-    return meta, images, captions, c2w
+    fovy = torch.cat([s["fovy"] for s in shards])
+    scene = torch.cat([s["scene"] for s in shards])
+    return meta, images, captions, c2w, fovy, scene
 
 
 def main() -> int:
@@ -107,6 +118,13 @@ def main() -> int:
                    help="start from the weights of a trained prior folder (e.g. the text-to-image prior when training "
                         "the multi-view one, as MVDream starts from Stable Diffusion); new input columns of the class "
                         "embedding start at zero")
+    p.add_argument("--camera-input", default=None, choices=("plucker",),
+                   help="also give the UNet a per-pixel camera ray map (6 Plücker channels concatenated to its input; "
+                        "see dreamkit/priors/multiview.py): where each world direction lies in each view")
+    p.add_argument("--kind-sampling", type=str, default=None,
+                   help="relative weight of each scene kind when drawing training batches from the rendered dataset, "
+                        "e.g. 'asymmetric=3' draws the asymmetric objects' groups 3× as often (others: 1); default: "
+                        "uniform over the dataset")
     p.add_argument("--channels", type=str, default="32,64,64,128")
     p.add_argument("--attention-levels", type=int, default=2,
                    help="UNet levels (from the lowest resolution) with cross-attention to the text tokens")
@@ -133,6 +151,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
+    if args.camera_input and not args.multiview:
+        p.error("--camera-input is for the multi-view prior (add --multiview)")
 
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -154,7 +174,7 @@ def main() -> int:
                              kind_weights={k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))},
                              multiview=args.multiview, progress=lambda d, n, r: print(f"  {d}/{n} images, {r:.0f} images/s", flush=True))
         print(f"dataset: {info['n_images']} images in {info['seconds']:.0f}s", flush=True)
-    meta, images, caption_idx, cams_c2w = load_dataset(data_dir)
+    meta, images, caption_idx, cams_c2w, cams_fovy, scene_idx = load_dataset(data_dir)
     views = int(meta.get("views", 1))
     if bool(meta.get("multiview")) != args.multiview:
         raise SystemExit(f"{data_dir} was rendered with multiview={meta.get('multiview')}; use another --work")
@@ -173,11 +193,13 @@ def main() -> int:
     if class_condition == "auto":
         class_condition = "pooled_text+camera" if views > 1 else "pooled_text"
     unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
-                                              multiview=views > 1, class_condition=class_condition)).to(device)
+                                              multiview=views > 1, class_condition=class_condition,
+                                              camera_input=args.camera_input)).to(device)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         init_weights(unet, args.init_from)
+    from dreamkit.priors.multiview import camera_features, plucker_rays, set_multiview_attention
+
     if views > 1:
-        from dreamkit.priors.multiview import camera_features, set_multiview_attention
 
         set_multiview_attention(unet, views)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -198,6 +220,18 @@ def main() -> int:
                              {"params": class_params, "lr_mult": args.class_embedding_lr_mult}],
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
+    draw_weights = None
+    if args.kind_sampling:
+        factors = {k: float(v) for k, v in (kv.split("=") for kv in args.kind_sampling.split(","))}
+        unknown = set(factors) - {"single", "asymmetric", "composition"}
+        if unknown:
+            raise SystemExit(f"--kind-sampling: unknown scene kind(s) {sorted(unknown)}; "
+                             "expected single, asymmetric, composition")
+        kinds = [s["kind"] for s in meta["scenes"]]
+        draw_weights = torch.tensor([factors.get(kinds[i], 1.0) for i in scene_idx.tolist()])
+        share = {k: float(draw_weights[[kinds[i] == k for i in scene_idx.tolist()]].sum() / draw_weights.sum())
+                 for k in sorted(set(kinds))}
+        print("batch draws by scene kind: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()), flush=True)
     step = 0
     ckpt_path = args.work / "ckpt.pt"
     if ckpt_path.is_file():
@@ -224,12 +258,12 @@ def main() -> int:
 
         tmp = args.work / "ema_prior"
         save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
-                         class_condition=class_condition)
+                         class_condition=class_condition, camera_input=args.camera_input)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
         if views > 1:
             from dreamkit.priors.sampling import sample_cameras
 
-            prompts = SAMPLE_PROMPTS[:4]
+            prompts = MULTIVIEW_SAMPLE_PROMPTS
             cams = type(sample_cameras(views, args.resolution)).cat(
                 [sample_cameras(views, args.resolution)] * len(prompts))
             out = ddim_sample(prior, [p for p in prompts for _ in range(views)], steps=30, guidance_scale=5.0,
@@ -250,7 +284,10 @@ def main() -> int:
     try:
         while step < args.max_steps and time.time() < deadline:
             n = max(1, args.batch // views)  # scenes in the batch (groups of `views` images for the multi-view prior)
-            idx = torch.randint(0, len(images), (n,), generator=gen)
+            if draw_weights is None:
+                idx = torch.randint(0, len(images), (n,), generator=gen)
+            else:
+                idx = torch.multinomial(draw_weights, n, replacement=True, generator=gen)
             x0 = images[idx].reshape(-1, *images.shape[-3:]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
             cond = table[caption_idx[idx].to(device)]
             drop = (torch.rand(n, generator=gen) < args.cond_dropout).to(device)
@@ -267,7 +304,12 @@ def main() -> int:
             if class_condition in ("camera", "pooled_text+camera"):
                 parts.append(camera_features(cams_c2w[idx].reshape(-1, 4, 4).to(device)))
             labels = torch.cat(parts, -1)
-            pred = unet(x_t, t, encoder_hidden_states=cond, class_labels=labels).sample
+            x_in = x_t
+            if args.camera_input == "plucker":
+                x_in = torch.cat([x_t, plucker_rays(cams_c2w[idx].reshape(-1, 4, 4).to(device),
+                                                    cams_fovy[idx].reshape(-1).to(device),
+                                                    x_t.shape[-2], x_t.shape[-1])], dim=1)
+            pred = unet(x_in, t, encoder_hidden_states=cond, class_labels=labels).sample
             if args.prediction_type == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022)
                 target = a.sqrt() * noise - (1 - a).sqrt() * x0
             else:
@@ -315,6 +357,7 @@ def main() -> int:
 
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
+                     camera_input=args.camera_input,
                      extra_index={"trained_steps": step, "resolution": args.resolution,
                                   **({} if args.sample_guidance_scale is None
                                      else {"sample_guidance_scale": args.sample_guidance_scale})})
@@ -322,7 +365,9 @@ def main() -> int:
     mv_text = "" if views == 1 else (
         f"\nMulti-view: {views} views of one scene 90° apart in azimuth at a random elevation, denoised jointly; every "
         "self-attention attends over the tokens of all views and the class embedding also receives each view's camera "
-        "(flattened camera-to-world, OpenCV axes), see `dreamkit/priors/multiview.py`.\n")
+        "(flattened camera-to-world, OpenCV axes)"
+        + ("; the UNet's input also carries each view's camera ray map (6 Plücker channels, `camera_input: plucker`)"
+           if args.camera_input else "") + ", see `dreamkit/priors/multiview.py`.\n")
     init_text = f"- initialised from: `{args.init_from}`\n" if args.init_from else ""
     (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny {kind} prior
 

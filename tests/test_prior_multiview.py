@@ -107,3 +107,57 @@ def test_fit_through_a_multiview_prior_needs_grouped_cameras(tmp_path):
     # a single-view camera batch for a 4-view prior is refused before anything is written
     assert main(common[:-4] + ["camera.views=1", "trainer.progress=false"]) == 2
     assert len(list((tmp_path / "out").rglob("config.yaml"))) == 1
+
+
+def test_plucker_rays_match_the_volume_renderers_rays():
+    """The ray map against the NeRF renderer's ray generation (which works from the intrinsics matrix K)."""
+    from dreamkit.priors.multiview import plucker_rays
+    from dreamkit.render.volume import generate_rays
+
+    cams = sample_cameras(4, 12, elevation=25.0)
+    rays = plucker_rays(cams.c2w, cams.fovy, 12, 12)
+    assert rays.shape == (4, 6, 12, 12)
+    ref = generate_rays(cams)
+    d_ref = ref.directions.reshape(4, 12, 12, 3)
+    o_ref = torch.nn.functional.normalize(ref.origins, dim=-1).reshape(4, 12, 12, 3)
+    assert torch.allclose(rays[:, :3].permute(0, 2, 3, 1), d_ref, atol=1e-5)
+    assert torch.allclose(rays[:, 3:].permute(0, 2, 3, 1), torch.linalg.cross(o_ref, d_ref, dim=-1), atol=1e-5)
+    # the same camera at another distance gives the same map (it says where the camera looks from, not how far)
+    far = cams.c2w.clone()
+    far[:, :3, 3] *= 1.7
+    assert torch.allclose(plucker_rays(far, cams.fovy, 12, 12), rays, atol=1e-5)
+
+
+def test_camera_ray_map_reaches_the_unet(tmp_path):
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "mv", views=4, class_condition="pooled_text",
+                                           camera_input="plucker")
+    prior = PixelDiffusionPrior(str(folder), warn_outside_world=False)
+    assert prior.view_settings.camera_input == "plucker" and prior.unet.config.in_channels == 9
+    cond = prior.encode_text(["a red cube"] * 4).cond
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.full((4,), 500)
+    a, b = sample_cameras(4, 16), sample_cameras(4, 16, elevation=60.0)
+    # the class embedding gets only the text here, so the cameras reach the UNet through the ray map alone
+    assert (prior.predict(x, t, cond, a) - prior.predict(x, t, cond, b)).abs().max() > 1e-4
+    with torch.no_grad():
+        prior.unet.conv_in.weight[:, 3:] = 0
+    assert torch.allclose(prior.predict(x, t, cond, a), prior.predict(x, t, cond, b), atol=1e-6)
+    with pytest.raises(ValueError, match="one camera each"):
+        prior.predict(x, t, cond)
+
+
+def test_camera_input_needs_matching_unet_channels(tmp_path):
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "p", views=4)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["camera_input"] = "plucker"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamkitError, match="camera_input 'plucker' needs a UNet with 6 more input"):
+        PixelDiffusionPrior(str(folder))
+    index["camera_input"] = "rays"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamkitError, match="camera_input 'rays' is not supported"):
+        PixelDiffusionPrior(str(folder))

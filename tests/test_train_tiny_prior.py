@@ -48,3 +48,17 @@ def test_train_resume_and_multiview_init(tmp_path):
     prior = PixelDiffusionPrior(str(mv), warn_outside_world=False)
     assert prior.views == 4 and prior.class_condition == "pooled_text+camera"
     assert "initialised from" in (mv / "README.md").read_text()
+
+    # with a camera ray map: conv_in gains 6 input channels that start at zero (the image channels keep the
+    # text-to-image weights), and batches can be drawn more often from one kind of scene
+    ray = tmp_path / "ray"
+    log = _train("--work", str(tmp_path / "work_ray"), "--out", str(ray), "--max-steps", "1", "--multiview",
+                 "--init-from", str(out), "--camera-input", "plucker", "--kind-sampling", "asymmetric=3",
+                 "--lr", "1e-12")
+    assert "batch draws by scene kind" in log
+    prior = PixelDiffusionPrior(str(ray), warn_outside_world=False)
+    assert prior.view_settings.camera_input == "plucker" and prior.unet.config.in_channels == 9
+    assert "camera ray map" in (ray / "README.md").read_text()
+    source = PixelDiffusionPrior(str(out), warn_outside_world=False).unet.conv_in.weight
+    assert torch.allclose(prior.unet.conv_in.weight[:, :3], source, atol=1e-6)
+    assert prior.unet.conv_in.weight[:, 3:].abs().max() < 1e-6

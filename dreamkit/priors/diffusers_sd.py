@@ -346,7 +346,8 @@ class StableDiffusionPrior(Prior):
         self.view_settings.check_batch(x_t.shape[0], cameras)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, self.dtype)
         kwargs = {} if labels is None else {"class_labels": labels}
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), **kwargs).sample.float()
+        x_in = self.view_settings.unet_input(x_t, cameras, self.dtype)
+        out = self.unet(x_in, t, encoder_hidden_states=cond.to(self.dtype), **kwargs).sample.float()
         if self.prediction_type == "epsilon":
             return out
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)

