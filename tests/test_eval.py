@@ -89,6 +89,32 @@ def test_count_fronts_detects_janus():
     assert count_fronts(renderer((v, f, torch.tensor(carrot).expand_as(c))), carrot)[0] == 0
 
 
+def test_fronts_of_a_fitted_representation_are_counted_on_its_own_renders():
+    """`fronts_fit`: the eval's front count on a representation's renders (here a stand-in that rasterises the true
+    snowman, and a Janus one), at the same orbit as the count on the export."""
+    from types import SimpleNamespace
+
+    from dreamkit.eval.benchmark import fronts_of_representation
+    from dreamkit.render.raster import render_mesh_colors
+
+    scene = asymmetric_scene("snowman")
+    v, f, c = scene.mesh()
+    flipped = v * torch.tensor([-1.0, 1.0, -1.0])
+
+    class MeshModel:
+        def __init__(self, verts, faces, colours):
+            self.mesh = (verts, faces, colours)
+
+        def render(self, cams, background):
+            rgb = render_mesh_colors(self.mesh[0], self.mesh[1], cams, face_colors=self.mesh[2],
+                                     background=background[0])[0]
+            return SimpleNamespace(rgb=rgb)
+
+    assert fronts_of_representation(MeshModel(v, f, c), scene, torch.device("cpu")) == 1
+    janus = MeshModel(torch.cat([v, flipped]), torch.cat([f, f + len(v)]), torch.cat([c, c]))
+    assert fronts_of_representation(janus, scene, torch.device("cpu")) == 2
+
+
 def test_sample_cameras_groups_are_spaced_as_the_multiview_prior_expects():
     from dreamkit.priors.sampling import sample_cameras
 
