@@ -116,8 +116,8 @@ def main() -> int:
                         "(auto: pooled_text, or pooled_text+camera with --multiview)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of a trained prior folder (e.g. the text-to-image prior when training "
-                        "the multi-view one, as MVDream starts from Stable Diffusion); new input columns of the class "
-                        "embedding start at zero")
+                        "the multi-view one, as MVDream starts from Stable Diffusion); new inputs (class-embedding "
+                        "columns, conv_in channels of a camera ray map) start at zero")
     p.add_argument("--camera-input", default=None, choices=("plucker",),
                    help="also give the UNet a per-pixel camera ray map (6 Plücker channels concatenated to its input; "
                         "see dreamkit/priors/multiview.py): where each world direction lies in each view")
@@ -200,7 +200,6 @@ def main() -> int:
     from dreamkit.priors.multiview import camera_features, plucker_rays, set_multiview_attention
 
     if views > 1:
-
         set_multiview_attention(unet, views)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
@@ -222,7 +221,11 @@ def main() -> int:
     gen = torch.Generator().manual_seed(args.seed + 1)
     draw_weights = None
     if args.kind_sampling:
-        factors = {k: float(v) for k, v in (kv.split("=") for kv in args.kind_sampling.split(","))}
+        try:
+            factors = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.kind_sampling.split(","))}
+        except ValueError:
+            raise SystemExit(f"--kind-sampling {args.kind_sampling!r}: expected KIND=FACTOR[,KIND=FACTOR...], "
+                             "e.g. asymmetric=3") from None
         unknown = set(factors) - {"single", "asymmetric", "composition"}
         if unknown:
             raise SystemExit(f"--kind-sampling: unknown scene kind(s) {sorted(unknown)}; "

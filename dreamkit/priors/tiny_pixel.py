@@ -19,8 +19,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
                 norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False,
                 class_condition: Optional[str] = None, camera_input: Optional[str] = None) -> dict:
     """UNet config. ``camera_input="plucker"`` adds the 6 channels of a per-pixel camera ray map to the input
-    (``dreamkit/priors/multiview.py``). The class embedding (a Linear-SiLU-Linear added to the timestep embedding) receives
-    ``class_condition``: "pooled_text" (default for text-to-image), "camera" (the 16-d camera of MVDream; default for
+    (``dreamkit/priors/multiview.py``). The class embedding (a Linear-SiLU-Linear added to the timestep embedding)
+    receives ``class_condition``: "pooled_text" (default for text-to-image), "camera" (the 16-d camera of MVDream; default for
     ``multiview``) or "pooled_text+camera" (both, concatenated: a multi-view model fine-tuned from our text-to-image one
     keeps its pooled-text input and gains the camera)."""
     class_condition = class_condition or ("camera" if multiview else "pooled_text")
