@@ -197,10 +197,12 @@ def main() -> int:
                                               camera_input=args.camera_input)).to(device)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         init_weights(unet, args.init_from)
-    from dreamkit.priors.multiview import camera_features, plucker_rays, set_multiview_attention
+    from dreamkit.priors.multiview import ViewSettings, set_multiview_attention
 
     if views > 1:
         set_multiview_attention(unet, views)
+    # the UNet's class-embedding and conv_in inputs are built by the same object the inference adapters use
+    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -301,17 +303,9 @@ def main() -> int:
             t = t.repeat_interleave(views, 0)  # one noise level per scene, as MVDream
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            parts = []
-            if class_condition in ("pooled_text", "pooled_text+camera"):
-                parts.append(cond[:, 0])
-            if class_condition in ("camera", "pooled_text+camera"):
-                parts.append(camera_features(cams_c2w[idx].reshape(-1, 4, 4).to(device)))
-            labels = torch.cat(parts, -1)
-            x_in = x_t
-            if args.camera_input == "plucker":
-                x_in = torch.cat([x_t, plucker_rays(cams_c2w[idx].reshape(-1, 4, 4).to(device),
-                                                    cams_fovy[idx].reshape(-1).to(device),
-                                                    x_t.shape[-2], x_t.shape[-1])], dim=1)
+            cams = (cams_c2w[idx].reshape(-1, 4, 4), cams_fovy[idx].reshape(-1))  # one per image, on the host
+            labels = view_settings.class_labels(cond, cams, device, x_t.dtype)
+            x_in = view_settings.unet_input(x_t, cams, x_t.dtype)
             pred = unet(x_in, t, encoder_hidden_states=cond, class_labels=labels).sample
             if args.prediction_type == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022)
                 target = a.sqrt() * noise - (1 - a).sqrt() * x0

@@ -161,3 +161,32 @@ def test_camera_input_needs_matching_unet_channels(tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(DreamkitError, match="camera_input 'rays' is not supported"):
         PixelDiffusionPrior(str(folder))
+
+
+def test_training_tensors_and_cameras_give_the_same_unet_inputs(tmp_path):
+    """scripts/train_tiny_prior.py holds cameras as (c2w, fovy) tensors, the adapters as Cameras: both go through
+    ViewSettings, and must give the UNet the same class-embedding and conv_in inputs."""
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "mv", views=4, class_condition="pooled_text+camera",
+                                           camera_input="plucker")
+    vs = PixelDiffusionPrior(str(folder), warn_outside_world=False).view_settings
+    cams = sample_cameras(4, 16)
+    pair = (cams.c2w.clone(), cams.fovy.clone())
+    cond = torch.randn(4, 5, 384)
+    x = torch.randn(4, 3, 16, 16)
+    labels = vs.class_labels(cond, cams, "cpu", torch.float32)
+    assert torch.equal(labels, vs.class_labels(cond, pair, "cpu", torch.float32))
+    # [pooled text | camera]: token 0, then the c2w with its rotation unchanged and its translation of unit length
+    assert torch.equal(labels[:, :384], cond[:, 0])
+    c2w = labels[:, 384:].reshape(4, 4, 4)
+    assert torch.allclose(c2w[:, :3, :3], cams.c2w[:, :3, :3])
+    assert torch.allclose(c2w[:, :3, 3].norm(dim=-1), torch.ones(4))
+    x_in = vs.unet_input(x, cams, torch.float32)
+    assert torch.equal(x_in, vs.unet_input(x, pair, torch.float32))
+    assert torch.equal(x_in[:, :3], x)
+    d, m = x_in[:, 3:6], x_in[:, 6:9]  # Plücker: unit directions, moments orthogonal to them
+    assert torch.allclose(d.norm(dim=1), torch.ones(4, 16, 16), atol=1e-5)
+    assert (d * m).sum(1).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="one camera per image"):
+        vs.class_labels(cond, None, "cpu", torch.float32)

@@ -104,26 +104,49 @@ class ViewSettings:
             raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of "
                              f"n·{self.views} images with one camera each (consecutive groups are one scene)")
 
-    def class_labels(self, cond: torch.Tensor, cameras: Optional[Cameras], device, dtype) -> Optional[torch.Tensor]:
-        """The class-embedding input for a batch (None when the UNet has no class embedding)."""
+    def class_labels(self, cond: torch.Tensor, cameras: "Cameras | CameraTensors | None", device,
+                     dtype) -> Optional[torch.Tensor]:
+        """The class-embedding input for a batch (None when the UNet has no class embedding).
+
+        ``cameras``: our :class:`Cameras`, or a ``(c2w [B, 4, 4], fovy_deg [B])`` pair as the training script holds
+        them — inference (both adapters) and training build the UNet's inputs here, so they cannot drift apart.
+        """
         if self.class_condition is None:
             return None
         parts = []
         if self.class_condition in ("pooled_text", "pooled_text+camera"):
             parts.append(cond[:, 0].to(device, dtype))
         if self.class_condition in ("camera", "pooled_text+camera"):
-            parts.append(camera_features(cameras, self.camera_convention).to(device, dtype))
+            if cameras is None:
+                raise ValueError(f"this prior's class embedding takes the camera (class_condition "
+                                 f"{self.class_condition!r}): pass one camera per image")
+            c2w, _ = _camera_tensors(cameras)
+            parts.append(camera_features(c2w.to(device), self.camera_convention).to(device, dtype))
         return torch.cat(parts, dim=-1)
 
-    def unet_input(self, x_t: torch.Tensor, cameras: Optional[Cameras], dtype) -> torch.Tensor:
-        """What goes into ``conv_in``: the noisy image, with the ray map appended when ``camera_input`` says so."""
+    def unet_input(self, x_t: torch.Tensor, cameras: "Cameras | CameraTensors | None", dtype) -> torch.Tensor:
+        """What goes into ``conv_in``: the noisy image, with the ray map appended when ``camera_input`` says so.
+
+        ``cameras`` as for :meth:`class_labels`.
+        """
         x_t = x_t.to(dtype)
         if self.camera_input is None:
             return x_t
         if cameras is None:
             raise ValueError("this prior takes a camera ray map (camera_input: plucker): pass one camera per image")
-        rays = plucker_rays(cameras.c2w.to(x_t.device), cameras.fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1])
+        c2w, fovy = _camera_tensors(cameras)
+        rays = plucker_rays(c2w.to(x_t.device), fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1])
         return torch.cat([x_t, rays.to(dtype)], dim=1)
+
+
+CameraTensors = tuple  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
+
+
+def _camera_tensors(cameras: "Cameras | CameraTensors") -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(cameras, Cameras):
+        return cameras.c2w, cameras.fovy
+    c2w, fovy = cameras
+    return c2w, fovy
 
 
 def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
