@@ -1,0 +1,46 @@
+"""How many pixels the asymmetric objects' front features cover on the eval's front-count orbit, for the ground
+truth and for a Janus copy (a second object turned 180° about +Y), with the count `dreamkit eval` gives each.
+
+The front count (``dreamkit.eval.world_metrics.count_fronts``) calls a view "front seen" above a fixed fraction of
+the image (0.002: 8 px at 64²); this prints what the truth itself reaches, so that a change to the count can be
+checked on the truth first (every true object must count 1, every Janus one 2 or be rejected).
+
+    python scripts/front_pixels_truth.py [--resolution 64 128]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dreamkit.cameras import cameras_from_spherical
+from dreamkit.eval.world_metrics import count_fronts, feature_fractions
+from dreamkit.render.raster import render_mesh_colors
+from dreamkit.world import ASYMMETRIC_OBJECTS
+from dreamkit.world.scenes import asymmetric_scene
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--resolution", type=int, nargs="+", default=[64, 128])
+    args = p.parse_args()
+    az = torch.arange(24, dtype=torch.float32) * 15.0
+    for name in ASYMMETRIC_OBJECTS:
+        v, f, c = asymmetric_scene(name).mesh()
+        janus = (torch.cat([v, v * torch.tensor([-1.0, 1.0, -1.0])]), torch.cat([f, f + len(v)]), torch.cat([c, c]))
+        feature = [x / 255.0 for x in ASYMMETRIC_OBJECTS[name].front_feature]
+        for res in args.resolution:
+            for label, (mv, mf, mc) in (("truth", (v, f, c)), ("janus", janus)):
+                def render(a: torch.Tensor) -> torch.Tensor:
+                    n = len(a)
+                    cams = cameras_from_spherical(torch.full((n,), 10.0), a, torch.full((n,), 2.75),
+                                                  torch.full((n,), 40.0), res, res)
+                    return render_mesh_colors(mv, mf, cams, face_colors=mc, background=(1.0, 1.0, 1.0))[0]
+
+                fronts, fractions = count_fronts(render, feature)
+                px = [int(round(x * res * res)) for x in fractions]
+                print(f"{name:8s} {label} {res:4d}²  fronts {fronts}  feature px per 15° view: {px}")
+
+
+if __name__ == "__main__":
+    main()
