@@ -2,8 +2,9 @@
 truth and for a Janus copy (a second object turned 180° about +Y), with the count `dreamkit eval` gives each.
 
 The front count (``dreamkit.eval.world_metrics.count_fronts``) calls a view "front seen" above a fixed fraction of
-the image (0.002: 8 px at 64²); this prints what the truth itself reaches, so that a change to the count can be
-checked on the truth first (every true object must count 1, every Janus one 2 or be rejected).
+the image (0.002: 8 px at 64²) or, as `dreamkit eval` does since 2026-12-02, above 25% of the truth's own largest
+feature fraction on the orbit; this prints both counts and what the truth itself covers, so that a change to the
+count is checked on the truth first (every true object must count 1, every Janus copy anything but 1).
 
     python scripts/front_pixels_truth.py [--resolution 64 128]
 """
@@ -14,7 +15,7 @@ import argparse
 import torch
 
 from dreamkit.cameras import cameras_from_spherical
-from dreamkit.eval.world_metrics import count_fronts, feature_fractions
+from dreamkit.eval.world_metrics import count_fronts
 from dreamkit.render.raster import render_mesh_colors
 from dreamkit.world import ASYMMETRIC_OBJECTS
 from dreamkit.world.scenes import asymmetric_scene
@@ -37,9 +38,17 @@ def main() -> None:
                                                   torch.full((n,), 40.0), res, res)
                     return render_mesh_colors(mv, mf, cams, face_colors=mc, background=(1.0, 1.0, 1.0))[0]
 
+                def render_truth(a: torch.Tensor) -> torch.Tensor:
+                    n = len(a)
+                    cams = cameras_from_spherical(torch.full((n,), 10.0), a, torch.full((n,), 2.75),
+                                                  torch.full((n,), 40.0), res, res)
+                    return render_mesh_colors(v, f, cams, face_colors=c, background=(1.0, 1.0, 1.0))[0]
+
                 fronts, fractions = count_fronts(render, feature)
+                relative, _ = count_fronts(render, feature, truth=render_truth)
                 px = [int(round(x * res * res)) for x in fractions]
-                print(f"{name:8s} {label} {res:4d}²  fronts {fronts}  feature px per 15° view: {px}")
+                print(f"{name:8s} {label} {res:4d}²  fronts {fronts} (fixed 0.002), {relative} (truth-relative)  "
+                      f"feature px per 15° view: {px}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 from dreamkit.cli import main
 from dreamkit.eval.world_metrics import (chamfer, circular_mean_hue, classify_sample, count_fronts, hue_distance,
                                          nearest_colour, nearest_shape, sample_surface, volume_iou, winding_number)
-from dreamkit.world import COLOURS, SHAPE_NAMES, asymmetric_scene, single_scene
+from dreamkit.world import ASYMMETRIC_OBJECTS, COLOURS, SHAPE_NAMES, asymmetric_scene, single_scene
 
 
 def test_winding_number_and_volume_iou():
@@ -75,11 +75,11 @@ def test_count_fronts_detects_janus():
     flipped = v * torch.tensor([-1.0, 1.0, -1.0])
     janus = (torch.cat([v, flipped]), torch.cat([f, f + len(v)]), torch.cat([c, c]))
 
-    def renderer(mesh):
+    def renderer(mesh, res=48):
         def render(az):
             n = len(az)
             cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75),
-                                          torch.full((n,), 40.0), 48, 48)
+                                          torch.full((n,), 40.0), res, res)
             return render_mesh_colors(mesh[0], mesh[1], cams, face_colors=mesh[2])[0]
         return render
 
@@ -87,6 +87,17 @@ def test_count_fronts_detects_janus():
     assert count_fronts(renderer(janus), carrot)[0] == 2
     # painted all over in the feature's colour: seen from everywhere, which is no front
     assert count_fronts(renderer((v, f, torch.tensor(carrot).expand_as(c))), carrot)[0] == 0
+    # the threshold relative to the truth's own carrot (what dreamkit eval uses): the truth 1, the Janus copy not 1
+    # (2, or seen from every azimuth = 0), painted all over 0, no carrot at all 0 — here and at 128², where the fixed
+    # fraction splits the Janus copy into 4 runs
+    for res in (48, 128):
+        truth = renderer((v, f, c), res)
+        assert count_fronts(truth, carrot, truth=truth)[0] == 1
+        assert count_fronts(renderer(janus, res), carrot, truth=truth)[0] in (0, 2)
+        assert count_fronts(renderer((v, f, torch.tensor(carrot).expand_as(c)), res), carrot, truth=truth)[0] == 0
+        no_nose = c.clone()
+        no_nose[(c - torch.tensor(carrot)).abs().amax(-1) < 0.05] = c[0]
+        assert count_fronts(renderer((v, f, no_nose), res), carrot, truth=truth)[0] == 0
 
 
 def test_fronts_of_a_fitted_representation_are_counted_on_its_own_renders():
@@ -112,7 +123,11 @@ def test_fronts_of_a_fitted_representation_are_counted_on_its_own_renders():
 
     assert fronts_of_representation(MeshModel(v, f, c), scene, torch.device("cpu")) == 1
     janus = MeshModel(torch.cat([v, flipped]), torch.cat([f, f + len(v)]), torch.cat([c, c]))
-    assert fronts_of_representation(janus, scene, torch.device("cpu")) == 2
+    # a Janus snowman's two carrots stick out sideways: one of them is seen from every azimuth (0), never one front
+    assert fronts_of_representation(janus, scene, torch.device("cpu")) == 0
+    no_nose = c.clone()
+    no_nose[(c - torch.tensor(ASYMMETRIC_OBJECTS["snowman"].front_feature) / 255).abs().amax(-1) < 0.05] = c[0]
+    assert fronts_of_representation(MeshModel(v, f, no_nose), scene, torch.device("cpu")) == 0
 
 
 def test_sample_cameras_groups_are_spaced_as_the_multiview_prior_expects():

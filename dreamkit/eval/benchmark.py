@@ -88,7 +88,7 @@ def score_mesh(mesh, scene) -> dict:
         def render(az: torch.Tensor) -> torch.Tensor:
             return render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0))[0]
 
-        row["fronts"], _ = count_fronts(render, feature)
+        row["fronts"], _ = count_fronts(render, feature, truth=_truth_front_render(scene))
     return row
 
 
@@ -99,6 +99,15 @@ def _front_render_cameras(az: torch.Tensor, device=None):
     n = len(az)
     cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75), torch.full((n,), 40.0), 64, 64)
     return cams if device is None else cams.to(device)
+
+
+def _truth_front_render(scene):
+    """The ground truth on the front-count orbit (its feature size sets the count's threshold)."""
+    from ..render.raster import render_mesh_colors
+
+    verts, faces, colors = scene.mesh()
+    return lambda az: render_mesh_colors(verts, faces, _front_render_cameras(az), face_colors=colors,
+                                         background=(1.0, 1.0, 1.0))[0]
 
 
 @torch.no_grad()
@@ -115,7 +124,7 @@ def fronts_of_representation(model, scene, device) -> int:
         cams = _front_render_cameras(az, device)
         return model.render(cams, background=white.expand(len(cams), 3)).rgb.clamp(0, 1).cpu()
 
-    return count_fronts(render, feature)[0]
+    return count_fronts(render, feature, truth=_truth_front_render(scene))[0]
 
 
 def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -> torch.Tensor:
