@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from dreamkit.cameras import cameras_from_spherical
+from dreamkit.eval.benchmark import _front_render_cameras
 from dreamkit.eval.world_metrics import count_fronts
 from dreamkit.render.raster import render_mesh_colors
 from dreamkit.world import ASYMMETRIC_OBJECTS
@@ -22,14 +22,12 @@ from dreamkit.world.scenes import asymmetric_scene
 
 
 def orbit_renderer(mesh: tuple, res: int):
-    """The eval's front-count orbit (elevation 10°, distance 2.75, fov 40°) of a coloured mesh, at res²."""
+    """The eval's front-count orbit of a coloured mesh, at res² (the orbit `dreamkit eval` counts fronts on)."""
     verts, faces, colours = mesh
 
     def render(az: torch.Tensor) -> torch.Tensor:
-        n = len(az)
-        cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75), torch.full((n,), 40.0),
-                                      res, res)
-        return render_mesh_colors(verts, faces, cams, face_colors=colours, background=(1.0, 1.0, 1.0))[0]
+        return render_mesh_colors(verts, faces, _front_render_cameras(az, resolution=res), face_colors=colours,
+                                  background=(1.0, 1.0, 1.0))[0]
 
     return render
 

@@ -92,12 +92,14 @@ def score_mesh(mesh, scene) -> dict:
     return row
 
 
-def _front_render_cameras(az: torch.Tensor, device=None):
-    """The orbit on which fronts are counted: elevation 10°, distance 2.75, fov 40°, 64² (export and fit alike)."""
+def _front_render_cameras(az: torch.Tensor, device=None, resolution: int = 64):
+    """The orbit on which fronts are counted: elevation 10°, distance 2.75, fov 40°, 64² (export and fit alike;
+    ``resolution`` for scripts/front_pixels_truth.py)."""
     from ..cameras import cameras_from_spherical
 
     n = len(az)
-    cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75), torch.full((n,), 40.0), 64, 64)
+    cams = cameras_from_spherical(torch.full((n,), 10.0), az, torch.full((n,), 2.75), torch.full((n,), 40.0),
+                                  resolution, resolution)
     return cams if device is None else cams.to(device)
 
 

@@ -50,6 +50,7 @@ CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
 CONVENTIONS = ("opencv", "opengl")
 CAMERA_INPUTS = ("plucker",)
 RAY_CHANNELS = 6
+CameraTensors = tuple[torch.Tensor, torch.Tensor]  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
 
 
 @dataclass
@@ -139,14 +140,8 @@ class ViewSettings:
         return torch.cat([x_t, rays.to(dtype)], dim=1)
 
 
-CameraTensors = tuple  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
-
-
-def _camera_tensors(cameras: "Cameras | CameraTensors") -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(cameras, Cameras):
-        return cameras.c2w, cameras.fovy
-    c2w, fovy = cameras
-    return c2w, fovy
+def _camera_tensors(cameras: "Cameras | CameraTensors") -> CameraTensors:
+    return (cameras.c2w, cameras.fovy) if isinstance(cameras, Cameras) else tuple(cameras)
 
 
 def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
