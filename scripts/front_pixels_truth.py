@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from dreamkit.eval.benchmark import _front_render_cameras
+from dreamkit.eval.benchmark import FRONT_COUNT as EVAL_COUNT, _front_render_cameras
 from dreamkit.eval.world_metrics import count_fronts
 from dreamkit.render.raster import render_mesh_colors
 from dreamkit.world import ASYMMETRIC_OBJECTS
@@ -46,9 +46,12 @@ def main() -> None:
                 render = orbit_renderer(mesh, res)
                 fronts, fractions = count_fronts(render, feature)
                 relative, _ = count_fronts(render, feature, truth=truth)
+                linked, shaded = count_fronts(render, feature, truth=truth, **EVAL_COUNT)
                 px = [int(round(x * res * res)) for x in fractions]
-                print(f"{name:8s} {label} {res:4d}²  fronts {fronts} (fixed 0.002), {relative} (truth-relative)  "
-                      f"feature px per 15° view: {px}")
+                px_shaded = [int(round(x * res * res)) for x in shaded]
+                print(f"{name:8s} {label} {res:4d}²  fronts {fronts} (fixed 0.002), {relative} (truth-relative), "
+                      f"{linked} (eval: truth-relative, shade, hysteresis)\n"
+                      f"    feature px per 15° view: {px}\n    with the shade test:     {px_shaded}")
 
 
 if __name__ == "__main__":

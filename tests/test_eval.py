@@ -89,15 +89,58 @@ def test_count_fronts_detects_janus():
     assert count_fronts(renderer((v, f, torch.tensor(carrot).expand_as(c))), carrot)[0] == 0
     # the threshold relative to the truth's own carrot (what dreamkit eval uses): the truth 1, the Janus copy not 1
     # (2, or seen from every azimuth = 0), painted all over 0, no carrot at all 0 — here and at 128², where the fixed
-    # fraction splits the Janus copy into 4 runs
+    # fraction splits the Janus copy into 4 runs; the same with the eval's own count (shade test, hysteresis)
+    from dreamkit.eval.benchmark import FRONT_COUNT
+
     for res in (48, 128):
         truth = renderer((v, f, c), res)
-        assert count_fronts(truth, carrot, truth=truth)[0] == 1
-        assert count_fronts(renderer(janus, res), carrot, truth=truth)[0] in (0, 2)
-        assert count_fronts(renderer((v, f, torch.tensor(carrot).expand_as(c)), res), carrot, truth=truth)[0] == 0
-        no_nose = c.clone()
-        no_nose[(c - torch.tensor(carrot)).abs().amax(-1) < 0.05] = c[0]
-        assert count_fronts(renderer((v, f, no_nose), res), carrot, truth=truth)[0] == 0
+        for kw in ({}, FRONT_COUNT):
+            assert count_fronts(truth, carrot, truth=truth, **kw)[0] == 1
+            assert count_fronts(renderer(janus, res), carrot, truth=truth, **kw)[0] in (0, 2)
+            painted = (v, f, torch.tensor(carrot).expand_as(c))
+            assert count_fronts(renderer(painted, res), carrot, truth=truth, **kw)[0] == 0
+            no_nose = c.clone()
+            no_nose[(c - torch.tensor(carrot)).abs().amax(-1) < 0.05] = c[0]
+            assert count_fronts(renderer((v, f, no_nose), res), carrot, truth=truth, **kw)[0] == 0
+
+
+def test_front_count_hysteresis_and_shade_test():
+    """The eval's count links one faint view inside a front into that front, ignores a faint speck that touches no
+    clearly seen view, and (with the shade test) ignores pixels of the feature's hue at a brightness the world's
+    shading cannot give it."""
+    from dreamkit.eval.world_metrics import WORLD_SHADE_RANGE
+
+    door = [90 / 255, 50 / 255, 25 / 255]
+    wall = [min(1.0, 2.4 * x) for x in door]  # the door's hue, 2.4x brighter (a shaded wall blended with a roof)
+
+    def orbit(pixels: list[int], colour=door):
+        def render(az):
+            images = torch.ones(len(az), 8, 8, 3)
+            for i, n in enumerate(pixels):
+                images[i].view(-1, 3)[:n] = torch.tensor(colour)
+            return images
+        return render
+
+    truth = orbit([16, 16, 16, 12, 4] + [0] * 15 + [4, 12, 16, 16])  # one front, peak 16 px
+    #   a fit whose front dips to 3 px in one view (>= 12.5% of 16 = 2 px, < 25% = 4 px), and a 3 px speck behind
+    fit = [8, 3, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8]
+    assert count_fronts(orbit(fit), door, truth=truth)[0] == 2  # no hysteresis: the dip splits the front
+    assert count_fronts(orbit(fit), door, truth=truth, relative_low=0.125)[0] == 1
+    janus = [8] * 3 + [0] * 9 + [8] * 3 + [0] * 9  # two clear fronts stay two
+    assert count_fronts(orbit(janus), door, truth=truth, relative_low=0.125)[0] == 2
+    # a wall of the door's hue in every view: no front (painted all over) by hue alone, not seen at all with the
+    # brightness test, while the real door next to it still counts once
+    def door_and_wall(az):
+        images = orbit([30] * 24, wall)(az)  # the wall fills the first 30 pixels of every view
+        for i, n in enumerate(fit):  # the door's pixels of `fit` at the other end of the image
+            if n:
+                images[i].view(-1, 3)[-n:] = torch.tensor(door)
+        return images
+    assert count_fronts(orbit([30] * 24, wall), door, truth=truth)[0] == 0
+    assert count_fronts(orbit([30] * 24, wall), door, truth=truth, shade_range=WORLD_SHADE_RANGE)[0] == 0
+    assert max(count_fronts(orbit([30] * 24, wall), door, shade_range=WORLD_SHADE_RANGE)[1]) == 0.0
+    assert count_fronts(door_and_wall, door, truth=truth, relative_low=0.125)[0] == 0
+    assert count_fronts(door_and_wall, door, truth=truth, relative_low=0.125, shade_range=WORLD_SHADE_RANGE)[0] == 1
 
 
 def test_fronts_of_a_fitted_representation_are_counted_on_its_own_renders():

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import DreamkitError
 from ..world import ASYMMETRIC_OBJECTS, COLOURS, SHAPE_NAMES, parse_prompt
+from .world_metrics import WORLD_SHADE_RANGE
 
 _COLOUR_CYCLE = ("red", "blue", "green", "yellow", "purple", "orange", "cyan", "pink")
 
@@ -88,8 +89,15 @@ def score_mesh(mesh, scene) -> dict:
         def render(az: torch.Tensor) -> torch.Tensor:
             return render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0))[0]
 
-        row["fronts"], _ = count_fronts(render, feature, truth=_truth_front_render(scene))
+        row["fronts"], _ = count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
     return row
+
+
+#: how `dreamkit eval` counts fronts (with the truth's own feature size, see ``world_metrics.count_fronts``): a view
+#: shows the front at >= 25% of the truth's largest feature fraction on the orbit, or at >= 12.5% next to such a
+#: view (hysteresis, Canny's 2:1), counting pixels of the feature's hue *and* brightness under the world's shading.
+#: Checked on the truth and on Janus copies at 48², 64², 128²: ``scripts/front_pixels_truth.py``.
+FRONT_COUNT = dict(relative=0.25, relative_low=0.125, shade_range=WORLD_SHADE_RANGE)
 
 
 def _front_render_cameras(az: torch.Tensor, device=None, resolution: int = 64):
@@ -126,7 +134,7 @@ def fronts_of_representation(model, scene, device) -> int:
         cams = _front_render_cameras(az, device)
         return model.render(cams, background=white.expand(len(cams), 3)).rgb.clamp(0, 1).cpu()
 
-    return count_fronts(render, feature, truth=_truth_front_render(scene))[0]
+    return count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)[0]
 
 
 def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -> torch.Tensor:

@@ -250,10 +250,28 @@ def _circular_runs(seen: Sequence[bool]) -> int:
     return sum(1 for i in range(len(seen)) if seen[i] and not seen[i - 1])
 
 
+def _hysteresis(values: Sequence[float], high: float, low: float) -> list[bool]:
+    """Circular hysteresis thresholding (as Canny's edge linking): a view is seen when its value is at least ``low``
+    and it lies in a circular run of such views that holds at least one value at or above ``high``."""
+    n = len(values)
+    weak = [v >= low for v in values]
+    seen = [False] * n
+    for i in range(n):
+        if values[i] >= high and not seen[i]:
+            seen[i] = True
+            for step in (1, -1):  # grow the run both ways while the views stay above the low threshold
+                j = (i + step) % n
+                while weak[j] and not seen[j]:
+                    seen[j] = True
+                    j = (j + step) % n
+    return seen
+
+
 def count_fronts(render: Callable[[torch.Tensor], torch.Tensor], feature_rgb: Sequence[float], views: int = 24,
                  tolerance: float = 0.12, min_fraction: float = 0.002,
                  truth: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 relative: float = 0.25) -> tuple[int, list[float]]:
+                 relative: float = 0.25, relative_low: Optional[float] = None,
+                 shade_range: Optional[tuple[float, float]] = None) -> tuple[int, list[float]]:
     """Number of fronts: separate azimuth ranges from which the front feature is visible over a 360° orbit.
 
     ``render(azimuths [V]) -> [V, H, W, 3]``. A correct object shows its front once; a Janus object twice or more.
@@ -265,15 +283,23 @@ def count_fronts(render: Callable[[torch.Tensor], torch.Tensor], feature_rgb: Se
     the threshold then follows the feature's real size instead of a fixed fraction that is 8 px at 64² — above most
     of what a snowman's carrot covers — and 33 px at 128², where pixel noise splits a Janus snowman into 4 runs
     (``scripts/front_pixels_truth.py``). The multi-view sample judge uses the same kind of threshold.
+
+    ``relative_low`` (with ``truth``) links views by hysteresis: a view at or above ``relative_low`` × the truth's
+    largest fraction also counts when it is next to a counted view, so that one faint view inside a front's azimuth
+    range does not split it into two fronts, while a faint speck that touches no clearly seen view counts nothing.
+    ``shade_range`` also asks the pixels to have the feature's brightness under the world's shading
+    (:func:`feature_fractions`): a fit's shaded walls can take a door's hue while being much brighter.
     """
     az = torch.arange(views, dtype=torch.float32) * (360.0 / views)
     images = render(az)
-    fractions = feature_fractions(images, feature_rgb, tolerance).tolist()
+    fractions = feature_fractions(images, feature_rgb, tolerance, shade_range).tolist()
     if truth is not None:
         pixels = images.shape[1] * images.shape[2]
-        peak = float(feature_fractions(truth(az), feature_rgb, tolerance).max())
-        threshold = max(relative * peak, 2.0 / pixels)
-        seen = [f >= threshold for f in fractions]
+        peak = float(feature_fractions(truth(az), feature_rgb, tolerance, shade_range).max())
+        floor = 2.0 / pixels
+        high = max(relative * peak, floor)
+        low = high if relative_low is None else min(max(relative_low * peak, floor), high)
+        seen = _hysteresis(fractions, high, low)
     else:
         seen = [f > min_fraction for f in fractions]
     return (0 if all(seen) else _circular_runs(seen)), fractions
