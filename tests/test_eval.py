@@ -165,6 +165,9 @@ def test_fronts_of_a_fitted_representation_are_counted_on_its_own_renders():
             return SimpleNamespace(rgb=rgb)
 
     assert fronts_of_representation(MeshModel(v, f, c), scene, torch.device("cpu")) == 1
+    count, fractions = fronts_of_representation(MeshModel(v, f, c), scene, torch.device("cpu"), per_view=True)
+    # 24 views from azimuth 0 (+Z, the carrot's side): seen in front, hidden behind the head
+    assert count == 1 and len(fractions) == 24 and fractions[0] > 0 and fractions[12] == 0
     janus = MeshModel(torch.cat([v, flipped]), torch.cat([f, f + len(v)]), torch.cat([c, c]))
     # a Janus snowman's two carrots stick out sideways: one of them is seen from every azimuth (0), never one front
     assert fronts_of_representation(janus, scene, torch.device("cpu")) == 0
@@ -238,6 +241,10 @@ def test_eval_command_with_the_oracle(tmp_path):
     text = (out / "results.md").read_text()
     assert "| a red cube | single | cube | ✓ | red |" in text
     assert (out / "results.csv").is_file() and (out / "contact_sheet.png").is_file()
+    # the CSV's size diagnostic: the export's bounding box next to the truth's (the world cube: 0.74 a side)
+    row = next(csv.DictReader(open(out / "results.csv")))
+    fit_size, truth_size = ([float(x) for x in row[k].split("×")] for k in ("extent", "extent_truth"))
+    assert truth_size == pytest.approx([0.74] * 3, abs=0.02) and len(fit_size) == 3
     assert main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red dragon", "--out",
                  str(tmp_path / "e2")]) == 2
     # the same run scored again without fitting, through the visual hull: same shape and colour, and the export
@@ -266,3 +273,27 @@ def test_eval_jobs_runs_fits_in_parallel_workers_and_keeps_prompt_order(tmp_path
     assert all(r["nearest_shape"] and r["colour"] and Path(r["run_dir"]).is_dir() for r in rows)
     assert main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red cube", "--out", str(tmp_path / "e3"),
                  "--jobs", "0"]) == 2
+
+
+def test_score_mesh_of_the_truth_itself():
+    """The scorer on the ground-truth mesh itself: its own shape and colour, Chamfer ~0, the truth's extent; for an
+    asymmetric object one front, with the per-view pixels the count saw (none from behind)."""
+    from dreamkit.eval.benchmark import score_mesh
+    from dreamkit.export.mesh import Mesh
+
+    def truth_mesh(scene):
+        v, f, c = scene.mesh()  # every part has its own vertices: per-vertex colours are exactly the parts' colours
+        total = torch.zeros(len(v), 3).index_add_(0, f.reshape(-1), c.repeat_interleave(3, 0))
+        count = torch.zeros(len(v)).index_add_(0, f.reshape(-1), torch.ones(f.numel())).clamp_min(1)
+        return Mesh(verts=v.numpy(), faces=f.numpy(), vertex_colors=(total / count[:, None]).numpy())
+
+    scene = single_scene("cylinder", "green")
+    row = score_mesh(truth_mesh(scene), scene)
+    # Chamfer between two samplings of the same surface (the benchmark's fits: 0.09–0.7)
+    assert row["nearest_shape"] == "cylinder" and row["colour"] == "green" and row["chamfer"] < 0.05
+    assert row["extent"] == row["extent_truth"]
+    scene = asymmetric_scene("mug")
+    row = score_mesh(truth_mesh(scene), scene)
+    pixels = [int(x) for x in row["front_px"].split()]
+    assert row["fronts"] == 1 and row["extent"] == row["extent_truth"]
+    assert len(pixels) == 24 and pixels[0] > 0 and pixels[12] == 0

@@ -89,8 +89,24 @@ def score_mesh(mesh, scene) -> dict:
         def render(az: torch.Tensor) -> torch.Tensor:
             return render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0))[0]
 
-        row["fronts"], _ = count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
+        row["fronts"], fractions = count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
+        row["front_px"] = _pixels_per_view(fractions)
+    row["extent"] = _extent(v)
+    row["extent_truth"] = _extent(torch.as_tensor(gv, dtype=torch.float32))
     return row
+
+
+def _extent(verts: torch.Tensor) -> str:
+    """The axis-aligned size of a mesh as ``"X×Y×Z"`` (world units; +Y up): shows a fit that is the right shape but
+    the wrong size or proportions (e.g. a cube grown into a column)."""
+    size = (verts.max(0).values - verts.min(0).values).tolist()
+    return "×".join(f"{x:.2f}" for x in size)
+
+
+def _pixels_per_view(fractions, resolution: int = 64) -> str:
+    """Front-feature pixels per orbit view (24 views, 15° apart from azimuth 0 = +Z), space-separated: what the
+    front count saw, for the CSV."""
+    return " ".join(str(int(round(f * resolution * resolution))) for f in fractions)
 
 
 #: how `dreamkit eval` counts fronts (with the truth's own feature size, see ``world_metrics.count_fronts``): a view
@@ -121,10 +137,11 @@ def _truth_front_render(scene):
 
 
 @torch.no_grad()
-def fronts_of_representation(model, scene, device) -> int:
+def fronts_of_representation(model, scene, device, per_view: bool = False):
     """Fronts seen over a 360° orbit of the fitted representation's own renders (not the export): the same count as
     ``fronts``, which is taken on the exported mesh, so the two together tell a fit's Janus failure from a small
-    front feature lost by the export (mesh extraction and texture baking)."""
+    front feature lost by the export (mesh extraction and texture baking). With ``per_view``: (count, the feature's
+    fraction of each view)."""
     from .world_metrics import count_fronts
 
     feature = [c / 255.0 for c in ASYMMETRIC_OBJECTS[scene.shapes[0]].front_feature]
@@ -134,7 +151,8 @@ def fronts_of_representation(model, scene, device) -> int:
         cams = _front_render_cameras(az, device)
         return model.render(cams, background=white.expand(len(cams), 3)).rgb.clamp(0, 1).cpu()
 
-    return count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)[0]
+    count, fractions = count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
+    return (count, fractions) if per_view else count
 
 
 def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -> torch.Tensor:
@@ -157,7 +175,8 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -
     except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
         row.update({"error": str(err), "shape_ok": False, "colour_ok": False})
     if scene.kind == "asymmetric":
-        row["fronts_fit"] = fronts_of_representation(model, scene, device)
+        row["fronts_fit"], fractions = fronts_of_representation(model, scene, device, per_view=True)
+        row["front_px_fit"] = _pixels_per_view(fractions)
     bg = torch.tensor(list(run_cfg.background.color), dtype=torch.float32)
     return render_turntable(model, frames=8, resolution=96, background=bg, device=device)
 
@@ -275,7 +294,9 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
     columns = ["prompt", "kind", "nearest_shape", "shape_ok", "colour", "hue_error", "colour_ok", "fronts",
                "fronts_fit", "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
     with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + ["run_dir"], extrasaction="ignore")
+        # the CSV also keeps the diagnostics too wide for the Markdown table
+        writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "front_px", "front_px_fit",
+                                                         "run_dir"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     singles = [r for r in rows if r["kind"] == "single"]
