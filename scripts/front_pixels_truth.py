@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from dreamkit.eval.benchmark import FRONT_COUNT as EVAL_COUNT, _front_render_cameras
-from dreamkit.eval.world_metrics import count_fronts
+from dreamkit.eval.world_metrics import count_fronts, feature_pixels
 from dreamkit.render.raster import render_mesh_colors
 from dreamkit.world import ASYMMETRIC_OBJECTS
 from dreamkit.world.scenes import asymmetric_scene
@@ -47,11 +47,10 @@ def main() -> None:
                 fronts, fractions = count_fronts(render, feature)
                 relative, _ = count_fronts(render, feature, truth=truth)
                 linked, shaded = count_fronts(render, feature, truth=truth, **EVAL_COUNT)
-                px = [int(round(x * res * res)) for x in fractions]
-                px_shaded = [int(round(x * res * res)) for x in shaded]
                 print(f"{name:8s} {label} {res:4d}²  fronts {fronts} (fixed 0.002), {relative} (truth-relative), "
                       f"{linked} (eval: truth-relative, shade, hysteresis)\n"
-                      f"    feature px per 15° view: {px}\n    with the shade test:     {px_shaded}")
+                      f"    feature px per 15° view: {feature_pixels(fractions, res)}\n"
+                      f"    with the shade test:     {feature_pixels(shaded, res)}")
 
 
 if __name__ == "__main__":

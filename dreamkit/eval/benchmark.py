@@ -106,7 +106,9 @@ def _extent(verts: torch.Tensor) -> str:
 def _pixels_per_view(fractions, resolution: int = 64) -> str:
     """Front-feature pixels per orbit view (24 views, 15° apart from azimuth 0 = +Z), space-separated: what the
     front count saw, for the CSV."""
-    return " ".join(str(int(round(f * resolution * resolution))) for f in fractions)
+    from .world_metrics import feature_pixels
+
+    return " ".join(map(str, feature_pixels(fractions, resolution)))
 
 
 #: how `dreamkit eval` counts fronts (with the truth's own feature size, see ``world_metrics.count_fronts``): a view
@@ -137,11 +139,11 @@ def _truth_front_render(scene):
 
 
 @torch.no_grad()
-def fronts_of_representation(model, scene, device, per_view: bool = False):
+def fronts_of_representation(model, scene, device) -> tuple[int, list[float]]:
     """Fronts seen over a 360° orbit of the fitted representation's own renders (not the export): the same count as
     ``fronts``, which is taken on the exported mesh, so the two together tell a fit's Janus failure from a small
-    front feature lost by the export (mesh extraction and texture baking). With ``per_view``: (count, the feature's
-    fraction of each view)."""
+    front feature lost by the export (mesh extraction and texture baking). Returns (count, the feature's fraction of
+    each view), as :func:`~dreamkit.eval.world_metrics.count_fronts`."""
     from .world_metrics import count_fronts
 
     feature = [c / 255.0 for c in ASYMMETRIC_OBJECTS[scene.shapes[0]].front_feature]
@@ -151,8 +153,7 @@ def fronts_of_representation(model, scene, device, per_view: bool = False):
         cams = _front_render_cameras(az, device)
         return model.render(cams, background=white.expand(len(cams), 3)).rgb.clamp(0, 1).cpu()
 
-    count, fractions = count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
-    return (count, fractions) if per_view else count
+    return count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
 
 
 def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -> torch.Tensor:
@@ -175,7 +176,7 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -
     except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
         row.update({"error": str(err), "shape_ok": False, "colour_ok": False})
     if scene.kind == "asymmetric":
-        row["fronts_fit"], fractions = fronts_of_representation(model, scene, device, per_view=True)
+        row["fronts_fit"], fractions = fronts_of_representation(model, scene, device)
         row["front_px_fit"] = _pixels_per_view(fractions)
     bg = torch.tensor(list(run_cfg.background.color), dtype=torch.float32)
     return render_turntable(model, frames=8, resolution=96, background=bg, device=device)

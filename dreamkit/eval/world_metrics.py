@@ -243,6 +243,11 @@ def feature_fractions(images: torch.Tensor, feature_rgb: Sequence[float], tolera
     return match.flatten(1).float().mean(1)
 
 
+def feature_pixels(fractions: Sequence[float], resolution: int) -> list[int]:
+    """Per-view feature fractions (:func:`feature_fractions`) of ``resolution``² images as pixel counts."""
+    return [int(round(f * resolution * resolution)) for f in fractions]
+
+
 def _circular_runs(seen: Sequence[bool]) -> int:
     """Separate runs of True in a circular sequence (all True = 1)."""
     if all(seen):
