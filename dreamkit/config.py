@@ -105,8 +105,14 @@ class ExportConfig:
     mesh_threshold: float = 1.0
     #: half-size of the extraction cube; 0 = from the representation (Gaussians: the extent of their means)
     mesh_bound: float = 0.0
-    #: keep the N largest connected components (0 = all)
+    #: keep the N largest connected components (0 = all) ...
     mesh_components: int = 1
+    #: ... none with fewer faces than this fraction of the largest (0.05 keeps a snowman's three balls, not specks)
+    mesh_component_min: float = 0.0
+    #: surface colours: renders (projected from the representation's renders onto the mesh, depth-tested: what the
+    #: renders show, small front features included) | field (the field's density-weighted colour at the surface,
+    #: hidden interior included) | auto (renders with mesh_method=hull, field otherwise)
+    mesh_color: str = "auto"
     #: decimate to at most this many faces (0 = no decimation)
     mesh_faces: int = 20000
     #: texture size in texels (square) and seam padding in texels

@@ -122,6 +122,15 @@ def test_keep_largest_components():
     assert len(f) == len(big.faces) and len(v) == len(big.vertices)
     v, f = keep_largest_components(verts, faces, keep=0)
     assert len(f) == len(faces)
+    # relative to the largest: a part of a third of its size stays (a snowman's head), a speck goes
+    mid = trimesh.creation.icosphere(1)
+    verts3 = np.concatenate([verts, mid.vertices - 3])
+    faces3 = np.concatenate([faces, mid.faces + len(verts)])
+    assert len(big.faces) / len(mid.faces) == 4 and len(big.faces) / len(small.faces) == 16
+    v, f = keep_largest_components(verts3, faces3, keep=0, min_of_largest=0.1)
+    assert len(f) == len(big.faces) + len(mid.faces)
+    v, f = keep_largest_components(verts3, faces3, keep=0, min_of_largest=0.3)
+    assert len(f) == len(big.faces)
 
 
 def sphere_gaussians(n=1500, radius=0.5):
@@ -170,6 +179,66 @@ def test_visual_hull_of_a_gaussian_shell_is_one_solid_surface():
     assert (hull.vertex_colors[up, 0] > hull.vertex_colors[up, 2]).all()  # red on top, from the Gaussians
     with pytest.raises(ValueError, match="mesh_method='voxels'"):
         mesh_from_representation(model, SimpleNamespace(mesh_method="voxels", **common))
+
+
+def test_rendered_colors_show_what_the_renders_show():
+    """export.mesh_color=renders: each surface point takes the colour of the renders that see it (depth-tested
+    against the mesh). The reference is the colour painted on the visible surface: a red-top / blue-bottom shell with
+    a small yellow patch of opaque Gaussians lying on the red at +Z. The field colour (density-weighted over every
+    Gaussian near the point) mixes the patch with the red under it; the renders show yellow. The bottom takes
+    nothing from the top (the depth test), and it matches a direct render's pixel."""
+    from dreamkit.export.extract import RenderedColors, mesh_from_representation
+    from dreamkit.render.sh import rgb_to_sh0
+
+    from dreamkit.representations.gaussians import GaussianConfig, GaussianModel
+    from omegaconf import OmegaConf
+
+    shell, k = sphere_gaussians(), 150
+    model = GaussianModel(OmegaConf.structured(GaussianConfig(num_points=len(shell.means) + k, init_scale=0.01)),
+                          torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(2)
+    # the patch: k small opaque yellow Gaussians in a cap of ~14°, just outside the red shell, which stays
+    centre = torch.nn.functional.normalize(torch.tensor([0.0, 0.5, 0.866]), dim=0)  # 30° up, on the red half
+    d = torch.nn.functional.normalize(torch.randn(k, 3, generator=g) * 0.12 + centre, dim=-1)
+    with torch.no_grad():
+        for name in ("means", "log_scales", "opacity_logits", "sh0", "quats"):
+            if name in model.params:
+                model.params[name][:len(shell.means)] = shell.params[name]
+        model.params["means"][-k:] = d * 0.51
+        model.params["log_scales"][-k:] = float(np.log(0.02))
+        model.params["opacity_logits"][-k:] = float(torch.logit(torch.tensor(0.99)))
+        model.params["sh0"][-k:] = rgb_to_sh0(torch.tensor([[0.95, 0.9, 0.1]]))[:, None, :]
+    common = dict(mesh_method="hull", mesh_resolution=64, mesh_bound=0.0, mesh_components=1, mesh_faces=0,
+                  mesh_views=24, mesh_threshold=0.0)
+    mesh, colors = mesh_from_representation(model, SimpleNamespace(mesh_color="renders", **common))
+    field_mesh, field_colors = mesh_from_representation(model, SimpleNamespace(mesh_color="field", **common))
+    assert isinstance(colors, RenderedColors) and not isinstance(field_colors, RenderedColors)
+    np.testing.assert_array_equal(mesh.verts, field_mesh.verts)  # same geometry, only the colours differ
+    near = mesh.verts @ centre.numpy() / np.linalg.norm(mesh.verts, axis=1) > np.cos(np.deg2rad(3.5))
+    assert near.sum() >= 3
+    # the reference: a direct render looking at the patch's centre (un-premultiplied pixels at the image centre)
+    from dreamkit.cameras import cameras_from_spherical
+    cam = cameras_from_spherical(torch.tensor([30.0]), torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([30.0]),
+                                 64, 64)
+    out = model.render(cam, background=torch.zeros(1, 3))
+    seen = (out.rgb[0, 30:34, 30:34] / out.alpha[0, 30:34, 30:34]).reshape(-1, 3).median(0).values.detach().numpy()
+    assert np.abs(seen - [0.95, 0.9, 0.1]).max() < 0.1  # the render shows the yellow patch
+    err_renders = np.abs(np.median(mesh.vertex_colors[near], 0) - seen).max()
+    err_field = np.abs(np.median(field_mesh.vertex_colors[near], 0) - seen).max()
+    assert err_renders < 0.1 and err_field > 0.5  # the field shows the red under the patch
+    top = (mesh.verts[:, 1] > 0.3)
+    bottom = (mesh.verts[:, 1] < -0.3)
+    np.testing.assert_allclose(np.median(mesh.vertex_colors[top], 0), [0.9, 0.1, 0.1], atol=0.12)
+    np.testing.assert_allclose(np.median(mesh.vertex_colors[bottom], 0), [0.1, 0.1, 0.9], atol=0.12)
+    # the point straight below the centre against a direct render looking up at it
+    cam = cameras_from_spherical(torch.tensor([-75.0]), torch.tensor([0.0]), torch.tensor([3.0]),
+                                 torch.tensor([30.0]), 64, 64)
+    out = model.render(cam, background=torch.zeros(1, 3))
+    pixel = (out.rgb[0, 32, 32] / out.alpha[0, 32, 32]).detach().numpy()
+    below = colors(torch.tensor([[0.0, -0.53, 0.0]])).numpy()[0]
+    np.testing.assert_allclose(below, pixel, atol=0.08)
+    with pytest.raises(ValueError, match="mesh_color='paint'"):
+        mesh_from_representation(model, SimpleNamespace(mesh_color="paint", **common))
 
 
 def test_gaussians_to_textured_glb_and_obj(tmp_path):
