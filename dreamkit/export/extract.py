@@ -463,10 +463,6 @@ class RenderedColors:
         self.normals = torch.as_tensor(np.asarray(normals), dtype=torch.float32)
         self._tree = cKDTree(np.asarray(mesh.verts))
 
-    def weights(self, points: torch.Tensor) -> torch.Tensor:
-        """[P, 3] → [P] Σ f·alpha over the views that see each point (0 = no render sees it)."""
-        return self._accumulate(points.detach().float().cpu())[1]
-
     def _accumulate(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, idx = self._tree.query(p.numpy())
         nrm = self.normals[torch.as_tensor(idx, dtype=torch.long)]
