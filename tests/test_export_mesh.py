@@ -183,15 +183,15 @@ def test_visual_hull_of_a_gaussian_shell_is_one_solid_surface():
 
 def test_rendered_colors_show_what_the_renders_show():
     """export.mesh_color=renders: each surface point takes the colour of the renders that see it (depth-tested
-    against the mesh). The reference is the colour painted on the visible surface: a red-top / blue-bottom shell with
-    a small yellow patch of opaque Gaussians lying on the red at +Z. The field colour (density-weighted over every
-    Gaussian near the point) mixes the patch with the red under it; the renders show yellow. The bottom takes
-    nothing from the top (the depth test), and it matches a direct render's pixel."""
+    against the mesh). The reference is a direct render: a red-top / blue-bottom shell with a small patch of opaque
+    yellow Gaussians just outside the red, 30° up from +Z. A direct render looking at the patch shows yellow, and so
+    do the projected colours there; the field colour (density-weighted over every Gaussian near the point) shows the
+    red under it. The bottom takes nothing from the top (the depth test), and matches a direct render's pixel."""
+    from omegaconf import OmegaConf
+
     from dreamkit.export.extract import RenderedColors, mesh_from_representation
     from dreamkit.render.sh import rgb_to_sh0
-
     from dreamkit.representations.gaussians import GaussianConfig, GaussianModel
-    from omegaconf import OmegaConf
 
     shell, k = sphere_gaussians(), 150
     model = GaussianModel(OmegaConf.structured(GaussianConfig(num_points=len(shell.means) + k, init_scale=0.01)),

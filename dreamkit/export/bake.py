@@ -139,8 +139,8 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     return result
 
 
-_MESH_SETTINGS = ("mesh_resolution", "mesh_threshold", "mesh_bound", "mesh_components", "mesh_component_min", "mesh_faces",
-                  "mesh_method", "mesh_views", "mesh_color",
+_MESH_SETTINGS = ("mesh_resolution", "mesh_threshold", "mesh_bound", "mesh_components", "mesh_component_min",
+                  "mesh_faces", "mesh_method", "mesh_views", "mesh_color",
                   "texture_size", "texture_padding", "mesh_roughness", "mesh_metallic")
 _LAST: list = [None]  # ((model id, settings, parameter fingerprint), Mesh) of the last textured_mesh call
 

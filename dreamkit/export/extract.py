@@ -347,6 +347,29 @@ def fibonacci_view_directions(n: int, max_elevation: float = 75.0) -> tuple[torc
     return elevation.float(), azimuth.float()
 
 
+def lattice_cameras(centre: torch.Tensor, radius: float, views: int, resolution: int, fovy: float = 40.0):
+    """``views`` square cameras on a Fibonacci lattice (:func:`fibonacci_view_directions`) looking at ``centre``, far
+    enough that a ball of ``radius`` around it is in every view, with a 5% margin."""
+    from ..cameras import cameras_from_spherical
+
+    distance = 1.05 * radius / float(np.sin(np.deg2rad(fovy / 2)))
+    el, az = fibonacci_view_directions(views)
+    return cameras_from_spherical(el, az, torch.full((views,), distance), torch.full((views,), float(fovy)),
+                                  resolution, resolution, target=centre.expand(views, 3).clone())
+
+
+def _project_to_image(points: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
+                      resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """points [P, 3] → (camera z [P], grid_sample coordinates [1, 1, P, 2], inside the image and in front [P])."""
+    pc = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[:, 2].clamp_min(1e-6)
+    # pixel centres at integer + 0.5 (the renderers' convention) → grid_sample's normalised coordinates
+    u = (K[0, 0] * pc[:, 0] / z + K[0, 2]) / resolution * 2 - 1
+    w = (K[1, 1] * pc[:, 1] / z + K[1, 2]) / resolution * 2 - 1
+    inside = (pc[:, 2] > 1e-6) & (u.abs() <= 1) & (w.abs() <= 1)
+    return pc[:, 2], torch.stack([u, w], -1).view(1, 1, -1, 2), inside
+
+
 class VisualHullField:
     """The solid a representation's renders show: its visual hull (Laurentini 1994), as a grid for marching cubes.
 
@@ -359,7 +382,8 @@ class VisualHullField:
     Why: the density iso-surface of SDS-fitted Gaussians (:class:`GaussianField`) is porous — the Gaussians make an
     opaque *shell* in every render, but between them the summed density drops under any iso-level, so marching
     cubes returns inner cavities and tunnels that no render shows (measured on the world benchmark's spheres: twice
-    the surface area of their convex hull). Colours still come from ``field``.
+    the surface area of their convex hull). Its ``query_color`` is ``field``'s; :func:`mesh_from_representation`
+    colours a hull export from the renders instead (:class:`RenderedColors`, ``export.mesh_color=auto``).
     """
 
     def __init__(self, model: Any, field: Any, views: int = 48, render_resolution: int = 128,
@@ -377,31 +401,17 @@ class VisualHullField:
 
     @torch.no_grad()
     def density_grid(self, resolution: int, bound: Bound) -> np.ndarray:
-        from ..cameras import cameras_from_spherical
-
         box = torch.as_tensor(_box(bound), dtype=torch.float32)
-        centre = box.mean(0)
-        radius = float((box[1] - box[0]).norm() / 2)
-        # far enough that the whole box is in every view, with a 5% margin
-        distance = 1.05 * radius / float(np.sin(np.deg2rad(self.fovy / 2)))
-        el, az = fibonacci_view_directions(self.views)
         n, R = self.views, self.render_resolution
-        cams = cameras_from_spherical(el, az, torch.full((n,), distance), torch.full((n,), self.fovy), R, R,
-                                      target=centre.expand(n, 3).clone()).to(self.device)
+        cams = lattice_cameras(box.mean(0), float((box[1] - box[0]).norm() / 2), n, R, self.fovy).to(self.device)
         points = grid_points(resolution, bound).reshape(-1, 3)
         value = torch.full((points.shape[0],), 1.0 - self.alpha_threshold)
         for v in range(n):
             cam = cams[v:v + 1]
             alpha = self.model.render(cam, background=torch.zeros(1, 3, device=self.device)).alpha
             alpha = alpha[0, ..., 0].float().cpu()
-            w2c, K = cam.viewmats[0].cpu(), cam.K[0].cpu()
-            pc = points @ w2c[:3, :3].T + w2c[:3, 3]
-            z = pc[:, 2].clamp_min(1e-6)
-            # pixel centres at integer + 0.5 (the renderers' convention) → grid_sample's normalised coordinates
-            u = (K[0, 0] * pc[:, 0] / z + K[0, 2]) / R * 2 - 1
-            w = (K[1, 1] * pc[:, 1] / z + K[1, 2]) / R * 2 - 1
-            inside = (pc[:, 2] > 1e-6) & (u.abs() <= 1) & (w.abs() <= 1)  # outside the image: no evidence
-            grid = torch.stack([u, w], -1).view(1, 1, -1, 2)
+            # a grid point outside this image has no evidence from it
+            _, grid, inside = _project_to_image(points, cam.viewmats[0].cpu(), cam.K[0].cpu(), R)
             sampled = torch.nn.functional.grid_sample(alpha[None, None], grid, mode="bilinear",
                                                       padding_mode="border", align_corners=False).view(-1)
             value = torch.where(inside, torch.minimum(value, sampled - self.alpha_threshold), value)
@@ -417,8 +427,8 @@ class RenderedColors:
     visibility, so the back of the object and the far side of a concavity take nothing from a view. A point's colour
     is Σ f·rgb / Σ f·alpha over those views, f = max(0, n·to_camera)^sharpness from the nearest vertex's normal n:
     the views facing the surface dominate (with 48 views one is within ~15° of any normal; cos⁸ 15° = 0.76,
-    cos⁸ 45° = 0.06), since oblique views see a small feature partly hidden behind its neighbours. Points no render sees (inside a cup) fall back to
-    ``fallback`` (the field's colour).
+    cos⁸ 45° = 0.06), since oblique views see a small feature partly hidden behind its neighbours. Points no render
+    sees (inside a cup) fall back to ``fallback`` (the field's colour).
 
     Why: the field's colour at a surface point is the density-weighted colour of every Gaussian overlapping it, the
     hidden interior ones included, so small front features (a door, a carrot nose) that every render shows are
@@ -430,7 +440,6 @@ class RenderedColors:
                  device: torch.device | str = "cpu", depth_tolerance: float = 0.02, sharpness: float = 8.0):
         from scipy.spatial import cKDTree
 
-        from ..cameras import cameras_from_spherical
         from ..render.raster import rasterize_mesh
 
         self.fallback, self.sharpness = fallback, float(sharpness)
@@ -438,12 +447,9 @@ class RenderedColors:
         verts = torch.as_tensor(np.asarray(mesh.verts), dtype=torch.float32)
         faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
         lo, hi = verts.min(0).values, verts.max(0).values
-        centre, radius = (lo + hi) / 2, float((hi - lo).norm() / 2)
-        distance = 1.05 * radius / float(np.sin(np.deg2rad(fovy / 2)))
-        el, az = fibonacci_view_directions(int(views))
+        radius = float((hi - lo).norm() / 2)
         n, R = int(views), int(render_resolution)
-        cams = cameras_from_spherical(el, az, torch.full((n,), distance), torch.full((n,), float(fovy)), R, R,
-                                      target=centre.expand(n, 3).clone())
+        cams = lattice_cameras((lo + hi) / 2, radius, n, R, fovy)
         rgba, zbuf = [], []
         with torch.no_grad():
             for v in range(n):
@@ -459,7 +465,9 @@ class RenderedColors:
         self.viewmats, self.K, self.R = cams.viewmats.float(), cams.K.float(), R
         self.centres = cams.c2w[:, :3, 3].float()
         self.tolerance = float(depth_tolerance) * 2 * radius
-        normals = mesh.normals if mesh.normals is not None else vertex_normals(np.asarray(mesh.verts), np.asarray(mesh.faces))
+        normals = mesh.normals
+        if normals is None:
+            normals = vertex_normals(np.asarray(mesh.verts), np.asarray(mesh.faces))
         self.normals = torch.as_tensor(np.asarray(normals), dtype=torch.float32)
         self._tree = cKDTree(np.asarray(mesh.verts))
 
@@ -468,18 +476,12 @@ class RenderedColors:
         nrm = self.normals[torch.as_tensor(idx, dtype=torch.long)]
         num, den = torch.zeros(len(p), 3), torch.zeros(len(p))
         for v in range(len(self.rgba)):
-            w2c, K = self.viewmats[v], self.K[v]
-            pc = p @ w2c[:3, :3].T + w2c[:3, 3]
-            z = pc[:, 2]
-            zs = z.clamp_min(1e-6)
-            u = (K[0, 0] * pc[:, 0] / zs + K[0, 2]) / self.R * 2 - 1
-            w = (K[1, 1] * pc[:, 1] / zs + K[1, 2]) / self.R * 2 - 1
-            grid = torch.stack([u, w], -1).view(1, 1, -1, 2)
+            z, grid, inside = _project_to_image(p, self.viewmats[v], self.K[v], self.R)
             rgba = torch.nn.functional.grid_sample(self.rgba[v:v + 1], grid, mode="bilinear", padding_mode="zeros",
                                                    align_corners=False).view(4, -1)
             zb = torch.nn.functional.grid_sample(self.zbuf[v:v + 1], grid, mode="nearest", padding_mode="border",
                                                  align_corners=False).view(-1)
-            seen = (z > 1e-6) & (u.abs() <= 1) & (w.abs() <= 1) & (z <= zb + self.tolerance)
+            seen = inside & (z <= zb + self.tolerance)
             to_cam = torch.nn.functional.normalize(self.centres[v] - p, dim=-1)
             f = (nrm * to_cam).sum(-1).clamp_min(0) ** self.sharpness * seen
             num += f[:, None] * rgba[:3].T
@@ -602,8 +604,8 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
         bound = float(cfg.mesh_bound)
     method = str(getattr(cfg, "mesh_method", "density"))
     threshold = float(getattr(cfg, "mesh_threshold", 1.0))
+    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
     if method == "hull":
-        device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
         field = VisualHullField(model, field, views=int(getattr(cfg, "mesh_views", 48)),
                                 render_resolution=int(getattr(cfg, "mesh_resolution", 128)), device=device)
         threshold = 0.0
@@ -624,7 +626,6 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
         raise ValueError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
                          "'field' (the field's colour at the surface) or 'auto' (renders with mesh_method=hull)")
     if source == "renders" or (source == "auto" and method == "hull"):
-        device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
         colors = RenderedColors(model, mesh, fallback=field.query_color, views=int(getattr(cfg, "mesh_views", 48)),
                                 render_resolution=int(getattr(cfg, "mesh_resolution", 128)), device=device)
         mesh.vertex_colors = colors(torch.as_tensor(mesh.verts)).numpy()
