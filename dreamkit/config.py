@@ -96,11 +96,14 @@ class ExportConfig:
     #: density grid samples per axis for marching cubes
     mesh_resolution: int = 128
     #: density: iso-surface of the density field at mesh_threshold | hull: the visual hull of mesh_views renders'
-    #: silhouettes (alpha ≥ 0.5): solid, no inner cavities or faint floaters, but no concavity that no silhouette
-    #: shows (a cup's inside); mesh_threshold is unused
+    #: silhouettes (alpha ≥ mesh_hull_alpha): solid, no inner cavities or faint floaters, but no concavity that no
+    #: silhouette shows (a cup's inside); mesh_threshold is unused
     mesh_method: str = "density"
     #: cameras (a Fibonacci lattice) whose silhouettes carve the grid when mesh_method=hull
     mesh_views: int = 48
+    #: mesh_method=hull: a render's pixel is inside the silhouette at alpha ≥ this. Lower keeps thin parts that SDS
+    #: renders only half opaque (a snowman's carrot nose), higher trims soft fringes
+    mesh_hull_alpha: float = 0.5
     #: iso-level of the density (Gaussians: Σ opacity·exp(−½ Mahalanobis²), as DreamGaussian)
     mesh_threshold: float = 1.0
     #: half-size of the extraction cube; 0 = from the representation (Gaussians: the extent of their means)

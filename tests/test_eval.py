@@ -296,3 +296,43 @@ def test_score_mesh_of_the_truth_itself():
     pixels = [int(x) for x in row["front_px"].split()]
     assert row["fronts"] == 1 and row["extent"] == row["extent_truth"]
     assert len(pixels) == 24 and pixels[0] > 0 and pixels[12] == 0
+
+
+def test_fronts_of_a_perfect_bake_match_the_truth():
+    """A perfect fit's export — the true house, finely subdivided, coloured by projecting the truth's own shaded
+    renders onto it (RenderedColors, as a hull export of a fit is coloured) — counts one front, with the truth's
+    door pixels view by view. The count renders the export unlit: shading its colours a second time turns the lit
+    yellow walls into the door's brown in views where the truth shows no door."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import trimesh.remesh
+
+    from dreamkit.eval.benchmark import _front_render_cameras, _truth_front_render, fronts_of_mesh
+    from dreamkit.eval.world_metrics import feature_fractions, WORLD_SHADE_RANGE
+    from dreamkit.export.extract import RenderedColors
+    from dreamkit.export.mesh import Mesh, render_mesh
+    from dreamkit.render.raster import render_mesh_colors
+
+    scene = asymmetric_scene("house")
+    v, f, c = scene.mesh()
+
+    class TruthModel:
+        def render(self, cams, background):
+            rgb, alpha, _ = render_mesh_colors(v, f, cams, face_colors=c, background=tuple(background[0].tolist()))
+            return SimpleNamespace(rgb=rgb, alpha=alpha)
+
+    sv, sf = trimesh.remesh.subdivide_to_size(v.double().numpy(), f.numpy(), max_edge=0.015)
+    mesh = Mesh(verts=sv.astype(np.float32), faces=sf.astype(np.int64))
+    mesh.vertex_colors = RenderedColors(TruthModel(), mesh)(torch.as_tensor(mesh.verts)).numpy()
+    count, fractions = fronts_of_mesh(mesh, scene)
+    az = torch.arange(24) * 15.0
+    door = [x / 255 for x in ASYMMETRIC_OBJECTS["house"].front_feature]
+    truth = feature_fractions(_truth_front_render(scene)(az), door, 0.12, WORLD_SHADE_RANGE) * 64 * 64
+    baked = torch.tensor(fractions) * 64 * 64
+    assert count == 1
+    assert (baked - truth).abs().max() <= 6, (baked.tolist(), truth.tolist())  # a few pixels at the door's edges
+    assert baked[truth == 0].max() <= 2
+    shaded = feature_fractions(render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0))[0], door,
+                               0.12, WORLD_SHADE_RANGE) * 64 * 64
+    assert shaded[truth == 0].max() >= 10  # door-coloured walls where there is no door

@@ -181,6 +181,37 @@ def test_visual_hull_of_a_gaussian_shell_is_one_solid_surface():
         mesh_from_representation(model, SimpleNamespace(mesh_method="voxels", **common))
 
 
+def test_hull_alpha_keeps_a_half_opaque_thin_part():
+    """export.mesh_hull_alpha: a thin part that renders half opaque (a snowman's carrot as SDS leaves it: a line of
+    Gaussians at opacity 0.3, alpha ≈ 0.4 side on, sticking out of a ball along +Z to z = 0.8) is outside the
+    silhouettes at the default alpha 0.5 (but for its root in the ball's fringe) and inside them at 0.3, while the
+    ball keeps its size."""
+    from omegaconf import OmegaConf
+
+    from dreamkit.export.extract import mesh_from_representation
+    from dreamkit.representations.gaussians import GaussianConfig, GaussianModel
+
+    shell, k = sphere_gaussians(), 12
+    model = GaussianModel(OmegaConf.structured(GaussianConfig(num_points=len(shell.means) + k, init_scale=0.01)),
+                          torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for name in ("means", "log_scales", "opacity_logits", "sh0", "quats"):
+            if name in model.params:
+                model.params[name][:len(shell.means)] = shell.params[name]
+        model.params["means"][-k:] = torch.stack([torch.zeros(k), torch.zeros(k), torch.linspace(0.5, 0.8, k)], -1)
+        model.params["log_scales"][-k:] = float(np.log(0.015))
+        model.params["opacity_logits"][-k:] = float(torch.logit(torch.tensor(0.3)))
+    common = dict(mesh_method="hull", mesh_resolution=64, mesh_bound=0.9, mesh_components=1, mesh_faces=0,
+                  mesh_views=24, mesh_threshold=0.0, mesh_color="field")
+    default, _ = mesh_from_representation(model, SimpleNamespace(**common))
+    low, _ = mesh_from_representation(model, SimpleNamespace(mesh_hull_alpha=0.3, **common))
+    assert default.verts[:, 2].max() < 0.7 and low.verts[:, 2].max() > 0.77  # the tip: z = 0.8 + a Gaussian
+    for hull in (default, low):
+        assert 0.52 < hull.verts[:, 0].max() < 0.62  # the ball across (radius 0.5 + its Gaussians)
+    with pytest.raises(ValueError, match="mesh_hull_alpha=1.5"):
+        mesh_from_representation(model, SimpleNamespace(mesh_hull_alpha=1.5, **common))
+
+
 def test_rendered_colors_show_what_the_renders_show():
     """export.mesh_color=renders: each surface point takes the colour of the renders that see it (depth-tested
     against the mesh). The reference is a direct render: a red-top / blue-bottom shell with a small patch of opaque

@@ -55,9 +55,8 @@ def resolve_prompts(spec: Sequence[str]) -> list[str]:
 
 def score_mesh(mesh, scene) -> dict:
     """Metrics of an exported mesh (``dreamkit.export.mesh.Mesh``) against a world scene's ground truth."""
-    from ..export.mesh import render_mesh
-    from .world_metrics import (chamfer, circular_mean_hue, count_fronts, hue_distance, nearest_colour,
-                                nearest_shape, normalize_points, sample_surface, volume_iou)
+    from .world_metrics import (chamfer, circular_mean_hue, hue_distance, nearest_colour, nearest_shape,
+                                normalize_points, sample_surface, volume_iou)
 
     from ..export.extract import decimate
 
@@ -84,16 +83,32 @@ def score_mesh(mesh, scene) -> dict:
         row["hue_error"] = hue_distance(hue, COLOURS[scene.colours[0]].hue) if hue is not None else 180.0
         row["colour_ok"] = row["colour"] == scene.colours[0]
     if scene.kind == "asymmetric":
-        feature = [c / 255.0 for c in ASYMMETRIC_OBJECTS[scene.shapes[0]].front_feature]
-
-        def render(az: torch.Tensor) -> torch.Tensor:
-            return render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0))[0]
-
-        row["fronts"], fractions = count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
+        row["fronts"], fractions = fronts_of_mesh(mesh, scene)
         row["front_px"] = _pixels_per_view(fractions)
     row["extent"] = _extent(v)
     row["extent_truth"] = _extent(torch.as_tensor(gv, dtype=torch.float32))
     return row
+
+
+def fronts_of_mesh(mesh, scene) -> tuple[int, list[float]]:
+    """Fronts seen over the 360° orbit of an exported mesh (``fronts``): (count, the feature's fraction of each view),
+    as :func:`~dreamkit.eval.world_metrics.count_fronts`.
+
+    The mesh is rendered unlit: an export's colours are those of the fit's renders (``RenderedColors``) or of its
+    field, so they already hold the lighting that the prior's training images had, as the fit's own renders
+    (``fronts_fit``) do. Shading them again darkens a yellow wall toward a brown door's colour: with the ground
+    truth's own renders projected onto its mesh (a perfect fit's export), a shaded count sees door pixels where the
+    truth shows none, while the unlit count matches the truth view by view (tests/test_eval.py,
+    ``test_fronts_of_a_perfect_bake_match_the_truth``)."""
+    from ..export.mesh import render_mesh
+    from .world_metrics import count_fronts
+
+    feature = [c / 255.0 for c in ASYMMETRIC_OBJECTS[scene.shapes[0]].front_feature]
+
+    def render(az: torch.Tensor) -> torch.Tensor:
+        return render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0), ambient=1.0, diffuse=0.0)[0]
+
+    return count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
 
 
 def _extent(verts: torch.Tensor) -> str:

@@ -606,8 +606,12 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
     threshold = float(getattr(cfg, "mesh_threshold", 1.0))
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
     if method == "hull":
+        alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"export.mesh_hull_alpha={alpha}: use a value between 0 and 1 (0.5 by default)")
         field = VisualHullField(model, field, views=int(getattr(cfg, "mesh_views", 48)),
-                                render_resolution=int(getattr(cfg, "mesh_resolution", 128)), device=device)
+                                render_resolution=int(getattr(cfg, "mesh_resolution", 128)), alpha_threshold=alpha,
+                                device=device)
         threshold = 0.0
     elif method != "density":
         raise ValueError(f"export.mesh_method={method!r}: use 'density' (iso-surface of the density field) or "
