@@ -212,6 +212,20 @@ def test_hull_alpha_keeps_a_half_opaque_thin_part():
         mesh_from_representation(model, SimpleNamespace(mesh_hull_alpha=1.5, **common))
 
 
+def test_textured_mesh_cache_follows_every_mesh_setting():
+    """textured_mesh extracts and bakes once for `glb` then `obj` of one model, and again when any export.mesh_* or
+    texture_* setting changes — e.g. mesh_hull_alpha, which the cache key's former hand-written list missed."""
+    from dreamkit.export.bake import textured_mesh
+
+    model = sphere_gaussians()
+    common = dict(mesh_method="hull", mesh_resolution=24, mesh_bound=0.0, mesh_components=1, mesh_faces=0,
+                  mesh_views=8, mesh_threshold=0.0, mesh_color="field", texture_size=32, texture_padding=2)
+    first = textured_mesh(model, SimpleNamespace(mesh_hull_alpha=0.5, **common))
+    assert textured_mesh(model, SimpleNamespace(mesh_hull_alpha=0.5, **common)) is first
+    other = textured_mesh(model, SimpleNamespace(mesh_hull_alpha=0.95, **common))
+    assert other is not first
+
+
 def test_rendered_colors_show_what_the_renders_show():
     """export.mesh_color=renders: each surface point takes the colour of the renders that see it (depth-tested
     against the mesh). The reference is a direct render: a red-top / blue-bottom shell with a small patch of opaque

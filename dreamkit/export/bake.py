@@ -127,8 +127,7 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     def opt(name, default):
         return default if export_cfg is None else getattr(export_cfg, name, default)
 
-    settings = tuple((k, opt(k, None)) for k in _MESH_SETTINGS)
-    key = (id(model), settings, _fingerprint(model))
+    key = (id(model), _mesh_settings(export_cfg), _fingerprint(model))
     if _LAST[0] is not None and _LAST[0][0] == key:  # `glb` then `obj` of one model: extract and bake once
         return _LAST[0][1]
     mesh, color_fn = mesh_from_representation(model, export_cfg)
@@ -139,9 +138,15 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     return result
 
 
-_MESH_SETTINGS = ("mesh_resolution", "mesh_threshold", "mesh_bound", "mesh_components", "mesh_component_min",
-                  "mesh_faces", "mesh_method", "mesh_views", "mesh_color",
-                  "texture_size", "texture_padding", "mesh_roughness", "mesh_metallic")
+def _mesh_settings(export_cfg) -> tuple:
+    """Every ``export.mesh_*`` and ``export.texture_*`` setting (OmegaConf node or namespace), for the cache key: a new
+    mesh setting cannot be left out of it."""
+    if export_cfg is None:
+        return ()
+    items = export_cfg.items() if hasattr(export_cfg, "items") else vars(export_cfg).items()
+    return tuple(sorted((k, repr(v)) for k, v in items if k.startswith(("mesh_", "texture_"))))
+
+
 _LAST: list = [None]  # ((model id, settings, parameter fingerprint), Mesh) of the last textured_mesh call
 
 

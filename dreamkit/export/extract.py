@@ -605,6 +605,10 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
     method = str(getattr(cfg, "mesh_method", "density"))
     threshold = float(getattr(cfg, "mesh_threshold", 1.0))
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
+    source = str(getattr(cfg, "mesh_color", "auto"))
+    if source not in ("auto", "renders", "field"):  # checked before the (slow) extraction
+        raise ValueError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
+                         "'field' (the field's colour at the surface) or 'auto' (renders with mesh_method=hull)")
     if method == "hull":
         alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
         if not 0.0 < alpha < 1.0:
@@ -625,10 +629,6 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
         max_faces=int(getattr(cfg, "mesh_faces", 20000)),
         min_of_largest=float(getattr(cfg, "mesh_component_min", 0.0)),
     )
-    source = str(getattr(cfg, "mesh_color", "auto"))
-    if source not in ("auto", "renders", "field"):
-        raise ValueError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
-                         "'field' (the field's colour at the surface) or 'auto' (renders with mesh_method=hull)")
     if source == "renders" or (source == "auto" and method == "hull"):
         colors = RenderedColors(model, mesh, fallback=field.query_color, views=int(getattr(cfg, "mesh_views", 48)),
                                 render_resolution=int(getattr(cfg, "mesh_resolution", 128)), device=device)
