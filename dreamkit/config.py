@@ -124,6 +124,11 @@ class ExportConfig:
     #: PBR constants baked into the ORM texture (occlusion is 1)
     mesh_roughness: float = 0.9
     mesh_metallic: float = 0.0
+    #: material of the GLB/OBJ: auto (unlit when the baked colours already hold the lighting — projected from the
+    #: renders, or from a representation that does not shade its training renders, as every shipped recipe — else
+    #: pbr) | pbr (lit metallic-roughness) | unlit (the same material marked KHR_materials_unlit in the GLB and
+    #: illum 0 in the MTL, so viewers show the colours as the fit rendered them instead of lighting them again)
+    mesh_material: str = "auto"
     #: centre (bounding box centred at the origin) | base (centred in X/Z, bottom at y = 0) | keep
     mesh_origin: str = "centre"
     #: also write mesh_glb_preview.png + mesh_glb_turntable.mp4 (mesh_obj_preview.png for OBJ) rendered from the file

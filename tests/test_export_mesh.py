@@ -449,3 +449,81 @@ def test_exporters_registered_and_origin_checked(tmp_path, baked_house):
         export_glb(object(), tmp_path / "x.glb", export_cfg=SimpleNamespace(mesh_origin="top"))
     with pytest.raises(ValueError, match="empty"):
         glb_bytes(Mesh(np.zeros((0, 3)), np.zeros((0, 3))))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# unlit materials: colours that already hold the lighting
+
+
+def test_unlit_glb_is_valid_and_viewers_show_the_colours_unshaded(tmp_path, house, baked_house):
+    """``Mesh.unlit`` writes the ratified KHR_materials_unlit extension (used, not required, over the same
+    metallic-roughness fallback); the validator accepts it, pygltflib and our loader read it back, and the file
+    re-rendered as such a viewer shows it matches the truth rendered without shading (an independent renderer)."""
+    import pygltflib
+
+    path = write_glb(baked_house.copy(unlit=True), tmp_path / "house_unlit.glb", origin="keep")
+    report = validate_glb(path)
+    assert report["issues"]["numErrors"] == 0 and report["issues"]["numWarnings"] == 0, report["issues"]["messages"]
+    gltf = pygltflib.GLTF2().load(str(path))
+    assert gltf.extensionsUsed == ["KHR_materials_unlit"] and not gltf.extensionsRequired
+    material = gltf.materials[0]
+    assert material.extensions == {"KHR_materials_unlit": {}}
+    assert material.pbrMetallicRoughness.baseColorTexture is not None  # the fallback and the unlit colour source
+    # The lit file has no extension, and the loader tells them apart.
+    lit = write_glb(baked_house, tmp_path / "house_lit.glb", origin="keep")
+    assert not pygltflib.GLTF2().load(str(lit)).extensionsUsed
+    reloaded, reloaded_lit = load_mesh_file(path), load_mesh_file(lit)
+    assert reloaded.unlit and not reloaded_lit.unlit
+
+    cams = orbit_cameras(4, 96, 96, elevation=20.0, distance=2.5, start_azimuth=30.0)
+    flat, _, _ = render_mesh_colors(house.verts, house.faces, cams, face_colors=house.face_colors, ambient=1.0,
+                                    diffuse=0.0)
+    shaded, _, _ = render_mesh_colors(house.verts, house.faces, cams, face_colors=house.face_colors)
+    unlit_rgb, _ = render_mesh(reloaded, cams)
+    lit_rgb, _ = render_mesh(reloaded_lit, cams)
+    assert psnr(unlit_rgb, flat) >= 24.0 and psnr(lit_rgb, shaded) >= 24.0
+    assert psnr(unlit_rgb, shaded) < 21.0  # the two really differ: a shaded preview of an unlit file would fail
+
+
+def test_unlit_obj_writes_illum_0_and_reads_back(tmp_path, baked_house):
+    path = write_obj(baked_house.copy(unlit=True), tmp_path / "house.obj", origin="keep")
+    assert "illum 0" in (tmp_path / "house.mtl").read_text().splitlines()
+    assert load_mesh_file(path).unlit
+    lit = write_obj(baked_house, tmp_path / "lit" / "house.obj", origin="keep")
+    assert "illum 2" in (tmp_path / "lit" / "house.mtl").read_text().splitlines()
+    assert not load_mesh_file(lit).unlit
+
+
+def test_mesh_material_auto_follows_where_the_colours_come_from():
+    """auto: unlit for colours that hold the lighting (Gaussians; NeRF with shading=albedo; a mesh whose training
+    renders are never shaded; anything projected from renders), pbr for an albedo learned under lights."""
+    from omegaconf import OmegaConf
+
+    from dreamkit.errors import ConfigError
+    from dreamkit.export.bake import _check_material, material_is_unlit
+    from dreamkit.export.extract import RenderedColors
+    from dreamkit.representations.mesh import MeshConfig, MeshModel
+    from dreamkit.representations.nerf import NeRFConfig, NeRFModel
+
+    gaussians = sphere_gaussians(n=50)
+    nerf_kw = dict(n_levels=2, base_resolution=4, per_level_scale=1.5, hidden_dim=8, num_samples=8,
+                   occ_resolution=8, normals="analytic")
+    nerf_albedo = NeRFModel(NeRFConfig(**nerf_kw), torch.Generator().manual_seed(0))
+    nerf_diffuse = NeRFModel(NeRFConfig(shading="diffuse", **nerf_kw), torch.Generator().manual_seed(0))
+    mesh_cfg = OmegaConf.structured(MeshConfig(init_subdivisions=1))
+    mesh_albedo_only = MeshModel(mesh_cfg)
+    mesh_cfg_shaded = OmegaConf.structured(MeshConfig(init_subdivisions=1))
+    mesh_cfg_shaded.material.mode_probs = [0.2, 0.3, 0.5]  # DreamFusion-style random shading
+    mesh_shaded = MeshModel(mesh_cfg_shaded)
+
+    assert material_is_unlit(gaussians, None)
+    assert material_is_unlit(nerf_albedo, nerf_albedo.query_color)
+    assert not material_is_unlit(nerf_diffuse, nerf_diffuse.query_color)
+    assert material_is_unlit(mesh_albedo_only, mesh_albedo_only.query_color)
+    assert not material_is_unlit(mesh_shaded, mesh_shaded.query_color)
+    projected = RenderedColors.__new__(RenderedColors)  # only its type matters here
+    assert material_is_unlit(nerf_diffuse, projected)  # renders show the lighting, whatever the field learned
+    # explicit choices win
+    assert not material_is_unlit(gaussians, None, "pbr") and material_is_unlit(mesh_shaded, None, "unlit")
+    with pytest.raises(ConfigError, match="mesh_material='lit'.*auto.*pbr.*unlit"):
+        _check_material(SimpleNamespace(mesh_material="lit"))

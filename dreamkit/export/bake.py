@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .mesh import Mesh
 from .uv import unwrap_uv
 
-__all__ = ["rasterize_uv", "bake_texture", "pad_texture", "bake_mesh"]
+__all__ = ["rasterize_uv", "bake_texture", "pad_texture", "bake_mesh", "textured_mesh", "material_is_unlit"]
 
 ColorFn = Callable[[torch.Tensor], torch.Tensor]  # points [N, 3] → RGB [N, 3] in [0, 1]
 
@@ -127,6 +127,7 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     def opt(name, default):
         return default if export_cfg is None else getattr(export_cfg, name, default)
 
+    material = _check_material(export_cfg)  # before the (slow) extraction
     key = (id(model), _mesh_settings(export_cfg), _fingerprint(model))
     if _LAST[0] is not None and _LAST[0][0] == key:  # `glb` then `obj` of one model: extract and bake once
         return _LAST[0][1]
@@ -134,8 +135,37 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     result = bake_mesh(mesh, texture_size=int(opt("texture_size", 1024)), padding=int(opt("texture_padding", 8)),
                      color_fn=color_fn, roughness=float(opt("mesh_roughness", 0.9)),
                      metallic=float(opt("mesh_metallic", 0.0)), orm_fn=getattr(model, "query_orm", None))
+    result = result.copy(unlit=material_is_unlit(model, color_fn, material))
     _LAST[0] = (key, result)
     return result
+
+
+MATERIALS = ("auto", "pbr", "unlit")
+
+
+def _check_material(export_cfg) -> str:
+    from ..errors import ConfigError
+
+    material = "auto" if export_cfg is None else str(getattr(export_cfg, "mesh_material", "auto"))
+    if material not in MATERIALS:
+        raise ConfigError(f"export.mesh_material={material!r} — use auto (unlit when the colours already hold the "
+                          "lighting), pbr (lit metallic-roughness) or unlit")
+    return material
+
+
+def material_is_unlit(model, color_fn: Optional[ColorFn], material: str = "auto") -> bool:
+    """``export.mesh_material`` resolved: ``auto`` marks the material unlit when the baked colours already hold the
+    lighting, i.e. they were projected from the representation's renders (:class:`~.extract.RenderedColors`), or
+    the representation says its colours do (``colors_hold_lighting``: Gaussians always, NeRF/triplane with
+    ``shading=albedo``, meshes with no shaded training renders; True for a representation that does not say).
+    Lighting them again in a viewer would shade them twice (darker, with the fit's light baked in as well)."""
+    if material != "auto":
+        return material == "unlit"
+    from .extract import RenderedColors
+
+    if isinstance(color_fn, RenderedColors):
+        return True
+    return bool(getattr(model, "colors_hold_lighting", True))
 
 
 def _mesh_settings(export_cfg) -> tuple:

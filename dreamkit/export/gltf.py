@@ -9,7 +9,10 @@ tests/test_export_mesh.py. Layout:
 * One buffer; buffer views start at multiples of 4 bytes. Vertex attributes (POSITION with min/max, NORMAL,
   TEXCOORD_0 or COLOR_0) have target ARRAY_BUFFER, the indices (unsigned int) ELEMENT_ARRAY_BUFFER, images none.
 * Material: ``baseColorTexture``; the ORM image serves both ``metallicRoughnessTexture`` (G = roughness,
-  B = metallic) and ``occlusionTexture`` (R), as glTF intends; optional ``normalTexture``.
+  B = metallic) and ``occlusionTexture`` (R), as glTF intends; optional ``normalTexture``. A mesh whose colours
+  already hold the lighting (``Mesh.unlit``) also gets the ratified ``KHR_materials_unlit`` extension, listed in
+  ``extensionsUsed`` but not ``extensionsRequired``: viewers that know it show the base colour as it is, the others
+  fall back to the same metallic-roughness material (the extension's fallback advice: metallic 0, roughness > 0.5).
 * Axes: glTF is +Y up, +Z front, metres — the same as dreamkit's world, so no axis change. glTF's UV origin is the
   top-left of the image, so TEXCOORD_0 = (u, 1 − v) of our OpenGL-convention UVs.
 """
@@ -102,6 +105,8 @@ def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name
     pbr: dict = {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": float(mesh.metallic),
                  "roughnessFactor": float(mesh.roughness)}
     material: dict = {"name": f"{name}_material", "pbrMetallicRoughness": pbr, "doubleSided": bool(double_sided)}
+    if mesh.unlit:
+        material["extensions"] = {"KHR_materials_unlit": {}}
     if textured:
         pbr["baseColorTexture"] = {"index": add_texture(mesh.base_color, "base_color")}
         if mesh.orm is not None:
@@ -123,6 +128,8 @@ def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name
         "bufferViews": views,
         "buffers": [{"byteLength": len(blob)}],
     }
+    if mesh.unlit:
+        gltf["extensionsUsed"] = ["KHR_materials_unlit"]
     if textures:
         gltf["samplers"] = [{"magFilter": _LINEAR, "minFilter": _LINEAR_MIPMAP_LINEAR, "wrapS": _CLAMP_TO_EDGE,
                              "wrapT": _CLAMP_TO_EDGE}]

@@ -36,6 +36,8 @@ class Mesh:
         normal_map: [H, W, 3] float32 tangent-space normals encoded as 0.5·n + 0.5, or None.
         roughness, metallic: material factors used when ``orm`` is None (glTF multiplies them with the texture,
             so with a texture the writers set both factors to 1).
+        unlit: the colours already hold the lighting (they are what the fit's renders showed): viewers should show
+            them as they are, not light them again (GLB: ``KHR_materials_unlit``; MTL: ``illum 0``).
     """
 
     verts: np.ndarray
@@ -48,6 +50,7 @@ class Mesh:
     normal_map: Optional[np.ndarray] = None
     roughness: float = 0.9
     metallic: float = 0.0
+    unlit: bool = False
     name: str = field(default="mesh")
 
     def __post_init__(self) -> None:
@@ -120,14 +123,20 @@ def sample_texture(texture: torch.Tensor, uvs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def render_mesh(mesh: Mesh, cameras, background: Sequence[float] = (1.0, 1.0, 1.0), ssaa: int = 1,
-                light_dir_world: Sequence[float] = (0.4, 0.8, 0.45), ambient: float = 0.35,
-                diffuse: float = 0.65) -> tuple[torch.Tensor, torch.Tensor]:
+                light_dir_world: Sequence[float] = (0.4, 0.8, 0.45), ambient: Optional[float] = None,
+                diffuse: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``mesh`` with the shading of :func:`dreamkit.render.raster.render_mesh_colors` (two-sided Lambert,
-    fixed world light), colour from the base-colour texture sampled per pixel at the interpolated UVs when the mesh
-    has one, else from vertex colours, else grey.
+    fixed world light: ambient 0.35, diffuse 0.65), or unlit (ambient 1, diffuse 0) when ``mesh.unlit`` — as a
+    viewer shows a ``KHR_materials_unlit`` material; explicit ``ambient``/``diffuse`` override both. Colour from the
+    base-colour texture sampled per pixel at the interpolated UVs when the mesh has one, else from vertex colours,
+    else grey.
 
     Returns rgb [B, H, W, 3] and alpha [B, H, W, 1] (coverage).
     """
+    if ambient is None:
+        ambient = 1.0 if mesh.unlit else 0.35
+    if diffuse is None:
+        diffuse = 0.0 if mesh.unlit else 0.65
     from ..render.raster import face_normals, rasterize_mesh
 
     W, H = cameras.width, cameras.height
@@ -162,9 +171,34 @@ def render_mesh(mesh: Mesh, cameras, background: Sequence[float] = (1.0, 1.0, 1.
     return rgb, alpha
 
 
+def file_is_unlit(path: str | Path) -> bool:
+    """Whether a mesh file asks viewers not to light its colours: a glTF material with ``KHR_materials_unlit`` (read
+    with pygltflib), or an OBJ whose MTL material has ``illum 0`` ("colour on, ambient off": Kd as it is; read with
+    trimesh's MTL parser)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".glb", ".gltf"):
+        import pygltflib
+
+        gltf = pygltflib.GLTF2().load(str(path))
+        return any("KHR_materials_unlit" in (m.extensions or {}) for m in gltf.materials or [])
+    if suffix == ".obj":
+        import trimesh
+
+        loaded = trimesh.load(str(path), process=False)
+        geoms = list(loaded.dump()) if isinstance(loaded, trimesh.Scene) else [loaded]
+        for geom in geoms:
+            kwargs = getattr(getattr(geom.visual, "material", None), "kwargs", None) or {}
+            illum = kwargs.get("illum")
+            if illum is not None and str(illum[0] if isinstance(illum, (list, tuple)) else illum).strip() == "0":
+                return True
+    return False
+
+
 def load_mesh_file(path: str | Path) -> Mesh:
     """Read a GLB / glTF / OBJ (one textured or coloured mesh, scenes are flattened) with trimesh — a reader we did
-    not write — into a :class:`Mesh`; the base-colour texture is read from the PBR (or OBJ) material."""
+    not write — into a :class:`Mesh`; the base-colour texture is read from the PBR (or OBJ) material, and ``unlit``
+    from the material (:func:`file_is_unlit`)."""
     import trimesh
 
     loaded = trimesh.load(str(path), process=False)
@@ -199,7 +233,7 @@ def load_mesh_file(path: str | Path) -> Mesh:
         fc = np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0
         verts, faces = verts[faces].reshape(-1, 3), np.arange(len(faces) * 3).reshape(-1, 3)
         kw["vertex_colors"] = np.repeat(fc, 3, axis=0)
-    return Mesh(verts=verts, faces=faces, **kw)
+    return Mesh(verts=verts, faces=faces, unlit=file_is_unlit(path), **kw)
 
 
 def write_preview(path: str | Path, export_cfg=None, background=None, turntable: bool = True) -> list[Path]:

@@ -4,7 +4,8 @@ Files for ``name.obj``: ``name.mtl``, ``name_basecolor.png`` (``map_Kd``), and w
 extension maps of the MTL format (as Blender and three.js read them): ``name_roughness.png`` (``map_Pr``) and
 ``name_metallic.png`` (``map_Pm``); ``name_normal.png`` (``norm``) with a normal map. Without a texture, vertex
 colours go on the ``v`` lines (``v x y z r g b``, the common extension that trimesh, MeshLab and Blender read)
-and no MTL is written.
+and no MTL is written. ``illum 0`` marks colours that already hold the lighting (:attr:`Mesh.unlit`); ``illum 2``
+otherwise.
 OBJ UVs use the OpenGL convention (v up), the same as :class:`~dreamkit.export.mesh.Mesh`.
 """
 from __future__ import annotations
@@ -36,8 +37,9 @@ def write_obj(mesh: Mesh, path: str | Path, origin: str = "keep") -> Path:
     normals = mesh.normals if mesh.normals is not None else vertex_normals(mesh.verts, mesh.faces)
     textured = mesh.uvs is not None and mesh.base_color is not None
 
+    # illum 0 ("colour on, ambient off": Kd shown as it is) for colours that already hold the lighting, else 2
     mtl = [f"# dreamkit material for {path.name}", "newmtl material0", "Ka 0 0 0", "Kd 1 1 1", "Ks 0 0 0",
-           "d 1", "illum 2"]
+           "d 1", "illum 0" if mesh.unlit else "illum 2"]
     if textured:
         (path.parent / f"{stem}_basecolor.png").write_bytes(encode_png(mesh.base_color))
         mtl.append(f"map_Kd {stem}_basecolor.png")

@@ -144,6 +144,12 @@ class GaussianModel(nn.Module):
 
     # -- activations ----------------------------------------------------------------------------------------------
     @property
+    def colors_hold_lighting(self) -> bool:
+        """Gaussians have no shading model: their colours are what the renders show, lighting included (the export
+        protocol's flag for an unlit material, see :func:`dreamkit.export.bake.material_is_unlit`)."""
+        return True
+
+    @property
     def num_gaussians(self) -> int:
         return self.params["means"].shape[0]
 

@@ -414,6 +414,13 @@ class SurfaceModel(nn.Module):
             return {"albedo": torch.zeros(0, 3), "roughness": torch.zeros(0, 1), "metallic": torch.zeros(0, 1)}
         return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
 
+    @property
+    def colors_hold_lighting(self) -> bool:
+        """True when no training render is shaded (``material.mode_probs`` gives the "shaded" mode probability 0):
+        the albedo was then fitted to images as they are, lighting included. With shaded renders (DreamFusion's
+        random shading) it is an albedo under the material's lights, for a lit PBR export."""
+        return float(list(self.cfg.material.mode_probs)[2]) == 0.0
+
     @torch.no_grad()
     def query_color(self, points: torch.Tensor) -> torch.Tensor:
         """points [N, 3] → albedo [N, 3] in [0, 1] (base colour for texture baking)."""

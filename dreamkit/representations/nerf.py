@@ -172,6 +172,12 @@ class VolumeModel(nn.Module):
         return self._activate(raw, points)
 
     # -- the mesh-export protocol of dreamkit.export.extract (marching cubes on σ, colours from the albedo) -------
+    @property
+    def colors_hold_lighting(self) -> bool:
+        """With ``shading=albedo`` the renders show the albedo as it is, so what it learned holds the lighting that the
+        prior's images had; ``diffuse`` shading learns an albedo under a light."""
+        return self.cfg.shading == "albedo"
+
     @torch.no_grad()
     def query_density(self, points: torch.Tensor) -> torch.Tensor:
         """points [N, 3] → σ [N] (no gradients), for marching cubes."""
