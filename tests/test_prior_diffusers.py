@@ -226,3 +226,33 @@ def test_predict_cfg_matches_the_manual_combination(prior):
     eps_c = prior.predict(x_t, t, text.cond)
     eps_u = prior.predict(x_t, t, text.uncond)
     assert torch.allclose(guided, eps_u + scale * (eps_c - eps_u), atol=1e-4)
+
+
+def test_channels_last_changes_the_layout_not_the_numbers(tiny_sd_dir, prior):
+    """prior.channels_last (the default) stores the UNet and VAE in NHWC; against the same weights in the standard
+    layout, predictions, latents, decodes and the gradient that reaches the images agree to float rounding."""
+    plain = StableDiffusionPrior(str(tiny_sd_dir), channels_last=False)
+    assert prior.channels_last and not plain.channels_last
+    conv = next(m for m in prior.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    conv_plain = next(m for m in plain.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    assert not conv_plain.weight.is_contiguous(memory_format=torch.channels_last)
+    vae_conv = next(m for m in prior.vae.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert vae_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, prior.resolution, prior.resolution, generator=g)
+    grads = []
+    for p in (prior, plain):
+        x = images.clone().requires_grad_(True)
+        z = p.encode(x, generator=torch.Generator().manual_seed(1))
+        (z * torch.linspace(-1, 1, z.numel()).view_as(z)).sum().backward()
+        grads.append((z.detach(), x.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-4)
+    x_t = torch.randn(2, prior.channels, prior.resolution // prior.vae_scale_factor,
+                      prior.resolution // prior.vae_scale_factor, generator=g)
+    cond = prior.encode_text(["a red cube", "a blue sphere"]).cond
+    torch.testing.assert_close(prior.predict(x_t, torch.tensor([10, 900]), cond),
+                               plain.predict(x_t, torch.tensor([10, 900]), cond), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(prior.decode(x_t), plain.decode(x_t), atol=1e-5, rtol=1e-4)

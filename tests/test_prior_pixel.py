@@ -46,6 +46,19 @@ def test_pixel_prior_loading_text_and_prediction(tiny_pixel_dir):
     assert named and all(n.lower() in known for n in named), (named, sorted(known)[:5])
 
 
+def test_pixel_prior_channels_last_changes_the_layout_not_the_numbers(tiny_pixel_dir):
+    """prior.channels_last (the default) stores the UNet in NHWC; the standard layout predicts the same."""
+    nhwc, plain = PixelDiffusionPrior(str(tiny_pixel_dir)), PixelDiffusionPrior(str(tiny_pixel_dir), channels_last=False)
+    conv = next(m for m in nhwc.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    conv_plain = next(m for m in plain.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv_plain.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500, 900])
+    cond = nhwc.encode_text(["a red cube", "a blue sphere", "a green torus"]).cond
+    torch.testing.assert_close(nhwc.predict(x, t, cond), plain.predict(x, t, cond), atol=1e-5, rtol=1e-4)
+
+
 def test_pixel_prior_v_prediction(tmp_path):
     from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
 

@@ -209,7 +209,7 @@ class StableDiffusionPrior(Prior):
 
     def __init__(self, name: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                  dtype: Union[str, torch.dtype] = "auto", local_files_only: Optional[bool] = None,
-                 enable_attention_slicing: bool = False) -> None:
+                 enable_attention_slicing: bool = False, channels_last: bool = True) -> None:
         super().__init__()
         name = os.fspath(name)
         device = torch.device(device)
@@ -232,8 +232,10 @@ class StableDiffusionPrior(Prior):
         for module in self._frozen_modules():
             module.requires_grad_(False)
             module.eval()
-        self.unet.to(device)
-        self.vae.to(device)
+        self.channels_last = bool(channels_last)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.unet.to(device, memory_format=memory_format)  # NHWC: see configs.StableDiffusionPriorConfig
+        self.vae.to(device, memory_format=memory_format)
         self.text_encoder.to(device=device, dtype=torch_dtype)
         if enable_attention_slicing:
             self.unet.set_attention_slice("auto")
@@ -313,6 +315,10 @@ class StableDiffusionPrior(Prior):
             raise ValueError(f"got {len(prompts)} prompts and {len(negative)} negative prompts; pass one or as many")
         return TextCond(self._embed(prompts), self._embed(negative), prompts)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A network input in the weights' memory format (a no-op when it already is)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     # ------------------------------------------------------------------------------------------- image ⇄ latent
     def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] → latents [B, 4, h, w] (a sample of the VAE posterior × scaling factor).
@@ -325,13 +331,13 @@ class StableDiffusionPrior(Prior):
         if images.shape[-2:] != (self.resolution, self.resolution):
             images = F.interpolate(images, (self.resolution, self.resolution), mode="bilinear",
                                    align_corners=False, antialias=False)
-        x = (images * 2 - 1).to(self.dtype)
+        x = self._layout((images * 2 - 1).to(self.dtype))
         z = self.vae.encode(x).latent_dist.sample(generator=generator)
         return (z - self.shift_factor) * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, 4, h, w] → images [B, 3, h·f, w·f] in [0, 1], float32 (f = ``vae_scale_factor``)."""
-        z = latents.to(self.dtype) / self.scaling_factor + self.shift_factor
+        z = self._layout(latents.to(self.dtype) / self.scaling_factor + self.shift_factor)
         images = self.vae.decode(z).sample.float()
         return ((images + 1) / 2).clamp(0, 1)
 
@@ -346,7 +352,7 @@ class StableDiffusionPrior(Prior):
         self.view_settings.check_batch(x_t.shape[0], cameras)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, self.dtype)
         kwargs = {} if labels is None else {"class_labels": labels}
-        x_in = self.view_settings.unet_input(x_t, cameras, self.dtype)
+        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, self.dtype))
         out = self.unet(x_in, t, encoder_hidden_states=cond.to(self.dtype), **kwargs).sample.float()
         if self.prediction_type == "epsilon":
             return out

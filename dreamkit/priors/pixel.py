@@ -124,7 +124,8 @@ class PixelDiffusionPrior(Prior):
     latent = False
     _text_cache: ClassVar[dict] = {}
 
-    def __init__(self, name: str, device: str = "cpu", dtype: str = "auto", warn_outside_world: bool = True):
+    def __init__(self, name: str, device: str = "cpu", dtype: str = "auto", warn_outside_world: bool = True,
+                 channels_last: bool = True):
         super().__init__()
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -142,6 +143,9 @@ class PixelDiffusionPrior(Prior):
         self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch_dtype,
                                                          local_files_only=True)
         self.unet.eval().requires_grad_(False)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # NHWC convolutions: the same numbers, faster on this CPU (configs.PixelPriorConfig)
+            self.unet.to(memory_format=torch.channels_last)
         self.scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         self.prediction_type = self.scheduler.config.prediction_type
@@ -209,6 +213,8 @@ class PixelDiffusionPrior(Prior):
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
         kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
         x_in = self.view_settings.unet_input(x_t, cameras, dtype)
+        if self.channels_last:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
         out = self.unet(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":
