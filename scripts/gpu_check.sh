@@ -13,9 +13,11 @@
 #   tests    tests/test_raster_cuda.py, and the CUDA-marked tests of tests/test_splat.py and tests/test_bench.py
 #   bench    dreamkit bench --device cuda --prior sd21-random → $OUT/bench_cuda.json
 #            dreamkit bench --device cuda                     → $OUT/bench_cuda_tiny.json
+#            the SD 2.1 bench again with prior.channels_last=false → $OUT/bench_cuda_nchw.json (the NHWC A/B)
 #   cache    the compiled extensions → $OUT/ext_cache.tgz when small enough to come back (≤ 15 MB)
 # and ends with a summary (also $OUT/summary.txt). Everything is logged to $OUT/gpu_check.log. Files in $OUT (at most
-# 8 come back): gpu_check.log, summary.txt, bench_cuda.json, bench_cuda_tiny.json, ext_cache.tgz.
+# 8 come back): gpu_check.log, summary.txt, bench_cuda.json, bench_cuda_tiny.json, bench_cuda_nchw.json,
+# ext_cache.tgz.
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 1
@@ -177,6 +179,9 @@ stage tests 120 "$tests_cmd"
 # -- benchmarks -------------------------------------------------------------------------------------------------------
 stage bench-sd21 170 "$PY -m dreamkit bench --device cuda --prior sd21-random --json '$OUT/bench_cuda.json'"
 stage bench-tiny 120 "$PY -m dreamkit bench --device cuda --json '$OUT/bench_cuda_tiny.json'"
+# A/B of the priors' NHWC default (prior.channels_last): the same SD 2.1 bench in the standard layout, if time is left
+stage bench-nchw 90 "$PY -m dreamkit bench --device cuda --prior sd21-random --warmup 3 --steps 20 \
+  --override prior.channels_last=false --json '$OUT/bench_cuda_nchw.json'"
 
 # -- bring the compiled extensions back when they fit (unpack into .torch_ext/ here and carry it next time) ----------
 # (object files included: torch's JIT loader runs ninja, which would rebuild any that are missing)
@@ -188,7 +193,7 @@ stage cache 30 "$cache_cmd"
 {
   echo "dreamkit gpu_check — $(date -u +%FT%TZ), $(($(date +%s) - T0))s in all"
   printf '%s\n' "${SUMMARY[@]}"
-  for f in bench_cuda.json bench_cuda_tiny.json; do
+  for f in bench_cuda.json bench_cuda_tiny.json bench_cuda_nchw.json; do
     if [ -f "$OUT/$f" ]; then
       $PY -c "import json,sys
 for r in json.load(open(sys.argv[1])):
