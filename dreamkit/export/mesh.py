@@ -171,10 +171,10 @@ def render_mesh(mesh: Mesh, cameras, background: Sequence[float] = (1.0, 1.0, 1.
     return rgb, alpha
 
 
-def file_is_unlit(path: str | Path) -> bool:
+def file_is_unlit(path: str | Path, loaded=None) -> bool:
     """Whether a mesh file asks viewers not to light its colours: a glTF material with ``KHR_materials_unlit`` (read
     with pygltflib), or an OBJ whose MTL material has ``illum 0`` ("colour on, ambient off": Kd as it is; read with
-    trimesh's MTL parser)."""
+    trimesh's MTL parser — ``loaded``, the file as trimesh already loaded it, saves a second read)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".glb", ".gltf"):
@@ -185,7 +185,8 @@ def file_is_unlit(path: str | Path) -> bool:
     if suffix == ".obj":
         import trimesh
 
-        loaded = trimesh.load(str(path), process=False)
+        if loaded is None:
+            loaded = trimesh.load(str(path), process=False)
         geoms = list(loaded.dump()) if isinstance(loaded, trimesh.Scene) else [loaded]
         for geom in geoms:
             kwargs = getattr(getattr(geom.visual, "material", None), "kwargs", None) or {}
@@ -202,6 +203,7 @@ def load_mesh_file(path: str | Path) -> Mesh:
     import trimesh
 
     loaded = trimesh.load(str(path), process=False)
+    unlit = file_is_unlit(path, loaded)
     if isinstance(loaded, trimesh.Scene):
         geoms = list(loaded.dump())
         if len(geoms) != 1:
@@ -233,7 +235,7 @@ def load_mesh_file(path: str | Path) -> Mesh:
         fc = np.asarray(visual.face_colors, dtype=np.float32)[:, :3] / 255.0
         verts, faces = verts[faces].reshape(-1, 3), np.arange(len(faces) * 3).reshape(-1, 3)
         kw["vertex_colors"] = np.repeat(fc, 3, axis=0)
-    return Mesh(verts=verts, faces=faces, unlit=file_is_unlit(path), **kw)
+    return Mesh(verts=verts, faces=faces, unlit=unlit, **kw)
 
 
 def write_preview(path: str | Path, export_cfg=None, background=None, turntable: bool = True) -> list[Path]:
