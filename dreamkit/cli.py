@@ -144,7 +144,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .priors.configs import build_prior, check_prior_config
     from .priors.sampling import ddim_sample, sample_cameras
     from .run import slugify
-    from .system import resolve_device
+    from .components import resolve_device
 
     key_value = re.compile(r"^[A-Za-z_][\w.]*=")
     prompts = [p for p in args.items if not key_value.match(p)]

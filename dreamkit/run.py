@@ -204,7 +204,7 @@ def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: O
     """Write exports of a run into ``<run>/exports`` (or ``out_dir``); existing files are kept (numbered names)."""
     from .imageio_utils import unique_path
     from .registry import exporter
-    from .system import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
+    from .components import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
 
     run_dir, cfg, ckpt = load_run(run_dir)
     device = resolve_device(str(cfg.device))
@@ -233,7 +233,7 @@ def render_run(run_dir: Path, frames: Optional[int] = None, resolution: Optional
     """Turntable MP4 (+ preview PNG) of a run's last checkpoint; an existing file is never overwritten."""
     from .imageio_utils import unique_path
     from .registry import exporter
-    from .system import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
+    from .components import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
 
     run_dir, cfg, ckpt = load_run(run_dir)
     if not ckpt.is_file():
@@ -267,7 +267,7 @@ def held_out_renders(run_dir: Path) -> tuple[DictConfig, Any, Any, torch.Tensor,
     """(config, representation, held-out cameras, renders [B,H,W,3], oracle targets [B,H,W,3]) of an oracle run's
     last checkpoint, on the CPU; renders are over the run's solid background, clamped to [0, 1]."""
     from .priors.configs import build_prior
-    from .system import eval_cameras, load_representation_from_checkpoint
+    from .components import eval_cameras, load_representation_from_checkpoint
 
     run_dir, cfg, ckpt = load_run(run_dir)
     if cfg.prior.type != "oracle":

@@ -23,33 +23,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .cameras import VIEW_SUFFIXES, CameraSampler, Cameras, orbit_cameras, view_direction_index
+from .cameras import VIEW_SUFFIXES, CameraSampler, Cameras, view_direction_index
 from .config import to_plain
 from .errors import ConfigError
 from .registry import component_class
 from .schedule import Schedule, range_at, value_at
 from .timing import NULL_TIMER
 from .types import TextCond
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is visible — use device=cpu (or auto)")
-    return torch.device(name)
-
-
-def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = None) -> Cameras:
-    """Held-out cameras: an orbit whose azimuths are offset from multiples of 45°; never sampled exactly in training."""
-    cam = cfg.camera
-    return orbit_cameras(cam.eval_views, width or cam.width, height or cam.height, elevation=cam.eval_elevation,
-                         distance=cam.eval_distance, fovy=cam.eval_fovy, start_azimuth=cam.eval_azimuth_offset)
-
-
-def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) -> nn.Module:
-    cls = component_class("representation", cfg.representation.name, "representation.name")
-    return cls(cfg.representation, generator=generator)
+# the Lightning-free helpers live in .components (export, render and eval import them without Lightning); re-exported
+from .components import (background_from_checkpoint, build_representation, eval_cameras,  # noqa: F401
+                         load_representation_from_checkpoint, resolve_device)
 
 
 def host_to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -354,22 +337,3 @@ class DreamSystem(pl.LightningModule):
                 raise RuntimeError("checkpoint restored before setup() created the device generators")
             self.noise_gen.set_state(extra["noise_gen"])
             self.strategy_gen.set_state(extra["strategy_gen"])
-
-
-def load_representation_from_checkpoint(cfg: DictConfig, ckpt_path: Path, device: torch.device) -> nn.Module:
-    """Rebuild the trained representation (no prior needed) for export and rendering."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    rep = build_representation(cfg)
-    state = {k[len("representation."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("representation.")}
-    prefix = "params."
-    if hasattr(rep, "resize_to"):
-        rep.resize_to({k[len(prefix):]: v.shape for k, v in state.items() if k.startswith(prefix)})
-    rep.load_state_dict(state)
-    return rep.to(device).eval()
-
-
-def background_from_checkpoint(cfg: DictConfig, ckpt_path: Path) -> torch.Tensor:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if cfg.background.type == "learned" and "background.learned" in ckpt["state_dict"]:
-        return torch.sigmoid(ckpt["state_dict"]["background.learned"])
-    return torch.tensor(list(cfg.background.color), dtype=torch.float32)

@@ -134,3 +134,17 @@ def test_diffusers_path_runs_a_few_steps(tiny_sd_dir, tmp_path):
     assert code == 0
     (run,) = run_dirs(tmp_path)
     assert (run / "exports" / "gaussians.ply").is_file()
+
+
+def test_export_and_render_start_without_lightning(oracle_run, tmp_path):
+    """`dreamkit export`/`render` rebuild the representation from the checkpoint without importing PyTorch Lightning
+    (several seconds of start-up); only fitting needs it."""
+    code = ("import sys; from dreamkit.cli import main; "
+            f"assert main(['export', {str(oracle_run)!r}, '--format', 'ply', '--output', {str(tmp_path / 'e')!r}]) == 0; "
+            f"assert main(['render', {str(oracle_run)!r}, '--frames', '4', '--resolution', '32', "
+            f"'--output', {str(tmp_path / 't.mp4')!r}]) == 0; "
+            "print('lightning imported:', 'pytorch_lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "lightning imported: False" in out.stdout
+    assert (tmp_path / "e" / "gaussians.ply").is_file() and (tmp_path / "t.mp4").is_file()

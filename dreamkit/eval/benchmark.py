@@ -178,7 +178,7 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -
     from ..export.extract import mesh_from_representation
     from ..export.video import render_turntable
     from ..run import CONFIG_NAME, load_run
-    from ..system import load_representation_from_checkpoint, resolve_device
+    from ..components import load_representation_from_checkpoint, resolve_device
 
     _, run_cfg, ckpt = load_run(run_dir)
     if overrides:

@@ -236,7 +236,7 @@ class MaterialField(nn.Module):
 def load_source_run(run_dir: Any) -> tuple[Any, nn.Module]:
     """(resolved config, representation on the CPU) of a *finished* run folder; ConfigError (one line) otherwise."""
     from ..run import checkpoint_step, load_run
-    from ..system import load_representation_from_checkpoint
+    from ..components import load_representation_from_checkpoint
 
     try:
         path, cfg, ckpt = load_run(run_dir)

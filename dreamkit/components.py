@@ -1,0 +1,58 @@
+"""The Lightning-free helpers that build a run's parts: device, held-out cameras, the representation and a trained
+representation (or background) from a checkpoint. ``dreamkit export``/``render``/``eval --rescore`` need only these,
+so they start without importing PyTorch Lightning (several seconds); :mod:`dreamkit.system` re-exports them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from .cameras import Cameras, orbit_cameras
+from .errors import ConfigError
+from .registry import component_class
+
+__all__ = ["resolve_device", "eval_cameras", "build_representation", "load_representation_from_checkpoint",
+           "background_from_checkpoint"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible — use device=cpu (or auto)")
+    return torch.device(name)
+
+
+def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = None) -> Cameras:
+    """Held-out cameras: an orbit whose azimuths are offset from multiples of 45°; never sampled exactly in training."""
+    cam = cfg.camera
+    return orbit_cameras(cam.eval_views, width or cam.width, height or cam.height, elevation=cam.eval_elevation,
+                         distance=cam.eval_distance, fovy=cam.eval_fovy, start_azimuth=cam.eval_azimuth_offset)
+
+
+def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) -> nn.Module:
+    cls = component_class("representation", cfg.representation.name, "representation.name")
+    return cls(cfg.representation, generator=generator)
+
+
+def load_representation_from_checkpoint(cfg: DictConfig, ckpt_path: Path, device: torch.device) -> nn.Module:
+    """Rebuild the trained representation (no prior needed) for export and rendering."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    rep = build_representation(cfg)
+    state = {k[len("representation."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("representation.")}
+    prefix = "params."
+    if hasattr(rep, "resize_to"):
+        rep.resize_to({k[len(prefix):]: v.shape for k, v in state.items() if k.startswith(prefix)})
+    rep.load_state_dict(state)
+    return rep.to(device).eval()
+
+
+def background_from_checkpoint(cfg: DictConfig, ckpt_path: Path) -> torch.Tensor:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if cfg.background.type == "learned" and "background.learned" in ckpt["state_dict"]:
+        return torch.sigmoid(ckpt["state_dict"]["background.learned"])
+    return torch.tensor(list(cfg.background.color), dtype=torch.float32)
