@@ -2,6 +2,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -336,3 +337,22 @@ def test_fronts_of_a_perfect_bake_match_the_truth():
     shaded = feature_fractions(render_mesh(mesh, _front_render_cameras(az), background=(1.0, 1.0, 1.0))[0], door,
                                0.12, WORLD_SHADE_RANGE) * 64 * 64
     assert shaded[truth == 0].max() >= 10  # door-coloured walls where there is no door
+
+
+def test_section_ratio_tells_a_box_from_a_solid_of_revolution():
+    """Square horizontal sections (cube, pyramid; also turned about the vertical) give ~1.36, round ones ~1.00 —
+    what nearest-shape Chamfer cannot tell (a round column can be nearest to the cube)."""
+    import math
+
+    from dreamkit.eval.world_metrics import section_ratio
+    from dreamkit.world import single_scene
+
+    ratios = {s: section_ratio(*(t.numpy() for t in single_scene(s, "red").mesh()[:2]))
+              for s in ("cube", "pyramid", "cylinder", "cone", "sphere")}
+    assert ratios["cube"] > 1.3 and ratios["pyramid"] > 1.3, ratios
+    assert all(ratios[s] < 1.02 for s in ("cylinder", "cone", "sphere")), ratios
+    v, f = (t.numpy() for t in single_scene("cube", "red").mesh()[:2])
+    a = math.radians(22.5)
+    turned = v @ np.array([[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]])
+    assert section_ratio(turned, f) > 1.3
+    assert section_ratio(v, f, height=5.0) is None  # the plane misses the mesh

@@ -56,7 +56,7 @@ def resolve_prompts(spec: Sequence[str]) -> list[str]:
 def score_mesh(mesh, scene) -> dict:
     """Metrics of an exported mesh (``dreamkit.export.mesh.Mesh``) against a world scene's ground truth."""
     from .world_metrics import (chamfer, circular_mean_hue, hue_distance, nearest_colour, nearest_shape,
-                                normalize_points, sample_surface, volume_iou)
+                                normalize_points, sample_surface, section_ratio, volume_iou)
 
     from ..export.extract import decimate
 
@@ -82,6 +82,8 @@ def score_mesh(mesh, scene) -> dict:
         row["colour"] = nearest_colour(hue)
         row["hue_error"] = hue_distance(hue, COLOURS[scene.colours[0]].hue) if hue is not None else 180.0
         row["colour_ok"] = row["colour"] == scene.colours[0]
+        row["sections"] = section_ratio(mesh.verts, mesh.faces)
+        row["sections_truth"] = section_ratio(gv.numpy(), gf.numpy())
     if scene.kind == "asymmetric":
         row["fronts"], fractions = fronts_of_mesh(mesh, scene)
         row["front_px"] = _pixels_per_view(fractions)
@@ -311,8 +313,8 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
                "fronts_fit", "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
     with open(out_dir / "results.csv", "w", newline="") as f:
         # the CSV also keeps the diagnostics too wide for the Markdown table
-        writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "front_px", "front_px_fit",
-                                                         "run_dir"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "sections", "sections_truth",
+                                                         "front_px", "front_px_fit", "run_dir"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     singles = [r for r in rows if r["kind"] == "single"]
@@ -322,6 +324,11 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
     if singles:
         lines.append(f"- single objects nearest to the prompted shape **and** with the right hue: {both}/{len(singles)} "
                      f"({100 * both / len(singles):.0f}%)")
+    square = [r for r in singles if isinstance(r.get("sections_truth"), float) and r["sections_truth"] >= 1.2]
+    if square:
+        lines.append("- horizontal sections of the square-sectioned objects, largest/smallest radius by angle (the "
+                     "truth's 1.36–1.38; a solid of revolution's 1.00; `sections` in results.csv): " + ", ".join(
+                         f"{r['prompt']} {_fmt(r.get('sections'))}" for r in square))
     if asym:
         one = sum(1 for r in asym if r.get("fronts") == 1)
         one_fit = sum(1 for r in asym if r.get("fronts_fit") == 1)
