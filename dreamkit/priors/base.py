@@ -36,6 +36,12 @@ class Prior(nn.Module, ABC):
     #: classifier-free guidance scale that ``dreamkit sample`` uses when --guidance is not given (a model's own
     #: recommendation, as diffusers pipelines default per model; 7.5 is Stable Diffusion's)
     sample_guidance_scale: float = 7.5
+    #: networks stored in channels-last (NHWC) memory format; their inputs are laid out the same (:meth:`_layout`)
+    channels_last: bool = False
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A network input in the weights' memory format (a no-op when it already is)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def num_train_timesteps(self) -> int:

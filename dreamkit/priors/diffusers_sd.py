@@ -315,10 +315,6 @@ class StableDiffusionPrior(Prior):
             raise ValueError(f"got {len(prompts)} prompts and {len(negative)} negative prompts; pass one or as many")
         return TextCond(self._embed(prompts), self._embed(negative), prompts)
 
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """A network input in the weights' memory format (a no-op when it already is)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     # ------------------------------------------------------------------------------------------- image ⇄ latent
     def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] → latents [B, 4, h, w] (a sample of the VAE posterior × scaling factor).

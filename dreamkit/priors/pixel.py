@@ -212,9 +212,7 @@ class PixelDiffusionPrior(Prior):
         self.view_settings.check_batch(x_t.shape[0], cameras)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
         kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
-        x_in = self.view_settings.unet_input(x_t, cameras, dtype)
-        if self.channels_last:
-            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
         out = self.unet(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":
