@@ -129,6 +129,46 @@ def test_clone_split_prune_keep_optimizer_state_consistent():
     assert torch.count_nonzero(opt.state[m.params["means"]]["exp_avg"][10:15]) == 0
 
 
+@pytest.mark.parametrize("revised", [False, True])
+def test_revised_opacity_clone_keeps_the_rendered_coverage(revised):
+    """A clone lands on its original; with ``revised_opacity`` (Bulò et al. 2024) both take 1 − √(1 − o), so the
+    renderer (the splatting twin, not the strategy's arithmetic) composites them back to the original's alpha at the
+    centre; 3DGS's plain copies give 1 − (1 − o)² there."""
+    o = 0.6
+    m = make(num_points=1, init_scale=0.05, init_opacity=o, sh_degree=0,
+             densify={"refine_start": 0, "refine_every": 1, "refine_stop": 100, "grow_grad2d": 1e-4,
+                      "grow_scale3d": 0.5, "revised_opacity": revised})
+    with torch.no_grad():
+        m.params["means"][:] = 0.0
+    cams = orbit_cameras(1, 33, 33, elevation=0.0, distance=3.0, fovy=40.0)   # the mean on a pixel centre
+    bg = torch.zeros(3)
+    with torch.no_grad():
+        before = m.render(cams, bg).alpha.max().item()
+    info = m.strategy.step_post_backward(m, adam_for(m), step=1, extras=_fake_means2d(m, 1.0), width=33, height=33,
+                                         generator=None)
+    assert info["cloned"] == 1 and m.num_gaussians == 2
+    with torch.no_grad():
+        after = m.render(cams, bg).alpha.max().item()
+    if revised:
+        assert torch.allclose(m.opacities, torch.full((2,), 1 - math.sqrt(1 - o)), atol=1e-6)
+        assert after == pytest.approx(before, abs=2e-3)
+    else:
+        assert torch.allclose(m.opacities, torch.full((2,), o), atol=1e-6)
+        assert after == pytest.approx(1 - (1 - before) ** 2, abs=2e-3) and after > before + 0.1
+
+
+def test_revised_opacity_split_children():
+    o = 0.3
+    m = make(num_points=4, init_scale=0.2, init_opacity=o,
+             densify={"refine_start": 0, "refine_every": 1, "refine_stop": 100, "grow_grad2d": 1e-4,
+                      "grow_scale3d": 0.05, "revised_opacity": True})
+    info = m.strategy.step_post_backward(m, adam_for(m), step=1, extras=_fake_means2d(m, 1.0), width=8, height=8,
+                                         generator=torch.Generator().manual_seed(0))
+    assert info["split"] == 4 and m.num_gaussians == 8
+    revised = m.opacities.detach()
+    assert torch.allclose(1 - (1 - revised) ** 2, torch.full((8,), o), atol=1e-6)
+
+
 def test_split_samples_from_the_gaussian():
     m = make(num_points=1, init_scale=0.1)
     with torch.no_grad():

@@ -2,7 +2,10 @@
 
 The rules follow 3D Gaussian Splatting (Kerbl et al. 2023, §5.2) — clone small Gaussians and split large ones where
 the view-space positional gradient is large, prune transparent and oversized ones, reset opacities periodically — in
-the shape gsplat gave them (a strategy object that edits parameters *and* their optimizer state).
+the shape gsplat gave them (a strategy object that edits parameters *and* their optimizer state). With
+``revised_opacity`` the Gaussians that a clone or split leaves take the opacity 1 − √(1 − o) of Bulò et al. 2024
+("Revising Densification in Gaussian Splatting"), so that the two composite to the original one's o where they
+overlap instead of 1 − (1 − o)²: densification then adds detail without adding coverage.
 """
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -32,6 +35,9 @@ class DensifyConfig:
     max_gaussians: int = 20000
     #: extent of the scene used to make the scale thresholds relative
     scene_scale: float = 1.0
+    #: both Gaussians of a clone or split get opacity 1 − √(1 − o) (Bulò et al. 2024), so densifying does not make
+    #: the covered region more opaque (and, under SDS, larger); False = 3DGS's copies of o
+    revised_opacity: bool = False
 
 
 def _replace_param(optimizer: Optional[torch.optim.Optimizer], params: nn.ParameterDict, name: str,
@@ -140,12 +146,24 @@ class DensifyStrategy:
             clone &= keep
             split &= keep
         n_clone, n_split = int(clone.sum()), int(split.sum())
+        if cfg.revised_opacity and (n_clone or n_split):
+            # before copying: the clone's original keeps its place and gets the revised opacity as well
+            self._revise_opacity(model, optimizer, clone | split)
         if n_clone:
             self._append(model, optimizer, {k: v[clone] for k, v in model.params.items()})
             split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool, device=split.device)])
         if n_split:
             self._split(model, optimizer, split, generator)
         return {"cloned": n_clone, "split": n_split}
+
+    @staticmethod
+    def _revise_opacity(model: Any, optimizer, mask: torch.Tensor) -> None:
+        """o → 1 − √(1 − o) where ``mask`` (Bulò et al. 2024): two such copies composite to o."""
+        logits = model.params["opacity_logits"]
+        revised = 1.0 - torch.sqrt((1.0 - torch.sigmoid(logits[mask])).clamp_min(0.0))
+        value = logits.detach().clone()
+        value[mask] = torch.logit(revised, eps=1e-6)
+        _replace_param(optimizer, model.params, "opacity_logits", value, lambda k, v: v)
 
     def _append(self, model: Any, optimizer, new: dict) -> None:
         for name, value in new.items():
