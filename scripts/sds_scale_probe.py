@@ -11,14 +11,50 @@ that had exactly the truth's shape. dE/ds < 0: SDS grows it; > 0: shrinks it. Th
 the size SDS prefers along this one direction (1 = the truth's). Noise, timesteps, cameras and lights are common
 random numbers across scales, so the curve is smooth in s.
 
-A diagnostic, not a test: the multi-view recipe's fits come out 15–50% too large (README, "Results"); this tells
-whether the prior's SDS field itself points that way at the truth, or whether the fit's path does it.
+Why: the multi-view recipe's fits come out 15–50% too large (README, "Results"); this tells
+whether the prior's SDS field itself points that way at the truth, or whether the fit's path does it
+(`benchmarks/2026-12-03/mv_size/`). ``scale_curve`` is tested on the oracle prior, whose SDS gradient vanishes
+exactly at its target, so that the crossing must be 1 (tests/test_sds_scale_probe.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 from types import SimpleNamespace
+
+
+def scale_curve(guidance, text, render, cameras, t, noise, scales, delta=0.02, chunk=32, views=1):
+    """dE/ds at each scale: the SDS image gradient (``guidance``, an SDSGuidance, with the given timesteps ``t`` [N]
+    and ``noise`` [N, C, r, r]) dotted with the central difference of ``render(s)`` [N, 3, r, r] in s, summed over
+    each group of ``views`` images. Returns rows {"scale", "dE_ds" (mean over groups), "sem"}."""
+    import torch
+
+    rows = []
+    n = len(cameras)
+    for s in scales:
+        x = render(s)
+        dx_ds = (render(s + delta) - render(s - delta)) / (2 * delta)
+        dots = []
+        for i in range(0, n, chunk):
+            idx = torch.arange(i, min(i + chunk, n))
+            img = x[idx].clone().requires_grad_(True)
+            b = img.shape[0]
+            cond = text.select(torch.zeros(b, dtype=torch.long))
+            out = guidance(img, cond, cameras[idx], 0, t=t[idx], noise=noise[idx])
+            (g,) = torch.autograd.grad(out["loss_sds"] * b, img)
+            dots.append((g * dx_ds[idx]).flatten(1).sum(1))
+        per_group = torch.cat(dots).view(-1, views).sum(1)
+        sem = (per_group.std() / per_group.numel() ** 0.5).item() if per_group.numel() > 1 else 0.0
+        rows.append({"scale": float(s), "dE_ds": per_group.mean().item(), "sem": sem})
+    return rows
+
+
+def preferred_scale(rows):
+    """Where dE/ds goes from negative (grow) to non-negative (shrink), linearly interpolated; None if it does not."""
+    for a, b in zip(rows, rows[1:]):
+        if a["dE_ds"] < 0 <= b["dE_ds"]:
+            return a["scale"] + (b["scale"] - a["scale"]) * (-a["dE_ds"]) / (b["dE_ds"] - a["dE_ds"])
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,30 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                                             ssaa=args.ssaa)
         return rgb.permute(0, 3, 1, 2).contiguous()
 
-    rows = []
-    chunk = args.batch * views
-    for s in args.scales:
-        x = render(s)
-        dx_ds = (render(s + args.delta) - render(s - args.delta)) / (2 * args.delta)
-        dots = []
-        for i in range(0, n, chunk):
-            sl = slice(i, min(i + chunk, n))
-            img = x[sl].clone().requires_grad_(True)
-            b = img.shape[0]
-            cond = text.select(torch.zeros(b, dtype=torch.long))
-            out = guidance(img, cond, cams[torch.arange(sl.start, sl.stop)], 0, t=t[sl], noise=noise[sl])
-            (g,) = torch.autograd.grad(out["loss_sds"] * b, img)
-            dots.append((g * dx_ds[sl]).flatten(1).sum(1))
-        d = torch.cat(dots)
-        per_group = d.view(-1, views).sum(1)
-        mean, sem = per_group.mean().item(), (per_group.std() / per_group.numel() ** 0.5).item()
-        rows.append({"scale": s, "dE_ds": mean, "sem": sem})
-        print(f"scale {s:5.2f}   dE/ds {mean:+9.4f} ± {sem:.4f}   ({'grows' if mean < 0 else 'shrinks'})", flush=True)
-
-    crossing = None
-    for a, b in zip(rows, rows[1:]):
-        if a["dE_ds"] < 0 <= b["dE_ds"]:
-            crossing = a["scale"] + (b["scale"] - a["scale"]) * (-a["dE_ds"]) / (b["dE_ds"] - a["dE_ds"])
+    rows = scale_curve(guidance, text, render, cams, t, noise, args.scales, args.delta, args.batch * views, views)
+    for row in rows:
+        print(f"scale {row['scale']:5.2f}   dE/ds {row['dE_ds']:+9.4f} ± {row['sem']:.4f}   "
+              f"({'grows' if row['dE_ds'] < 0 else 'shrinks'})")
+    crossing = preferred_scale(rows)
     print(f"{args.prompt!r}, {args.prior}, guidance {args.guidance}, t in {args.t_range}: SDS prefers scale "
           + (f"≈ {crossing:.2f} of the truth" if crossing is not None else "outside the probed range"))
     if args.json:
