@@ -253,3 +253,18 @@ def test_bound_radius_projects_means_onto_the_ball_after_each_step():
     assert m.means is opt.param_groups[0]["params"][0]  # projected in place: the optimizer keeps its parameter
     with pytest.raises(ConfigError, match="bound_radius"):
         make(num_points=4, bound_radius=-1.0)
+
+
+def test_alpha_regularizers_pull_opacity_down_and_the_recipe_accepts_them():
+    """Gaussians share NeRF's alpha regularisers (values checked by hand in test_nerf.py): the sparsity term's
+    gradient lowers every visible Gaussian's opacity, and the recipe's loss check knows both names."""
+    m = make(num_points=50, init_radius=0.3, init_opacity=0.5)
+    assert set(m.loss_names) == {"sparsity", "opaque"}
+    cams = orbit_cameras(2, 24, 24, elevation=20.0, distance=3.0, fovy=40.0)
+    out = m.render(cams, torch.ones(3))
+    losses = m.regularizers(out, 0)
+    assert set(losses) == {"loss_sparsity", "loss_opaque"}
+    (grad,) = torch.autograd.grad(losses["loss_sparsity"], m.params["opacity_logits"])
+    visible = (out.extras["radii"] > 0).any(0)   # [N], seen by some camera
+    assert bool(visible.all()) and bool((grad > 0).all())
+    assert float(out.alpha.detach().max()) > 0.5

@@ -22,6 +22,7 @@ from ..render.sh import eval_sh, rgb_to_sh0
 from ..render.splat import rasterize_gaussians
 from ..types import RenderOutput
 from .gaussian_strategy import DensifyConfig, DensifyStrategy
+from .regularizers import alpha_regularizers
 
 
 @dataclass
@@ -60,7 +61,7 @@ class GaussianConfig:
 
 
 class GaussianModel(nn.Module):
-    loss_names: tuple[str, ...] = ()
+    loss_names: tuple[str, ...] = ("sparsity", "opaque")
 
     def __init__(self, cfg: Any, generator: Optional[torch.Generator] = None):
         super().__init__()
@@ -209,7 +210,9 @@ class GaussianModel(nn.Module):
                             extras={"means2d": meta.get("means2d"), "radii": meta.get("radii")})
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
-        return {}
+        """loss_sparsity and loss_opaque of the render's alpha (:func:`alpha_regularizers`), as NeRF's; they count
+        only when the recipe gives them a weight (``loss.lambda_sparsity``, ``loss.lambda_opaque``)."""
+        return alpha_regularizers(out.alpha)
 
     def post_step(self, step: int, out: RenderOutput, optimizer: Optional[torch.optim.Optimizer],
                   cameras: Cameras, generator: Optional[torch.Generator] = None) -> dict:

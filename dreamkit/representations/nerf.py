@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..render.volume import OccupancyGrid, generate_rays, render_field
 from ..types import RenderOutput
 from .encodings import HashGridConfig, hash_grid_from_config
+from .regularizers import alpha_regularizers
 
 __all__ = ["NeRFConfig", "NeRFModel", "VolumeModel", "trunc_exp", "mlp"]
 
@@ -257,11 +258,7 @@ class VolumeModel(nn.Module):
         """loss_orient: DreamFusion's orientation loss (mean over pixels of Σ_i stop_grad(w_i)·max(0, n_i·d)²;
         present only with normals); loss_sparsity: mean √(alpha² + 0.01) (threestudio's sparsity on opacity);
         loss_opaque: mean binary entropy of alpha (pushes opacity to 0 or 1)."""
-        a = out.alpha.clamp(1e-5, 1 - 1e-5)
-        losses = {
-            "loss_sparsity": torch.sqrt(out.alpha ** 2 + 0.01).mean(),
-            "loss_opaque": (-(a * torch.log(a) + (1 - a) * torch.log(1 - a))).mean(),
-        }
+        losses = alpha_regularizers(out.alpha)
         if "orient" in out.extras:
             losses["loss_orient"] = out.extras["orient"].mean()
         return losses
