@@ -24,26 +24,63 @@ def slugify(text: str, max_len: int = 48) -> str:
     return (slug[:max_len].rstrip("_")) or "prompt"
 
 
+#: the link in ``outputs/<name>/`` to the newest run of that recipe (``dreamkit export outputs/gs_sds/latest``)
+LATEST_LINK = "latest"
+
+
 def make_run_dir(cfg: DictConfig) -> Path:
-    """``outputs/<name>/<prompt-slug>@<timestamp>/``; never reuses an existing folder."""
+    """``outputs/<name>/<prompt-slug>@<timestamp>/``; never reuses an existing folder. ``outputs/<name>/latest``
+    then points to it (see :func:`_point_latest`)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.output_dir) / slugify(str(cfg.name)) / f"{slugify(str(cfg.prompt))}@{stamp}"
     candidate, i = base, 1
     while True:
         try:
             candidate.mkdir(parents=True, exist_ok=False)
-            return candidate
+            break
         except FileExistsError:
             candidate = base.with_name(f"{base.name}-{i}")
             i += 1
+    _point_latest(candidate)
+    return candidate
+
+
+def _point_latest(run_dir: Path) -> None:
+    """Make ``run_dir.parent / latest`` a relative symlink to ``run_dir``, replaced atomically (a new link under a
+    unique name, then renamed over the old one), so concurrent fits never leave it missing or half-written. Where the
+    file system has no symlinks, say so once on stderr; the run itself does not depend on the link."""
+    link = run_dir.parent / LATEST_LINK
+    if link.exists() and not link.is_symlink():
+        warnings.warn(f"{link} exists and is not a link: not pointing it at the new run {run_dir.name}", stacklevel=2)
+        return
+    tmp = run_dir.parent / f".{LATEST_LINK}.{os.getpid()}.{run_dir.name}"
+    try:
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not point {link} at {run_dir.name} ({err}); use the run's own folder", stacklevel=2)
+
+
+def _runs_in(folder: Path, k: int = 3) -> list[str]:
+    """The names of the ``k`` newest run folders in ``folder`` (those with a config.yaml), newest first."""
+    if not folder.is_dir():
+        return []
+    runs = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and (p / CONFIG_NAME).is_file()]
+    return [p.name for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)[:k]]
 
 
 def load_run(run_dir: str | Path) -> tuple[Path, DictConfig, Path]:
     """(run_dir, its resolved config, its last checkpoint); clear errors for anything missing."""
     run_dir = Path(run_dir).expanduser()
+    if run_dir.is_symlink() and run_dir.is_dir():   # outputs/<name>/latest: name the run itself from here on
+        run_dir = run_dir.resolve()
     if not run_dir.is_dir():
+        near = _runs_in(run_dir.parent)
+        hint = (f"; in {run_dir.parent}: {', '.join(near)}" + (f" ({LATEST_LINK} = the newest)"
+                if (run_dir.parent / LATEST_LINK).is_symlink() else "")) if near else ""
         raise DreamkitError(f"run folder not found: {run_dir} — pass a folder made by `dreamkit fit` "
-                            "(outputs/<name>/<prompt>@<time>)")
+                            f"(outputs/<name>/<prompt>@<time>, or outputs/<name>/{LATEST_LINK}){hint}")
     cfg_path = run_dir / CONFIG_NAME
     if not cfg_path.is_file():
         raise DreamkitError(f"{run_dir} has no {CONFIG_NAME}: it is not a dreamkit run folder")

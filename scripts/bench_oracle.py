@@ -69,7 +69,7 @@ def fit_cmd(out: Path, overrides: list[str]) -> list[str]:
 
 
 def find_run(out: Path) -> Path:
-    runs = sorted(p for p in out.glob("*/*") if p.is_dir())
+    runs = sorted(p for p in out.glob("*/*") if p.is_dir() and not p.is_symlink())
     if not runs:
         raise SystemExit(f"no run folder under {out}")
     return runs[-1]
@@ -127,7 +127,7 @@ def main() -> int:
         run_k = None
         while proc.poll() is None:
             time.sleep(0.5)
-            runs = sorted(p for p in (out / "killed").glob("*/*") if p.is_dir())
+            runs = sorted(p for p in (out / "killed").glob("*/*") if p.is_dir() and not p.is_symlink())
             if runs and checkpoint_step(runs[-1]) >= target:
                 run_k = runs[-1]
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -174,7 +174,7 @@ def mesh_run(tmp_path_factory):
                  "representation.ssaa=1", "representation.lr_encoding=0.03", "representation.lr_network=0.01",
                  "guidance.max_step_percent=0.98", *FAST])
     assert code == 0
-    (run,) = sorted(p for p in out.glob("*/*") if p.is_dir())
+    (run,) = sorted(p for p in out.glob("*/*") if p.is_dir() and not p.is_symlink())
     return run
 
 

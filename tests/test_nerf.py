@@ -262,7 +262,7 @@ def test_short_oracle_fit_improves_held_out_psnr(tmp_path):
                  "representation.num_samples=24", "guidance.max_step_percent=[0,0.98,0.3,30]",
                  "representation.lr_encoding=0.02", "representation.lr_network=0.003", "export.turntable=false"])
     assert code == 0
-    (run,) = sorted(p for p in tmp_path.glob("*/*") if p.is_dir())
+    (run,) = sorted(p for p in tmp_path.glob("*/*") if p.is_dir() and not p.is_symlink())
     cfg, _, cams, images, targets = held_out_renders(run)
     with torch.no_grad():
         initial = build_representation(cfg, torch.Generator().manual_seed(int(cfg.seed))).eval()
