@@ -62,6 +62,11 @@ def _point_latest(run_dir: Path) -> None:
         warnings.warn(f"could not point {link} at {run_dir.name} ({err}); use the run's own folder", stacklevel=2)
 
 
+def run_folders(output_dir: str | Path) -> list[Path]:
+    """Every run folder ``<output_dir>/<name>/<run>`` (sorted by path), without the ``latest`` links."""
+    return sorted(p for p in Path(output_dir).glob("*/*") if p.is_dir() and not p.is_symlink())
+
+
 def _runs_in(folder: Path, k: int = 3) -> list[str]:
     """The names of the ``k`` newest run folders in ``folder`` (those with a config.yaml), newest first."""
     if not folder.is_dir():

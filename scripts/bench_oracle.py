@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from dreamkit.run import checkpoint_step, held_out_psnr
+from dreamkit.run import checkpoint_step, held_out_psnr, run_folders
 
 
 def scores(run_dir: Path) -> dict:
@@ -69,7 +69,7 @@ def fit_cmd(out: Path, overrides: list[str]) -> list[str]:
 
 
 def find_run(out: Path) -> Path:
-    runs = sorted(p for p in out.glob("*/*") if p.is_dir() and not p.is_symlink())
+    runs = run_folders(out)
     if not runs:
         raise SystemExit(f"no run folder under {out}")
     return runs[-1]
@@ -127,7 +127,7 @@ def main() -> int:
         run_k = None
         while proc.poll() is None:
             time.sleep(0.5)
-            runs = sorted(p for p in (out / "killed").glob("*/*") if p.is_dir() and not p.is_symlink())
+            runs = run_folders(out / "killed")
             if runs and checkpoint_step(runs[-1]) >= target:
                 run_k = runs[-1]
                 os.killpg(proc.pid, signal.SIGKILL)

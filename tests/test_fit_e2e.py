@@ -6,20 +6,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dreamkit.cli import main
-from dreamkit.run import checkpoint_step
+from dreamkit.run import checkpoint_step, run_folders
 
 FAST = ["trainer.progress=false", "export.turntable_frames=8", "export.turntable_resolution=32"]
-
-
-def run_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("*/*") if p.is_dir() and not p.is_symlink())
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +23,7 @@ def oracle_run(tmp_path_factory):
     code = main(["fit", "--config", "gs_oracle.yaml", f"output_dir={out}", "trainer.max_steps=150",
                  "trainer.checkpoint_every=50", "trainer.val_every=75", *FAST])
     assert code == 0
-    (run,) = run_dirs(out)
+    (run,) = run_folders(out)
     return run
 
 
@@ -101,14 +96,14 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-        runs = run_dirs(kill_root)
+        runs = run_folders(kill_root)
         if runs and checkpoint_step(runs[0]) >= 30:
             os.killpg(proc.pid, signal.SIGKILL)
             killed_at = checkpoint_step(runs[0])
             break
     proc.wait()
     assert 30 <= killed_at < 60, f"run was not killed mid-way (checkpoint step {killed_at})"
-    (run,) = run_dirs(kill_root)
+    (run,) = run_folders(kill_root)
     first_log = (run / "logs" / "metrics.csv").read_text()
     assert main(["fit", f"resume={run}", "trainer.progress=false"]) == 0
     assert checkpoint_step(run) == 60
@@ -118,7 +113,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     header = resumed[0].split(",")
     first_step = int(resumed[1].split(",")[header.index("step")])
     assert first_step >= killed_at
-    (ref,) = run_dirs(ref_root)
+    (ref,) = run_folders(ref_root)
     a = torch.load(ref / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     b = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert a.keys() == b.keys()
@@ -132,7 +127,7 @@ def test_diffusers_path_runs_a_few_steps(tiny_sd_dir, tmp_path):
                  f"output_dir={tmp_path}",
                  "trainer.max_steps=3", "representation.num_points=500", "camera.batch_size=2", *FAST])
     assert code == 0
-    (run,) = run_dirs(tmp_path)
+    (run,) = run_folders(tmp_path)
     assert (run / "exports" / "gaussians.ply").is_file()
 
 

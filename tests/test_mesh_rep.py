@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from dreamkit.cameras import orbit_cameras
 from dreamkit.cli import main
 from dreamkit.errors import ConfigError
+from dreamkit.run import run_folders
 from dreamkit.representations.dmtet import (DMTetConfig, DMTetModel, load_tet_grid, make_tet_grid, marching_tets,
                                             sdf_sign_regularizer, tet_edges)
 from dreamkit.representations.mesh import (MeshConfig, MeshModel, face_adjacency, laplacian_loss, laplacian_vectors,
@@ -174,7 +175,7 @@ def mesh_run(tmp_path_factory):
                  "representation.ssaa=1", "representation.lr_encoding=0.03", "representation.lr_network=0.01",
                  "guidance.max_step_percent=0.98", *FAST])
     assert code == 0
-    (run,) = sorted(p for p in out.glob("*/*") if p.is_dir() and not p.is_symlink())
+    (run,) = run_folders(out)
     return run
 
 

@@ -14,6 +14,7 @@ from dreamkit.render.volume import (OccupancyGrid, composite, generate_rays, ray
 from dreamkit.representations.encodings import FrequencyEncoding, HashGridEncoding, HASH_PRIMES
 from dreamkit.representations.nerf import NeRFConfig, NeRFModel
 from dreamkit.representations.triplane import TriplaneConfig, TriplaneModel
+from dreamkit.run import run_folders
 from dreamkit.types import RenderOutput
 
 
@@ -262,7 +263,7 @@ def test_short_oracle_fit_improves_held_out_psnr(tmp_path):
                  "representation.num_samples=24", "guidance.max_step_percent=[0,0.98,0.3,30]",
                  "representation.lr_encoding=0.02", "representation.lr_network=0.003", "export.turntable=false"])
     assert code == 0
-    (run,) = sorted(p for p in tmp_path.glob("*/*") if p.is_dir() and not p.is_symlink())
+    (run,) = run_folders(tmp_path)
     cfg, _, cams, images, targets = held_out_renders(run)
     with torch.no_grad():
         initial = build_representation(cfg, torch.Generator().manual_seed(int(cfg.seed))).eval()

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dreamkit.errors import DreamkitError
-from dreamkit.run import CONFIG_NAME, load_run, make_run_dir
+from dreamkit.run import CONFIG_NAME, load_run, make_run_dir, run_folders
 
 
 def _cfg(tmp_path, prompt="a red cube"):
@@ -28,6 +28,7 @@ def test_run_folders_are_new_and_latest_follows(tmp_path):
     assert run_dir.resolve() == second.resolve() and cfg.name == "gs_sds"
     third = _finish(make_run_dir(_cfg(tmp_path, "a blue sphere")))
     assert latest.resolve() == third.resolve()
+    assert run_folders(tmp_path) == sorted([first, second, third])   # the link is not a run of its own
     assert [p.name for p in (tmp_path / "gs_sds").iterdir() if p.name.startswith(".")] == []   # no temp links left
 
 

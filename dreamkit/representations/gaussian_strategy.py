@@ -148,7 +148,7 @@ class DensifyStrategy:
         n_clone, n_split = int(clone.sum()), int(split.sum())
         if cfg.revised_opacity and (n_clone or n_split):
             # before copying: the clone's original keeps its place and gets the revised opacity as well
-            self._revise_opacity(model, optimizer, clone | split)
+            self._revise_opacity(model, clone | split)
         if n_clone:
             self._append(model, optimizer, {k: v[clone] for k, v in model.params.items()})
             split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool, device=split.device)])
@@ -157,13 +157,11 @@ class DensifyStrategy:
         return {"cloned": n_clone, "split": n_split}
 
     @staticmethod
-    def _revise_opacity(model: Any, optimizer, mask: torch.Tensor) -> None:
-        """o → 1 − √(1 − o) where ``mask`` (Bulò et al. 2024): two such copies composite to o."""
+    def _revise_opacity(model: Any, mask: torch.Tensor) -> None:
+        """o → 1 − √(1 − o) where ``mask`` (Bulò et al. 2024): two such copies composite to o. In place (called
+        under no_grad): the parameter and its optimizer state stay as they are."""
         logits = model.params["opacity_logits"]
-        revised = 1.0 - torch.sqrt((1.0 - torch.sigmoid(logits[mask])).clamp_min(0.0))
-        value = logits.detach().clone()
-        value[mask] = torch.logit(revised, eps=1e-6)
-        _replace_param(optimizer, model.params, "opacity_logits", value, lambda k, v: v)
+        logits[mask] = torch.logit(1.0 - torch.sqrt(1.0 - torch.sigmoid(logits[mask])), eps=1e-6)
 
     def _append(self, model: Any, optimizer, new: dict) -> None:
         for name, value in new.items():
