@@ -154,7 +154,8 @@ class DreamkitConfig:
     guidance: Any = field(default_factory=lambda: {"name": "sds"})
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
-    #: lambda_<loss name>: weight (number or schedule) of each loss term; unlisted terms are not computed
+    #: lambda_<loss name>: weight (number or schedule) of each loss term; unlisted terms do not
+    #: count (a representation may still compute and log its regularisers as diagnostics)
     loss: Dict[str, Any] = field(default_factory=lambda: {"lambda_sds": 1.0})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
