@@ -2,6 +2,7 @@
 
     python scripts/bench_raster.py                     # ~20k faces, 512², 4 cameras
     python scripts/bench_raster.py --size 256 --repeat 2 --antialias
+    python scripts/bench_raster.py --no-cpu --repeat 50      # on a GPU: twin on the GPU vs the kernel only
 
 Prints milliseconds per call (forward z-buffer + differentiable barycentrics; with --antialias also the antialias
 pass) and the torch/CUDA ratio. On a CPU-only machine it times the torch twin only and says why CUDA is skipped.
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--antialias", action="store_true", help="also time the antialias pass")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the torch twin on the CPU (GPU runs only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,9 +68,10 @@ def main() -> None:
         return run
 
     results = {}
-    for device, backend in ([(torch.device("cpu"), "torch")]
-                            + ([(torch.device("cuda"), "torch"), (torch.device("cuda"), "cuda")]
-                               if torch.cuda.is_available() else [])):
+    runs = [] if args.no_cpu else [(torch.device("cpu"), "torch")]
+    if torch.cuda.is_available():
+        runs += [(torch.device("cuda"), "torch"), (torch.device("cuda"), "cuda")]
+    for device, backend in runs:
         name = f"{backend} on {device.type}"
         if backend == "cuda":
             from dreamkit.render import cuda_raster

@@ -296,7 +296,10 @@ def _render_field_nerfacc(rays, aabb, density_fn, field_fn, n_samples, occupancy
                           alpha_threshold) -> Optional[dict]:
     """CUDA path: nerfacc's occupancy-grid marching + packed compositing (None when nerfacc is not installed).
 
-    Not exercised on our CPU machines; the dense twin above is the reference.
+    The dense twin above is the reference (tests/test_volume_cuda.py compares the two on a GPU). Differences: nerfacc
+    marches every ray with one step (the longest box span / ``n_samples``) where the twin spreads ``n_samples`` over
+    each ray's own span, and its stratified jitter comes from the global RNG, not ``generator``. Returns the
+    twin's keys except the dense [R, S] "weights"/"t_mid" (packed "weights_packed"/"ray_indices" instead).
     """
     try:
         import nerfacc
@@ -306,7 +309,8 @@ def _render_field_nerfacc(rays, aabb, density_fn, field_fn, n_samples, occupancy
         return None
     estimator = getattr(occupancy, "_nerfacc_estimator", None)
     if estimator is None:
-        estimator = nerfacc.OccGridEstimator(roi_aabb=aabb, resolution=occupancy.resolution, levels=1).to(aabb.device)
+        estimator = nerfacc.OccGridEstimator(roi_aabb=aabb.detach().float().cpu(), resolution=occupancy.resolution,
+                                             levels=1).to(aabb.device)
         object.__setattr__(occupancy, "_nerfacc_estimator", estimator)
     # mirror our bitfield into nerfacc's (nerfacc orders cells x-major like ours)
     estimator.binaries.copy_(occupancy.occupied.reshape(estimator.binaries.shape))
@@ -335,4 +339,8 @@ def _render_field_nerfacc(rays, aabb, density_fn, field_fn, n_samples, occupancy
     }
     if "normal" in out:
         result["normal"] = nerfacc.accumulate_along_rays(weights, out["normal"], ray_indices=ray_indices, n_rays=R)
+        # the twin's orientation term, packed: Σ_i stop_grad(w_i)·max(0, n_i·d)²
+        facing = (out["normal"] * rays.directions[ray_indices]).sum(-1).clamp_min(0.0)
+        result["orient"] = nerfacc.accumulate_along_rays(weights.detach(), (facing ** 2)[:, None],
+                                                         ray_indices=ray_indices, n_rays=R)[:, 0]
     return result
