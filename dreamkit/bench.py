@@ -134,6 +134,9 @@ def build_system(cfg: Any, device: torch.device):
     check_prior_config(cfg.prior)
     if device.type == "cuda":
         torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
+        from .priors.base import resolve_auto
+
+        torch.backends.cudnn.benchmark = resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")
     else:
         from .render.splat import keep_freed_cpu_memory
 

@@ -79,6 +79,9 @@ class TrainerConfig:
     progress: bool = True
     #: float32 matmul precision on CUDA: highest | high | medium
     matmul_precision: str = "high"
+    #: let cuDNN time its convolution algorithms for each new input shape and keep the fastest (a step's shapes never
+    #: change): auto = on CUDA. Not bit-reproducible across machines (cuDNN may pick other algorithms).
+    cudnn_benchmark: Any = "auto"
 
 
 @dataclass
@@ -332,6 +335,12 @@ def validate_values(cfg: DictConfig) -> None:
     positive("export.turntable_resolution", cfg.export.turntable_resolution)
     if not str(cfg.prompt).strip():
         raise ConfigError('prompt is empty — pass one, e.g. prompt="a red cube"')
+    from .priors.base import resolve_auto
+
+    resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")
+    for flag in ("channels_last", "cuda_graph"):
+        if flag in cfg.prior:
+            resolve_auto(cfg.prior[flag], True, f"prior.{flag}")
     if cfg.background.type not in ("solid", "random", "learned"):
         raise ConfigError(f"background.type={cfg.background.type!r} — use solid, random or learned")
     if len(cfg.background.color) != 3:

@@ -36,9 +36,21 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int | None = None
 
 
 def write_video(frames: torch.Tensor, path: Path, fps: int = 24) -> Path:
-    """[F, H, W, 3] in [0, 1] → H.264 MP4 (sizes padded to multiples of 16 by the encoder when needed)."""
+    """[F, H, W, 3] in [0, 1] → H.264 MP4 (sizes padded to multiples of 16 by the encoder when needed).
+
+    Raises DreamkitError when imageio-ffmpeg (a dependency of dreamkit) is missing: imageio would otherwise hand the
+    ``.mp4`` to another plugin (tifffile) that fails with an unrelated TypeError. Seen on a GPU machine whose Python
+    had imageio without imageio-ffmpeg."""
     import imageio.v2 as imageio
 
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError as err:
+        from .errors import DreamkitError
+
+        raise DreamkitError(f"writing {Path(path).name} needs an H.264 encoder: imageio-ffmpeg is not installed "
+                            f"({err}) — `pip install imageio-ffmpeg`, or skip videos with export.turntable=false "
+                            "export.mesh_preview=false") from err
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = to_uint8(frames)

@@ -145,6 +145,9 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     device = resolve_device(str(cfg.device))
     if device.type == "cuda":
         torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
+        from .priors.base import resolve_auto
+
+        torch.backends.cudnn.benchmark = resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")
     else:
         from .render.splat import keep_freed_cpu_memory
 

@@ -41,12 +41,16 @@ export MAX_JOBS=${MAX_JOBS:-12}
 export DREAMKIT_SD21_RANDOM_DIR=${DREAMKIT_SD21_RANDOM_DIR:-/tmp/sd21-random}
 mkdir -p "$TORCH_EXTENSIONS_DIR"
 SUMMARY=()
+# GPU_CHECK_ONLY="install build-gsplat bench-sd21 ...": run only the stages named (default: all). env always runs.
+ONLY=${GPU_CHECK_ONLY:-}
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 log() { echo "[gpu_check $(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
 
 # stage NAME LIMIT_S COMMAND...: run with min(LIMIT_S, time left) as limit, log, record rc and seconds
 stage() {
   local name=$1 limit=$2; shift 2
+  want "$name" || [ "$name" = env ] || return 0
   local left=$((TOTAL_S - ($(date +%s) - T0) - 5))
   if [ "$left" -lt 10 ]; then
     SUMMARY+=("$(printf '%-12s skipped (no time left)' "$name")"); log "$name: skipped, no time left"; return 0
@@ -139,7 +143,7 @@ build_nerfacc="$PY - <<'EOF'
 import time, torch
 t = time.time()
 import nerfacc
-from nerfacc.cuda import _C
+from nerfacc.cuda._backend import _C
 assert _C is not None, 'nerfacc did not build its CUDA extension'
 est = nerfacc.OccGridEstimator(roi_aabb=[-1, -1, -1, 1, 1, 1], resolution=32).cuda()
 rays_o = torch.zeros(64, 3, device='cuda') - torch.tensor([0.0, 0.0, 3.0], device='cuda')
@@ -214,36 +218,42 @@ wait_build() {
   return "$rc"
 }
 
-log "── builds start: gsplat (background, MAX_JOBS=12), nerfacc and the rasterizer (MAX_JOBS=4 each)"
-bg_build gsplat 12 "$build_gsplat"
-bg_build nerfacc 4 "$build_nerfacc"
-bg_build raster 4 "$build_raster"
-wait_build nerfacc
-wait_build raster
+log "── builds start (those asked for): gsplat (background, MAX_JOBS=12), nerfacc and the rasterizer (MAX_JOBS=4 each)"
+want build-gsplat && bg_build gsplat 12 "$build_gsplat"
+want build-nerfacc && bg_build nerfacc 4 "$build_nerfacc"
+want build-raster && bg_build raster 4 "$build_raster"
+want build-nerfacc && wait_build nerfacc
+want build-raster && wait_build raster
 
 PYTEST="$PY -m pytest -q -p no:cacheprovider -rA --tb=short"
-# while gsplat compiles: the rasterizer kernel against its twin (a fresh build of its own) and nerfacc against the
-# dense volume renderer
+# while gsplat compiles: the rasterizer kernel against its twin (a fresh build of its own), nerfacc against the dense
+# volume renderer, the priors' CUDA-graph replay against their eager forward; the SD 2.1 folder is written
 stage tests-raster 150 "$PYTEST tests/test_raster_cuda.py tests/test_volume_cuda.py"
+stage tests-graph 60 "$PYTEST tests/test_prior_cuda_graph.py"
+stage sd21-prep 60 "$PY -c 'from dreamkit.bench import default_sd21_dir; from dreamkit.priors.tiny_random import ensure_sd21_random; print(ensure_sd21_random(default_sd21_dir()))'"
 
-wait_build gsplat
-stage tests-gsplat 150 "$PYTEST -m cuda tests/test_splat.py tests/test_bench.py"
+want build-gsplat && wait_build gsplat
+stage tests-gsplat 75 "$PYTEST -m cuda tests/test_splat.py tests/test_bench.py"
 
 # -- benchmarks -------------------------------------------------------------------------------------------------------
-stage bench-sd21 170 "$PY -m dreamkit bench --device cuda --prior sd21-random --json '$OUT/bench_cuda.json'"
+stage bench-sd21 120 "$PY -m dreamkit bench --device cuda --prior sd21-random --json '$OUT/bench_cuda.json'"
+# the same without CUDA graphs (prior.cuda_graph=false): what graph replay of the UNet saves
+stage bench-nograph 90 "$PY -m dreamkit bench --device cuda --prior sd21-random --override prior.cuda_graph=false \
+  --json '$OUT/bench_cuda_nograph.json'"
 stage bench-tiny 80 "$PY -m dreamkit bench --device cuda --recipe gs_sds --json '$OUT/bench_cuda_tiny.json'"
 stage bench-raster 60 "set -o pipefail; $PY scripts/bench_raster.py --no-cpu --repeat 50 | tee '$OUT/bench_raster.txt' && \
   $PY scripts/bench_raster.py --no-cpu --repeat 20 --antialias | tee -a '$OUT/bench_raster.txt'"
 # the real loop on the GPU (Lightning, checkpoints, exports): the oracle recipes against their CPU scores (held-out
-# PSNR; README: gs 33 s wall on the CPU, nerf 33.88 dB), then the README's first text-to-3D command (with the stand-in
-# text encoder the prompt means nothing: this checks that the loop runs, not the asset)
-stage oracle-gs 60 "$PY scripts/bench_oracle.py --recipe gs_oracle --json '$OUT/oracle_gs.json' device=cuda"
-stage oracle-nerf 120 "$PY scripts/bench_oracle.py --recipe nerf_oracle --json '$OUT/oracle_nerf.json' device=cuda"
+# PSNR), then the README's first text-to-3D command (with the stand-in text encoder the prompt means nothing: this
+# checks that the loop runs, not the asset). No videos: the device's Python has imageio without imageio-ffmpeg.
+NOVIDEO="export.turntable=false export.mesh_preview=false"
+stage oracle-gs 60 "$PY scripts/bench_oracle.py --recipe gs_oracle --json '$OUT/oracle_gs.json' device=cuda $NOVIDEO"
+stage oracle-nerf 120 "$PY scripts/bench_oracle.py --recipe nerf_oracle --json '$OUT/oracle_nerf.json' device=cuda $NOVIDEO"
 stage fit-gs-sds 60 "$PY -m dreamkit fit --config gs_sds.yaml device=cuda output_dir=/tmp/dk_fits trainer.progress=false \
-  && ls -la /tmp/dk_fits/gs_sds/latest/ /tmp/dk_fits/gs_sds/latest/export 2>/dev/null"
-# A/B of the priors' NHWC default (prior.channels_last): the same SD 2.1 bench in the standard layout, if time is left
-stage bench-nchw 90 "$PY -m dreamkit bench --device cuda --prior sd21-random --warmup 3 --steps 20 \
-  --override prior.channels_last=false --json '$OUT/bench_cuda_nchw.json'"
+  $NOVIDEO && ls -la /tmp/dk_fits/gs_sds/latest/ /tmp/dk_fits/gs_sds/latest/exports"
+# A/B of the priors' layout (prior.channels_last; auto = off on CUDA): the SD 2.1 bench in NHWC, if time is left
+stage bench-nhwc 90 "$PY -m dreamkit bench --device cuda --prior sd21-random --warmup 3 --steps 20 \
+  --override prior.channels_last=true --json '$OUT/bench_cuda_nhwc.json'"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv >>"$LOG" 2>&1
 
 {
@@ -253,7 +263,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu -
     [ -f "$OUT/$f" ] && echo "  $f: $(head -c 600 "$OUT/$f" | tr '\n' ' ')"
   done
   [ -f "$OUT/bench_raster.txt" ] && sed 's/^/  raster: /' "$OUT/bench_raster.txt"
-  for f in bench_cuda.json bench_cuda_tiny.json bench_cuda_nchw.json; do
+  for f in bench_cuda.json bench_cuda_nograph.json bench_cuda_tiny.json bench_cuda_nhwc.json; do
     if [ -f "$OUT/$f" ]; then
       $PY -c "import json,sys
 for r in json.load(open(sys.argv[1])):

@@ -527,3 +527,16 @@ def test_mesh_material_auto_follows_where_the_colours_come_from():
     assert not material_is_unlit(gaussians, None, "pbr") and material_is_unlit(mesh_shaded, None, "unlit")
     with pytest.raises(ConfigError, match="mesh_material='lit'.*auto.*pbr.*unlit"):
         _check_material(SimpleNamespace(mesh_material="lit"))
+
+
+def test_write_video_without_imageio_ffmpeg_says_what_to_install(tmp_path, monkeypatch):
+    """imageio alone would hand an .mp4 to its tifffile plugin (TypeError: unexpected keyword 'fps'); we name the fix."""
+    import sys
+
+    from dreamkit.errors import DreamkitError
+    from dreamkit.imageio_utils import write_video
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import raises ImportError
+    with pytest.raises(DreamkitError, match="pip install imageio-ffmpeg"):
+        write_video(torch.rand(2, 16, 16, 3), tmp_path / "t.mp4")
+    assert not (tmp_path / "t.mp4").exists()

@@ -27,10 +27,12 @@ class StableDiffusionPriorConfig:
     dtype: str = "auto"
     #: never reach the network (default: try the local cache, then the hub)
     local_files_only: Optional[bool] = None
-    #: UNet and VAE weights and inputs in channels-last memory format (the same numbers to float rounding; the VAE's
-    #: encode + backward ran ~15% faster on the 2-core CPU, the UNet no slower; NHWC is what fp16 tensor-core
-    #: convolutions on CUDA use)
-    channels_last: bool = True
+    #: UNet and VAE weights and inputs in channels-last memory format (the same numbers to float rounding).
+    #: auto = on the CPU (the VAE's encode + backward ran ~15% faster on the 2-core CPU, the UNet no slower), off on
+    #: CUDA (on an H200 the SD 2.1 gs_sds step took 122 ms NHWC, 110 ms NCHW: GroupNorm has no NHWC kernel there)
+    channels_last: Any = "auto"
+    #: replay the UNet from CUDA graphs when no gradient is needed (priors/base.py CudaGraphCache): auto = on CUDA
+    cuda_graph: Any = "auto"
 
 
 @dataclass
@@ -41,8 +43,10 @@ class PixelPriorConfig:
     #: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16
     dtype: str = "auto"
     #: UNet weights and inputs in channels-last memory format (the same numbers to float rounding; tiny-t2i's UNet
-    #: call ran 8–13% faster on the 2-core CPU)
-    channels_last: bool = True
+    #: call ran 8–13% faster on the 2-core CPU). auto = on the CPU, off on CUDA (see StableDiffusionPriorConfig)
+    channels_last: Any = "auto"
+    #: replay the UNet from CUDA graphs when no gradient is needed (priors/base.py CudaGraphCache): auto = on CUDA
+    cuda_graph: Any = "auto"
 
 
 def build_prior(cfg: Any, device: torch.device):
@@ -60,11 +64,13 @@ def build_prior(cfg: Any, device: torch.device):
         from .diffusers_sd import StableDiffusionPrior
 
         return StableDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype,
-                                    local_files_only=cfg.local_files_only, channels_last=cfg.channels_last)
+                                    local_files_only=cfg.local_files_only, channels_last=cfg.channels_last,
+                                    cuda_graph=cfg.cuda_graph)
     if cfg.type == "pixel":
         from .pixel import PixelDiffusionPrior
 
-        return PixelDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype, channels_last=cfg.channels_last)
+        return PixelDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype, channels_last=cfg.channels_last,
+                                   cuda_graph=cfg.cuda_graph)
     raise ValueError(cfg.type)
 
 

@@ -209,7 +209,8 @@ class StableDiffusionPrior(Prior):
 
     def __init__(self, name: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
                  dtype: Union[str, torch.dtype] = "auto", local_files_only: Optional[bool] = None,
-                 enable_attention_slicing: bool = False, channels_last: bool = True) -> None:
+                 enable_attention_slicing: bool = False, channels_last: Union[bool, str] = "auto",
+                 cuda_graph: Union[bool, str] = "auto") -> None:
         super().__init__()
         name = os.fspath(name)
         device = torch.device(device)
@@ -232,7 +233,10 @@ class StableDiffusionPrior(Prior):
         for module in self._frozen_modules():
             module.requires_grad_(False)
             module.eval()
-        self.channels_last = bool(channels_last)
+        from .base import resolve_auto
+
+        self.channels_last = resolve_auto(channels_last, device.type == "cpu", "prior.channels_last")
+        self.cuda_graph = resolve_auto(cuda_graph, device.type == "cuda", "prior.cuda_graph")
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.unet.to(device, memory_format=memory_format)  # NHWC: see configs.StableDiffusionPriorConfig
         self.vae.to(device, memory_format=memory_format)
@@ -347,9 +351,9 @@ class StableDiffusionPrior(Prior):
             t = t.expand(x_t.shape[0])
         self.view_settings.check_batch(x_t.shape[0], cameras)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, self.dtype)
-        kwargs = {} if labels is None else {"class_labels": labels}
         x_in = self._layout(self.view_settings.unet_input(x_t, cameras, self.dtype))
-        out = self.unet(x_in, t, encoder_hidden_states=cond.to(self.dtype), **kwargs).sample.float()
+        extra = () if labels is None else (labels,)
+        out = self._denoiser(self._unet_forward, x_in, t, cond.to(self.dtype), *extra).float()
         if self.prediction_type == "epsilon":
             return out
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)
@@ -358,6 +362,10 @@ class StableDiffusionPrior(Prior):
             return alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * x_t.float()
         # "sample" (x0-prediction): ε = (x_t − √ᾱ·x0) / √(1−ᾱ).
         return (x_t.float() - alpha_bar.sqrt() * out) / (1 - alpha_bar).sqrt()
+
+    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, *labels: torch.Tensor):
+        kwargs = {"class_labels": labels[0]} if labels else {}
+        return self.unet(x_in, t, encoder_hidden_states=cond, **kwargs).sample
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, resolution={self.resolution}, prediction_type={self.prediction_type!r}, "

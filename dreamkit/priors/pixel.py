@@ -21,7 +21,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -125,7 +125,7 @@ class PixelDiffusionPrior(Prior):
     _text_cache: ClassVar[dict] = {}
 
     def __init__(self, name: str, device: str = "cpu", dtype: str = "auto", warn_outside_world: bool = True,
-                 channels_last: bool = True):
+                 channels_last: Union[bool, str] = "auto", cuda_graph: Union[bool, str] = "auto"):
         super().__init__()
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -143,7 +143,10 @@ class PixelDiffusionPrior(Prior):
         self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch_dtype,
                                                          local_files_only=True)
         self.unet.eval().requires_grad_(False)
-        self.channels_last = bool(channels_last)
+        from .base import resolve_auto
+
+        self.channels_last = resolve_auto(channels_last, torch_device.type == "cpu", "prior.channels_last")
+        self.cuda_graph = resolve_auto(cuda_graph, torch_device.type == "cuda", "prior.cuda_graph")
         if self.channels_last:  # NHWC convolutions: the same numbers, faster on this CPU (configs.PixelPriorConfig)
             self.unet.to(memory_format=torch.channels_last)
         self.scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
@@ -205,15 +208,19 @@ class PixelDiffusionPrior(Prior):
                               f"nearest in-world prompts: {', '.join(near)}", stacklevel=3)
 
     # -- denoising -------------------------------------------------------------------------------------------------
+    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, *labels: torch.Tensor):
+        kwargs = {"class_labels": labels[0]} if labels else {}
+        return self.unet(x_in, t, encoder_hidden_states=cond, **kwargs).sample
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 cameras: Optional[Cameras] = None) -> torch.Tensor:
         dtype = next(self.unet.parameters()).dtype
         t = t.to(x_t.device).expand(x_t.shape[0]) if t.dim() == 0 else t.to(x_t.device)
         self.view_settings.check_batch(x_t.shape[0], cameras)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
-        kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
         x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
-        out = self.unet(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
+        extra = () if labels is None else (labels,)
+        out = self._denoiser(self._unet_forward, x_in, t, cond.to(dtype), *extra).float()
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":
             abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
