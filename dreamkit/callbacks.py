@@ -22,15 +22,30 @@ class AtomicCheckpoint(pl.Callback):
         self.ckpt_dir = Path(ckpt_dir)
         self.every = every
         self.max_steps = max_steps
+        self.last_saved_step = -1
 
     def save(self, trainer: pl.Trainer) -> Path:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        """Write ``last.ckpt`` atomically. A failed write (full disk, unwritable folder) removes its temporary file,
+        keeps the previous checkpoint, and raises DreamkitError naming the folder and the cause."""
         final = self.ckpt_dir / "last.ckpt"
         tmp = self.ckpt_dir / f".last.ckpt.tmp-{os.getpid()}"
-        trainer.save_checkpoint(str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(str(tmp))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            from .errors import DreamkitError
+
+            kept = f"the previous checkpoint ({final}) is kept" if final.is_file() else "no checkpoint was kept"
+            raise DreamkitError(f"cannot write a checkpoint in {self.ckpt_dir}: {err.strerror or err} — {kept}; free "
+                                "space or make the folder writable, then resume") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.last_saved_step = int(trainer.global_step)
         return final
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -97,3 +112,49 @@ class TextProgress(pl.Callback):
         extra = f"  gaussians {n}" if n is not None else ""
         print(f"step {step}/{self.max_steps}  loss {loss:.4g}  {rate:.2f} steps/s  ETA {eta:.0f}s{extra}",
               file=self.stream, flush=True)
+
+
+class GracefulStop(pl.Callback):
+    """SIGINT (Ctrl-C) and SIGTERM (schedulers, ``kill``) end a fit cleanly: the step in flight finishes, a checkpoint
+    is written, training stops, and :func:`dreamkit.run.fit` reports the interruption (one line, exit 130 / 143).
+
+    The handlers are installed when training starts, over Lightning's own (which would exit 0 on SIGTERM, and 1 with
+    no checkpoint on Ctrl-C), and the previous handlers come back when :meth:`restore` is called. A second signal
+    while the checkpoint is being written ends the process at once (the last complete checkpoint stays).
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, checkpoint: AtomicCheckpoint):
+        import signal as _signal
+
+        self.checkpoint = checkpoint
+        self.signum: int | None = None
+        self._signal = _signal
+        # the handlers before the fit (Lightning installs and later restores its own in between)
+        self._previous = {getattr(_signal, n): _signal.getsignal(getattr(_signal, n)) for n in self.SIGNALS}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:
+            print(f"\ninterrupted again ({self._signal.Signals(signum).name}) — stopping now; the last complete "
+                  "checkpoint is kept", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def install(self) -> None:
+        for sig in self._previous:
+            self._signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            self._signal.signal(sig, handler if handler is not None else self._signal.SIG_DFL)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.install()  # after Lightning registered its SIGTERM handler at the start of fit
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signum is None:
+            return
+        if self.checkpoint.last_saved_step != trainer.global_step:
+            self.checkpoint.save(trainer)
+        trainer.should_stop = True

@@ -56,7 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .run import export_run
 
     formats = list(EXPORT_FORMATS) if args.format == "all" else [f.strip() for f in args.format.split(",")]
-    export_run(Path(args.run_dir), formats, out_dir=Path(args.output) if args.output else None)
+    export_run(Path(args.run_dir), formats, out_dir=Path(args.output) if args.output else None,
+               overrides=list(args.overrides))
     return 0
 
 
@@ -64,7 +65,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .run import render_run
 
     render_run(Path(args.run_dir), frames=args.frames, resolution=args.resolution,
-               output=Path(args.output) if args.output else None)
+               output=Path(args.output) if args.output else None, overrides=list(args.overrides))
     return 0
 
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--format", "-f", default="all", help="comma-separated formats or 'all'")
     p.add_argument("--output", "-o", help="output folder (default <run>/exports)")
+    p.add_argument("overrides", nargs="*", help="export.* overrides (e.g. export.mesh_threshold=0.2)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("render", help="turntable MP4 of a run")
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int)
     p.add_argument("--resolution", type=int)
     p.add_argument("--output", "-o", help="MP4 path (default <run>/exports/turntable.mp4, numbered if it exists)")
+    p.add_argument("overrides", nargs="*", help="export.* overrides (e.g. export.turntable_elevation=30)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("sample", help="a grid of samples from a prior (tiny, oracle, Stable Diffusion, ...)")
@@ -337,8 +340,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DreamkitError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"{err.prefix}{err}", file=sys.stderr, flush=True)
         return err.exit_code
+    except OSError as err:  # a full disk, an unwritable or vanished folder: the environment, not a bug
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write or read{where}: {err.strerror or err} — free space or fix the folder's "
+              "permissions, then run again (a fit resumes with `dreamkit fit resume=<run folder>`)",
+              file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         print("interrupted — resume with `dreamkit fit resume=<run folder>`", file=sys.stderr, flush=True)
         return 130

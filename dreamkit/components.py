@@ -40,19 +40,29 @@ def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) 
 
 
 def load_representation_from_checkpoint(cfg: DictConfig, ckpt_path: Path, device: torch.device) -> nn.Module:
-    """Rebuild the trained representation (no prior needed) for export and rendering."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    """Rebuild the trained representation (no prior needed) for export and rendering; the checkpoint is read with
+    :func:`dreamkit.checkpoint.load_checkpoint` (no code in it runs; a bad file is one line)."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
     rep = build_representation(cfg)
     state = {k[len("representation."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("representation.")}
     prefix = "params."
     if hasattr(rep, "resize_to"):
         rep.resize_to({k[len(prefix):]: v.shape for k, v in state.items() if k.startswith(prefix)})
-    rep.load_state_dict(state)
+    try:
+        rep.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's representation "
+                              f"({cfg.representation.name}): {first}") from None
     return rep.to(device).eval()
 
 
 def background_from_checkpoint(cfg: DictConfig, ckpt_path: Path) -> torch.Tensor:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
     if cfg.background.type == "learned" and "background.learned" in ckpt["state_dict"]:
         return torch.sigmoid(ckpt["state_dict"]["background.learned"])
     return torch.tensor(list(cfg.background.color), dtype=torch.float32)

@@ -79,6 +79,8 @@ class TrainerConfig:
     progress: bool = True
     #: float32 matmul precision on CUDA: highest | high | medium
     matmul_precision: str = "high"
+    #: stop a run after this many consecutive steps with a non-finite loss (each is skipped and counted)
+    nonfinite_patience: int = 20
     #: let cuDNN time its convolution algorithms for each new input shape and keep the fastest (a step's shapes never
     #: change): auto = on CUDA. Not bit-reproducible across machines (cuDNN may pick other algorithms).
     cudnn_benchmark: Any = "auto"
@@ -268,27 +270,58 @@ def _check_schedules(schema_cls: type, cfg: DictConfig, prefix: str) -> None:
                 Schedule.parse(plain, full)
 
 
+def reject_interpolations(cfg: Any, source: str) -> None:
+    """User input (recipes, overrides, a run folder's config.yaml) is taken literally: a value holding an OmegaConf
+    interpolation (``${...}``, escaped or not) is refused with one line, so nothing is ever resolved — in
+    particular not ``${oc.env:...}``, which would copy an environment variable into the run folder's name, its
+    config and its checkpoint — and a saved config reads back exactly as it was written."""
+    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str) and "${" in value:
+            raise ConfigError(f"{source}: {key}={value!r} is an interpolation (${{...}}); dreamkit takes config values "
+                              "literally and never resolves them (nor reads the environment) — write the value itself")
+
+    walk(plain, "")
+
+
 def load_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
-    except Exception as err:  # yaml syntax errors
+    except Exception as err:  # yaml syntax errors, unreadable files
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"cannot parse config file {path}: {first}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping of keys at the top level")
+    reject_interpolations(cfg, str(path))
     return cfg
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
+        bad = next((c for c in item if ord(c) < 32 or ord(c) == 127), None)
+        if bad is not None:
+            raise ConfigError(f"override {item!r} contains a control character ({bad!r} at position {item.index(bad)}) "
+                              "— remove it (a stray escape sequence or a pasted newline?)")
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"cannot read override {item!r} — write overrides as key=value, e.g. trainer.max_steps=600")
     # `key=` (nothing after '=') means an empty string, not null
     overrides = [item + "''" if item.split("=", 1)[1].strip() == "" else item for item in overrides]
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        parsed = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot read overrides {overrides}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # yaml scanner errors on odd values
+        raise ConfigError(f"cannot read overrides {overrides}: {type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:160]}") from None
+    reject_interpolations(parsed, "override")
+    return parsed
 
 
 def load_config(config: Optional[str], overrides: list[str] = (), base: Optional[DictConfig] = None) -> DictConfig:
@@ -323,6 +356,7 @@ def validate_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {need}, got {value}")
 
     positive("trainer.max_steps", cfg.trainer.max_steps)
+    positive("trainer.nonfinite_patience", cfg.trainer.nonfinite_patience)
     positive("trainer.log_every", cfg.trainer.log_every)
     positive("trainer.val_every", cfg.trainer.val_every, allow_zero=True)
     positive("trainer.checkpoint_every", cfg.trainer.checkpoint_every, allow_zero=True)
@@ -355,6 +389,61 @@ def validate_values(cfg: DictConfig) -> None:
     for fmt in cfg.export.formats:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"export.formats: unknown format {fmt!r} — {_closest(str(fmt), list(EXPORT_FORMATS))}")
+    _check_ranges(cfg)
+
+
+#: the largest image side a run accepts (SDS priors work at ≤ 1024; larger is a typo, not a wish)
+MAX_IMAGE_SIDE = 8192
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    """Values whose type is right but whose meaning is not: non-finite numbers, negative seeds, counts below 1,
+    timestep fractions outside [0, 1] or min above max, image sides beyond :data:`MAX_IMAGE_SIDE`."""
+    import math
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not a finite number — give a finite value")
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    if int(cfg.seed) < 0:
+        raise ConfigError(f"seed={cfg.seed} is negative — seeds are integers ≥ 0")
+    for side in ("width", "height"):
+        if int(cfg.camera[side]) > MAX_IMAGE_SIDE:
+            raise ConfigError(f"camera.{side}={cfg.camera[side]} is larger than {MAX_IMAGE_SIDE} — priors work at "
+                              "64–1024 pixels; pass a smaller size")
+    rep = cfg.representation
+    for key in ("num_points", "num_samples", "hidden_dim", "max_gaussians"):
+        if key in rep and rep[key] is not None and int(rep[key]) < 1:
+            raise ConfigError(f"representation.{key}={rep[key]} must be ≥ 1")
+    if "densify" in rep and rep.densify is not None and "max_gaussians" in rep.densify \
+            and int(rep.densify.max_gaussians) < 1:
+        raise ConfigError(f"representation.densify.max_gaussians={rep.densify.max_gaussians} must be ≥ 1")
+    if "sh_degree" in rep and not 0 <= int(rep.sh_degree) <= 3:
+        raise ConfigError(f"representation.sh_degree={rep.sh_degree} — use 0, 1, 2 or 3")
+    g = cfg.guidance
+    if "min_step_percent" in g and "max_step_percent" in g:
+        lo = Schedule.parse(to_plain(g.min_step_percent), "guidance.min_step_percent")
+        hi = Schedule.parse(to_plain(g.max_step_percent), "guidance.max_step_percent")
+        for name, sched_ in (("min_step_percent", lo), ("max_step_percent", hi)):
+            bad = [v for v in sched_.values if not 0.0 <= v <= 1.0]
+            if bad:
+                raise ConfigError(f"guidance.{name} takes fractions of the diffusion timesteps in [0, 1], got "
+                                  f"{bad[0]:g} — e.g. guidance.{name}={0.02 if name.startswith('min') else 0.98}")
+        for step in sorted(set(lo.steps) | set(hi.steps)):
+            if lo(step) > hi(step):
+                raise ConfigError(f"guidance.min_step_percent ({lo(step):g}) is above guidance.max_step_percent "
+                                  f"({hi(step):g}) at step {step:g} — the minimum must not exceed the maximum")
+    if "guidance_scale" in g:
+        scale = Schedule.parse(to_plain(g.guidance_scale), "guidance.guidance_scale")
+        if min(scale.values) < 0:
+            raise ConfigError(f"guidance.guidance_scale must be ≥ 0, got {min(scale.values):g}")
 
 
 def to_plain(cfg: Any) -> Any:

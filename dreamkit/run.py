@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DreamkitError
+from .errors import DreamkitError, Interrupted
 
 CONFIG_NAME = "config.yaml"
 
@@ -90,7 +90,9 @@ def load_run(run_dir: str | Path) -> tuple[Path, DictConfig, Path]:
     if not cfg_path.is_file():
         raise DreamkitError(f"{run_dir} has no {CONFIG_NAME}: it is not a dreamkit run folder")
     ckpt = run_dir / "ckpts" / "last.ckpt"
-    return run_dir, OmegaConf.load(cfg_path), ckpt
+    from .config import load_yaml
+
+    return run_dir, load_yaml(cfg_path), ckpt  # a shared run folder is untrusted: no interpolations resolved
 
 
 def _quiet_lightning() -> None:
@@ -137,11 +139,15 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import AtomicCheckpoint, TextProgress, ValidationRenders
+    from .callbacks import AtomicCheckpoint, GracefulStop, TextProgress, ValidationRenders
     from .priors.configs import build_prior
     from .system import DreamSystem, eval_cameras, resolve_device
 
     _quiet_lightning()
+    start_step = 0
+    if resume_dir is not None:
+        # the checkpoint is read and checked before anything touches the run folder (or loads a prior)
+        start_step = _check_resume(Path(resume_dir), cfg)
     device = resolve_device(str(cfg.device))
     if device.type == "cuda":
         torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
@@ -164,12 +170,9 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     ckpt_path = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        ckpt = run_dir / "ckpts" / "last.ckpt"
-        if not ckpt.is_file():
-            raise DreamkitError(f"cannot resume {run_dir}: no checkpoint at {ckpt} (the run stopped before its "
-                                "first checkpoint; start it again)")
-        ckpt_path = str(ckpt)
+        ckpt_path = str(run_dir / "ckpts" / "last.ckpt")
     else:
+        check_memory_budget(cfg, device)
         run_dir = make_run_dir(cfg)
     system.run_dir = run_dir
     # the config goes to disk first (atomically), so a failed start still documents itself
@@ -184,9 +187,12 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     if hasattr(prior, "target_images"):
         with torch.no_grad():
             targets = prior.target_images(eval_cams.to(device), 0).permute(0, 2, 3, 1).cpu()
+    checkpointer = AtomicCheckpoint(run_dir / "ckpts", int(cfg.trainer.checkpoint_every), max_steps)
+    stopper = GracefulStop(checkpointer)
     callbacks: list[Any] = [
-        AtomicCheckpoint(run_dir / "ckpts", int(cfg.trainer.checkpoint_every), max_steps),
+        checkpointer,
         ValidationRenders(run_dir / "renders", int(cfg.trainer.val_every), max_steps, eval_cams, targets),
+        stopper,
     ]
     use_rich = bool(cfg.trainer.progress) and sys.stdout.isatty()
     if use_rich:
@@ -219,19 +225,85 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         benchmark=False,
     )
     loader = torch.utils.data.DataLoader(_Steps(max_steps), batch_size=1, shuffle=False, num_workers=0)
+    if resume_dir is not None:
+        print(f"resuming from step {start_step} of {max_steps} ({ckpt_path})", flush=True)
     t0 = time.perf_counter()
-    trainer.fit(system, train_dataloaders=loader, ckpt_path=ckpt_path)
+    try:
+        import inspect
+
+        safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+        trainer.fit(system, train_dataloaders=loader, ckpt_path=ckpt_path, **safe)  # checked by _check_resume too
+    finally:
+        stopper.restore()
     elapsed = time.perf_counter() - t0
+    trained = trainer.global_step - start_step
+    if stopper.signum is not None and trainer.global_step < max_steps:
+        import signal as _signal
+
+        raise Interrupted(f"interrupted ({_signal.Signals(stopper.signum).name}) at step {trainer.global_step} of "
+                          f"{max_steps}, checkpoint written — resume with dreamkit fit resume={run_dir}",
+                          stopper.signum)
     if trainer.global_step < max_steps:
         raise DreamkitError(f"training stopped at step {trainer.global_step} of {max_steps}; resume with "
                             f"`dreamkit fit resume={run_dir}`")
-    print(f"trained {max_steps} steps in {elapsed:.1f}s", flush=True)
+    since = f" (steps {start_step}–{max_steps}, resumed)" if start_step else ""
+    print(f"trained {trained} steps{since} in {elapsed:.1f}s", flush=True)
     if getattr(system, "val_psnr", None) is not None:
         print(f"held-out PSNR: {system.val_psnr:.2f} dB", flush=True)
     if export:
         export_run(run_dir, list(cfg.export.formats) + (["mp4"] if cfg.export.turntable else []),
                    system=system)
     return run_dir
+
+
+def _check_resume(run_dir: Path, cfg: DictConfig) -> int:
+    """Read and check a run's checkpoint before resuming it (nothing is written before this passes): the step it
+    holds, which must be below ``trainer.max_steps``."""
+    from .checkpoint import checkpoint_global_step
+
+    ckpt = run_dir / "ckpts" / "last.ckpt"
+    if not ckpt.is_file():
+        raise DreamkitError(f"cannot resume {run_dir}: no checkpoint at {ckpt} (the run stopped before its "
+                            "first checkpoint; start it again)")
+    step = checkpoint_global_step(ckpt)
+    max_steps = int(cfg.trainer.max_steps)
+    if step >= max_steps:
+        raise DreamkitError(f"{run_dir} is already finished (step {step} of {max_steps}) — to train it longer pass "
+                            f"trainer.max_steps={max_steps + max(step, 100)} (or export it: dreamkit export {run_dir})")
+    return step
+
+
+def _available_memory(device: torch.device) -> Optional[int]:
+    """Bytes free for a run on ``device`` (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+#: a crude upper bound of a training step's memory per rendered pixel (render buffers, their gradients, the prior's
+#: activations at the camera's resolution); 64² × 4 takes well under 1 GB, which this puts at 16 MB + the models
+BYTES_PER_PIXEL = 1024
+
+
+def check_memory_budget(cfg: DictConfig, device: torch.device) -> None:
+    """Refuse, before the run folder exists, a camera batch that cannot fit in memory (one line, exit 2)."""
+    pixels = int(cfg.camera.width) * int(cfg.camera.height) * int(cfg.camera.batch_size)
+    need = pixels * BYTES_PER_PIXEL
+    free = _available_memory(device)
+    if free is not None and need > free:
+        raise DreamkitError(f"camera {cfg.camera.width}×{cfg.camera.height} × batch {cfg.camera.batch_size} needs "
+                            f"about {need / 2**30:.0f} GiB for a step (estimate) and {free / 2**30:.1f} GiB are free "
+                            f"on {device.type} — lower camera.width/height or camera.batch_size")
 
 
 def init_from_run(representation: Any, cfg: DictConfig) -> None:
@@ -245,13 +317,43 @@ def init_from_run(representation: Any, cfg: DictConfig) -> None:
     representation.initialize_from_run(Path(str(cfg.init_from)).expanduser())
 
 
-def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: Optional[Path] = None) -> list[Path]:
-    """Write exports of a run into ``<run>/exports`` (or ``out_dir``); existing files are kept (numbered names)."""
+def apply_export_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """``export.*`` overrides of ``dreamkit export`` / ``render`` applied to a run's config (checked like a fit's);
+    any other key is refused with one line."""
+    from .config import ExportConfig, merge_structured, parse_overrides
+
+    if not overrides:
+        return
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if not key.startswith("export."):
+            raise DreamkitError(f"{item!r}: dreamkit export/render take export.* overrides only (e.g. "
+                                "export.mesh_threshold=0.2); to change the fit itself, run dreamkit fit again")
+    parsed = parse_overrides(list(overrides))
+    merged = merge_structured(ExportConfig, OmegaConf.to_container(cfg.export, resolve=True),
+                              OmegaConf.to_container(parsed.export), prefix="export")
+    cfg.export = merged
+
+
+def check_formats(formats: list[str]) -> None:
+    """Every format known, before anything is written."""
+    from .registry import exporter
+
+    for fmt in formats:
+        exporter(fmt)
+
+
+def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: Optional[Path] = None,
+               overrides: Optional[list[str]] = None) -> list[Path]:
+    """Write exports of a run into ``<run>/exports`` (or ``out_dir``); existing files are kept (numbered names).
+    ``overrides``: ``export.*`` settings for this export (``export.mesh_threshold=0.2``)."""
     from .imageio_utils import unique_path
     from .registry import exporter
     from .components import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
 
+    check_formats(formats)
     run_dir, cfg, ckpt = load_run(run_dir)
+    apply_export_overrides(cfg, list(overrides or []))
     device = resolve_device(str(cfg.device))
     if system is not None:
         model = system.representation.eval()
@@ -274,13 +376,14 @@ def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: O
 
 
 def render_run(run_dir: Path, frames: Optional[int] = None, resolution: Optional[int] = None,
-               output: Optional[Path] = None) -> Path:
+               output: Optional[Path] = None, overrides: Optional[list[str]] = None) -> Path:
     """Turntable MP4 (+ preview PNG) of a run's last checkpoint; an existing file is never overwritten."""
     from .imageio_utils import unique_path
     from .registry import exporter
     from .components import background_from_checkpoint, load_representation_from_checkpoint, resolve_device
 
     run_dir, cfg, ckpt = load_run(run_dir)
+    apply_export_overrides(cfg, list(overrides or []))
     if not ckpt.is_file():
         raise DreamkitError(f"{run_dir} has no checkpoint yet ({ckpt}); nothing to render")
     if frames is not None:
@@ -301,9 +404,11 @@ def checkpoint_step(run_dir: Path) -> int:
     ckpt = Path(run_dir) / "ckpts" / "last.ckpt"
     if not ckpt.is_file():
         return -1
+    from .checkpoint import CheckpointError, checkpoint_global_step
+
     try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-    except Exception:
+        return checkpoint_global_step(ckpt)
+    except CheckpointError:
         return -1
 
 

@@ -269,6 +269,10 @@ class DreamSystem(pl.LightningModule):
                 total.backward()
             else:
                 backward(total)
+        finite = self._count_nonfinite(total.detach())
+        if finite is False:  # CPU: the step is skipped exactly (no update, no densification statistics)
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(loss=total.detach(), terms=terms, info={}, cameras=cameras)
         with timer("optimizer"):
             if float(self.cfg.trainer.grad_clip) > 0:
                 torch.nn.utils.clip_grad_norm_(self.representation.parameters(), float(self.cfg.trainer.grad_clip))
@@ -277,9 +281,52 @@ class DreamSystem(pl.LightningModule):
             info = self.representation.post_step(step, out, raw_opt, cameras, generator=self.strategy_gen) or {}
         return StepResult(loss=total.detach(), terms=terms, info=info, cameras=cameras)
 
+    def _count_nonfinite(self, loss: torch.Tensor) -> Optional[bool]:
+        """Track steps whose loss is NaN or infinite: ``nonfinite_total`` and ``nonfinite_run`` (consecutive).
+
+        On the CPU (where reading a value costs nothing) returns whether the loss is finite, and the caller skips a
+        non-finite step exactly. On CUDA it reads nothing back (a step never synchronises): the gradients of a
+        non-finite step are zeroed on the device, so no NaN or inf reaches the parameters or Adam's moments (Adam's
+        momentum still moves the parameters that step), the counters stay on the device, and
+        :meth:`check_nonfinite` reads them on logging steps. Returns None there.
+        """
+        finite = torch.isfinite(loss)
+        if loss.device.type == "cpu":
+            ok = bool(finite)
+            self.nonfinite_total = int(getattr(self, "nonfinite_total", 0)) + (not ok)
+            self.nonfinite_run = 0 if ok else int(getattr(self, "nonfinite_run", 0)) + 1
+            return ok
+        for param in self.representation.parameters():
+            if param.grad is not None:
+                param.grad = torch.where(finite, param.grad, torch.zeros((), device=param.grad.device,
+                                                                         dtype=param.grad.dtype))
+        bad = (~finite).to(torch.int64)
+        run = getattr(self, "nonfinite_run", None)
+        total = getattr(self, "nonfinite_total", None)
+        self.nonfinite_run = bad if not torch.is_tensor(run) else (run + 1) * bad
+        self.nonfinite_total = bad if not torch.is_tensor(total) else total + bad
+        return None
+
+    def check_nonfinite(self, step: int) -> None:
+        """Raise TrainingDiverged once ``trainer.nonfinite_patience`` consecutive steps had a non-finite loss (on
+        CUDA this reads the device counters: call it where the step already synchronises)."""
+        from .errors import TrainingDiverged
+
+        run = int(getattr(self, "nonfinite_run", 0))
+        patience = int(self.cfg.trainer.nonfinite_patience)
+        if run >= patience:
+            total = int(getattr(self, "nonfinite_total", 0))
+            where = f" in {self.run_dir}" if getattr(self, "run_dir", None) else ""
+            raise TrainingDiverged(
+                f"the loss was NaN or infinite for {run} steps in a row (up to step {step}; {total} skipped in all) "
+                f"— training stopped{where}; its last checkpoint holds the last finite parameters. Lower the learning "
+                "rates or guidance.guidance_scale, or set trainer.grad_clip")
+
     def training_step(self, batch: Any, batch_idx: int):
         step = int(self.global_step)
         result = self.optimization_step(step, self.optimizers(), backward=self.manual_backward)
+        if result.loss.device.type == "cpu" or self.is_log_step(step):
+            self.check_nonfinite(step)
         if self.is_log_step(step):  # the only place a step reads values back from the device
             batch_size = len(result.cameras)
             logs = {"train/loss": result.loss}

@@ -132,6 +132,13 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     if _LAST[0] is not None and _LAST[0][0] == key:  # `glb` then `obj` of one model: extract and bake once
         return _LAST[0][1]
     mesh, color_fn = mesh_from_representation(model, export_cfg)
+    if len(mesh.faces) == 0:
+        from ..errors import DreamkitError
+
+        raise DreamkitError(
+            f"nothing to export: {type(model).__name__}'s surface is empty (export.mesh_method="
+            f"{opt('mesh_method', 'density')}, export.mesh_threshold={opt('mesh_threshold', 1.0)}) — the fit left no "
+            "visible density (see its renders/); with mesh_method=density try a lower export.mesh_threshold")
     result = bake_mesh(mesh, texture_size=int(opt("texture_size", 1024)), padding=int(opt("texture_padding", 8)),
                      color_fn=color_fn, roughness=float(opt("mesh_roughness", 0.9)),
                      metallic=float(opt("mesh_metallic", 0.0)), orm_fn=getattr(model, "query_orm", None))

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 from .mesh import Mesh, vertex_normals
 
 __all__ = [
@@ -607,18 +609,18 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
     source = str(getattr(cfg, "mesh_color", "auto"))
     if source not in ("auto", "renders", "field"):  # checked before the (slow) extraction
-        raise ValueError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
+        raise ConfigError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
                          "'field' (the field's colour at the surface) or 'auto' (renders with mesh_method=hull)")
     if method == "hull":
         alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
         if not 0.0 < alpha < 1.0:
-            raise ValueError(f"export.mesh_hull_alpha={alpha}: use a value between 0 and 1 (0.5 by default)")
+            raise ConfigError(f"export.mesh_hull_alpha={alpha}: use a value between 0 and 1 (0.5 by default)")
         field = VisualHullField(model, field, views=int(getattr(cfg, "mesh_views", 48)),
                                 render_resolution=int(getattr(cfg, "mesh_resolution", 128)), alpha_threshold=alpha,
                                 device=device)
         threshold = 0.0
     elif method != "density":
-        raise ValueError(f"export.mesh_method={method!r}: use 'density' (iso-surface of the density field) or "
+        raise ConfigError(f"export.mesh_method={method!r}: use 'density' (iso-surface of the density field) or "
                          "'hull' (the visual hull of the representation's renders: solid, no inner cavities)")
     mesh = extract_mesh(
         field,

@@ -50,7 +50,23 @@ class PixelPriorConfig:
 
 
 def build_prior(cfg: Any, device: torch.device):
-    """Instantiate the prior a validated ``prior`` config section describes."""
+    """Instantiate the prior a validated ``prior`` config section describes. A prior folder whose files cannot be
+    read (bad JSON, truncated or foreign weights) is one DreamkitError naming the folder; programming errors
+    (TypeError, AttributeError, NameError) still raise as they are."""
+    from ..errors import DreamkitError
+
+    try:
+        return _build_prior(cfg, device)
+    except (DreamkitError, TypeError, AttributeError, NameError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # JSONDecodeError, OSError, safetensors' errors, diffusers' ValueErrors, ...
+        first = " ".join(str(err).split())[:240] or type(err).__name__
+        raise DreamkitError(f"cannot load the prior {getattr(cfg, 'name', cfg.type)!r} ({cfg.type}): "
+                            f"{type(err).__name__}: {first} — its folder is damaged, incomplete or not a "
+                            f"{cfg.type} prior; rebuild or download it again") from None
+
+
+def _build_prior(cfg: Any, device: torch.device):
     from ..assets import asset_path
 
     if cfg.type == "oracle":

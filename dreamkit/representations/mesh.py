@@ -235,7 +235,7 @@ class MaterialField(nn.Module):
 
 def load_source_run(run_dir: Any) -> tuple[Any, nn.Module]:
     """(resolved config, representation on the CPU) of a *finished* run folder; ConfigError (one line) otherwise."""
-    from ..run import checkpoint_step, load_run
+    from ..run import load_run
     from ..components import load_representation_from_checkpoint
 
     try:
@@ -244,7 +244,13 @@ def load_source_run(run_dir: Any) -> tuple[Any, nn.Module]:
         raise ConfigError(f"init_from={run_dir}: {err}") from None
     if not ckpt.is_file():
         raise ConfigError(f"init_from={path}: no checkpoint at {ckpt} — it is not a finished run")
-    step, total = checkpoint_step(path), int(cfg.trainer.max_steps)
+    from ..checkpoint import CheckpointError, checkpoint_global_step
+
+    try:
+        step = checkpoint_global_step(ckpt)
+    except CheckpointError as err:
+        raise ConfigError(f"init_from={path}: {err}") from None
+    total = int(cfg.trainer.max_steps)
     if step < total:
         raise ConfigError(f"init_from={path}: the run stopped at step {max(step, 0)} of {total} — finish it first "
                           f"(dreamkit fit resume={path})")
