@@ -27,3 +27,7 @@ class TrainingDiverged(DreamkitError):
     """The loss stayed non-finite for ``trainer.nonfinite_patience`` steps; exit code 3."""
 
     exit_code = 3
+
+
+class EmptyExport(DreamkitError, ValueError):
+    """A representation with nothing to mesh (all transparent, or the threshold above every density)."""

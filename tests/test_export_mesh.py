@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from dreamkit.cameras import orbit_cameras
+from dreamkit.errors import ConfigError
 from dreamkit.export.bake import bake_mesh, pad_texture, rasterize_uv
 from dreamkit.export.extract import (GaussianField, density_grid, extract_mesh, keep_largest_components,
                                      marching_cubes)
@@ -177,7 +178,7 @@ def test_visual_hull_of_a_gaussian_shell_is_one_solid_surface():
     assert abs(mesh.area / (4 * np.pi * r * r) - 1) < 0.1
     up = hull.verts[:, 1] > 0.2
     assert (hull.vertex_colors[up, 0] > hull.vertex_colors[up, 2]).all()  # red on top, from the Gaussians
-    with pytest.raises(ValueError, match="mesh_method='voxels'"):
+    with pytest.raises(ConfigError, match="mesh_method='voxels'"):
         mesh_from_representation(model, SimpleNamespace(mesh_method="voxels", **common))
 
 
@@ -208,7 +209,7 @@ def test_hull_alpha_keeps_a_half_opaque_thin_part():
     assert default.verts[:, 2].max() < 0.7 and low.verts[:, 2].max() > 0.77  # the tip: z = 0.8 + a Gaussian
     for hull in (default, low):
         assert 0.52 < hull.verts[:, 0].max() < 0.62  # the ball across (radius 0.5 + its Gaussians)
-    with pytest.raises(ValueError, match="mesh_hull_alpha=1.5"):
+    with pytest.raises(ConfigError, match="mesh_hull_alpha=1.5"):
         mesh_from_representation(model, SimpleNamespace(mesh_hull_alpha=1.5, **common))
 
 
@@ -282,7 +283,7 @@ def test_rendered_colors_show_what_the_renders_show():
     pixel = (out.rgb[0, 32, 32] / out.alpha[0, 32, 32]).detach().numpy()
     below = colors(torch.tensor([[0.0, -0.53, 0.0]])).numpy()[0]
     np.testing.assert_allclose(below, pixel, atol=0.08)
-    with pytest.raises(ValueError, match="mesh_color='paint'"):
+    with pytest.raises(ConfigError, match="mesh_color='paint'"):
         mesh_from_representation(model, SimpleNamespace(mesh_color="paint", **common))
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EmptyExport
 
 from .mesh import Mesh, vertex_normals
 
@@ -582,8 +582,9 @@ def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, boun
         grid = density_grid(field.query_density, resolution, bound, chunk=chunk)
     verts, faces = marching_cubes(grid, threshold, bound)
     if len(faces) == 0:
-        raise ValueError(f"the density never reaches the threshold {threshold} (max {float(grid.max()):.3g}) — "
-                         "lower export.mesh_threshold")
+        raise EmptyExport(f"nothing to export: the density never reaches export.mesh_threshold={threshold} "
+                          f"(max {float(grid.max()):.3g}) — lower export.mesh_threshold, or check the run's renders "
+                          "(a fit can end empty)")
     verts, faces = keep_largest_components(verts, faces, keep_components, min_component_fraction, min_of_largest)
     verts, faces = decimate(verts, faces, max_faces)
     colors = field.query_color(torch.as_tensor(verts)).float().numpy()
