@@ -142,10 +142,18 @@ class GracefulStop(pl.Callback):
         self.signum = signum
 
     def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; a fit in a worker thread keeps its defaults
         for sig in self._previous:
             self._signal.signal(sig, self._handler)
 
     def restore(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig, handler in self._previous.items():
             self._signal.signal(sig, handler if handler is not None else self._signal.SIG_DFL)
 

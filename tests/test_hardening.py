@@ -341,3 +341,12 @@ def test_glb_of_an_empty_model_is_one_line(run_copy, capsys):
     code, lines, _ = run_cli(capsys, "export", run_copy, "--format", "glb", "export.mesh_preview=false")
     assert_one_line(lines, code, 2, "nothing to export")
     assert not list((run_copy / "exports").glob("*.glb")) if (run_copy / "exports").exists() else True
+
+
+def test_empty_checkpoint_in_a_run_is_one_line(run_copy, capsys):
+    (run_copy / "ckpts" / "last.ckpt").write_bytes(b"")
+    before = tree_digest(run_copy)
+    for argv in (["export", run_copy, "--format", "ply"], ["fit", f"resume={run_copy}", "trainer.max_steps=20"]):
+        code, lines, _ = run_cli(capsys, *argv)
+        assert_one_line(lines, code, 2, "is empty (0 bytes)")
+    assert tree_digest(run_copy) == before
