@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from dreamkit.checkpoint import load_checkpoint
 from dreamkit.run import checkpoint_step, held_out_psnr, run_folders
 
 
@@ -139,8 +140,8 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "dreamkit.cli", "fit", f"resume={run_k}", "trainer.progress=false"],
                        check=True)
         psnr_r = held_out_psnr(run_k)
-        a = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-        b = torch.load(run_k / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        a = load_checkpoint(run / "ckpts" / "last.ckpt")["state_dict"]
+        b = load_checkpoint(run_k / "ckpts" / "last.ckpt")["state_dict"]
         same_shapes = a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
         max_diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a) if same_shapes else float("inf")
         result.update({"killed_at_step": killed_at, "resumed_psnr_db": round(psnr_r, 2),

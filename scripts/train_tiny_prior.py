@@ -240,7 +240,7 @@ def main() -> int:
     step = 0
     ckpt_path = args.work / "ckpt.pt"
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)  # tensors and plain values only
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         if len(state["opt"]["param_groups"]) == len(opt.param_groups):
@@ -256,7 +256,9 @@ def main() -> int:
 
     def save_ckpt() -> None:
         atomic_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "gen": gen.get_state(), "step": step, "args": vars(args)}, ckpt_path)
+                     "gen": gen.get_state(), "step": step,
+                     "args": {k: v if isinstance(v, (int, float, bool, type(None))) else str(v)
+                              for k, v in vars(args).items()}}, ckpt_path)
 
     def sample_grid() -> None:
         from dreamkit.priors.pixel import PixelDiffusionPrior

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dreamkit.checkpoint import load_checkpoint
 from dreamkit.cli import main
 from dreamkit.run import checkpoint_step, run_folders
 
@@ -114,8 +115,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     first_step = int(resumed[1].split(",")[header.index("step")])
     assert first_step >= killed_at
     (ref,) = run_folders(ref_root)
-    a = torch.load(ref / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    b = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    a = load_checkpoint(ref / "ckpts" / "last.ckpt")["state_dict"]
+    b = load_checkpoint(run / "ckpts" / "last.ckpt")["state_dict"]
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].shape == b[key].shape, key

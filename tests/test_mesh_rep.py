@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dreamkit.cameras import orbit_cameras
+from dreamkit.checkpoint import load_checkpoint
 from dreamkit.cli import main
 from dreamkit.errors import ConfigError
 from dreamkit.run import run_folders
@@ -198,7 +199,7 @@ def test_init_from_a_finished_run_and_clear_errors(mesh_run, tmp_path):
     info = model.initialize_from_run(mesh_run, log=lambda _: None)
     assert info["faces"] == 1280 and model.num_faces == 1280  # the source's own mesh (its export_mesh)
     # a checkpoint of another mesh size reloads through resize_to (what Lightning's resume and export do)
-    state = torch.load(mesh_run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(mesh_run / "ckpts" / "last.ckpt")["state_dict"]
     state = {k[len("representation."):]: v for k, v in state.items() if k.startswith("representation.")}
     fresh = MeshModel(OmegaConf.structured(MeshConfig(init_subdivisions=2)))
     fresh.resize_to({k[len("params."):]: v.shape for k, v in state.items() if k.startswith("params.")})
