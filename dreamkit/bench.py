@@ -97,9 +97,9 @@ def recipe_config(name: str, opts: BenchOptions, device: torch.device):
     section is replaced by the random SD 2.1 folder and its cameras by 512², batch 4. Never reaches the network."""
     from omegaconf import OmegaConf
 
-    from .config import load_config, load_yaml, resolve_config_path
+    from .config import load_config, load_recipe
 
-    raw = load_yaml(resolve_config_path(name))
+    raw = load_recipe(name)
     if opts.prior == "sd21-random":
         folder = opts.sd21_dir or default_sd21_dir()
         raw.prior = OmegaConf.create({"type": "stable-diffusion", "name": str(folder), "local_files_only": True})

@@ -324,16 +324,59 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     return parsed
 
 
+#: sections a recipe replaces whole instead of merging into its base's (a term weighted in the base may not exist
+#: under the child's guidance)
+REPLACED_SECTIONS = ("loss",)
+
+
+def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
+    """A recipe file (or shipped name) with its ``base:`` chain merged in: a recipe states only what differs from its
+    base (``base: gs_sds.yaml``), recursively. ``loss:`` replaces the base's loss section; every other section merges
+    key by key. A relative base path is looked up beside the recipe, then among the shipped recipes."""
+    path = resolve_config_path(config)
+    if path.resolve() in _chain:
+        chain = " → ".join(p.name for p in _chain + (path.resolve(),))
+        raise ConfigError(f"recipe {path} inherits from itself: {chain}")
+    raw = load_yaml(path)
+    base_name = raw.pop("base", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"{path}: base must name a recipe (e.g. base: gs_sds.yaml), got {base_name!r}")
+    beside = path.parent / base_name
+    parent = load_recipe(str(beside) if beside.is_file() else base_name, _chain + (path.resolve(),))
+    for section in REPLACED_SECTIONS:
+        if section in raw and section in parent:
+            parent.pop(section)
+    return OmegaConf.merge(parent, raw)
+
+
 def load_config(config: Optional[str], overrides: list[str] = (), base: Optional[DictConfig] = None) -> DictConfig:
-    """Recipe file (or shipped name) + dotlist overrides → validated, fully resolved config."""
+    """Recipe file (or shipped name, with its ``base:`` chain) + dotlist overrides → validated, fully resolved
+    config."""
     sources: list[Any] = []
     if base is not None:
         sources.append(base)
     if config:
-        sources.append(load_yaml(resolve_config_path(config)))
+        sources.append(load_recipe(config))
     over = parse_overrides(list(overrides))
     sources.append(over)
     cfg = merge_structured(DreamkitConfig, *sources)
+    # loss weights: a recipe's (or a saved run's) loss section replaces the default one, overrides merge into it;
+    # with none given, the guidance's own term weighs 1 (lambda_sds for sds, lambda_asd for asd, ...)
+    loss = None
+    for src in sources[:-1]:  # a saved run's config, then the recipe: each replaces
+        if isinstance(src, DictConfig) and src.get("loss") is not None:
+            loss = src.loss
+    if loss is None:  # every term of the recipe's guidance at weight 1 (sds; vsd and lora; ...)
+        from .registry import component_class
+
+        names = getattr(component_class("guidance", cfg.guidance.name, "guidance.name"), "loss_names",
+                        (str(cfg.guidance.name),))
+        loss = OmegaConf.create({f"lambda_{n}": 1.0 for n in names})
+    if over.get("loss") is not None:
+        loss = OmegaConf.merge(loss, over.loss)
+    cfg.loss = loss
     # components: validated against the config class of the component they name
     from .registry import component_config_class
 

@@ -38,6 +38,10 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
     "guidance": {
         "sds": ("dreamkit.guidance.sds:SDSGuidance", "dreamkit.guidance.sds:SDSConfig",
                 "score distillation sampling (DreamFusion) with CFG, t annealing and weightings"),
+        "asd": ("dreamkit.guidance.asd:ASDGuidance", "dreamkit.guidance.asd:ASDConfig",
+                "asynchronous score distillation (ScaleDreamer): the prior at t + Δt in place of VSD's φ"),
+        "vsd": ("dreamkit.guidance.vsd:VSDGuidance", "dreamkit.guidance.vsd:VSDConfig",
+                "variational score distillation (ProlificDreamer): a LoRA copy of the prior with a camera input (φ)"),
     },
 }
 

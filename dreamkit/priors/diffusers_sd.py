@@ -343,17 +343,27 @@ class StableDiffusionPrior(Prior):
 
     # ---------------------------------------------------------------------------------------------------- noise
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                cameras: Optional[Cameras] = None) -> torch.Tensor:
+                cameras: Optional[Cameras] = None, network: Optional[torch.nn.Module] = None,
+                timestep_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         """ε̂(x_t, t, cond): x_t [B, 4, h, w], t [B] integer timesteps (or a scalar), cond [B, T, D] → [B, 4, h, w]
-        float32. ``cameras`` [B] are needed by multi-view (MVDream-style) folders only."""
+        float32. ``cameras`` [B] are needed by multi-view (MVDream-style) folders only. ``network``: another UNet of
+        this architecture to run instead (VSD's trainable copy, eagerly, with ``timestep_cond`` [B, C] added to its
+        time embedding)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
         self.view_settings.check_batch(x_t.shape[0], cameras)
-        labels = self.view_settings.class_labels(cond, cameras, x_t.device, self.dtype)
-        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, self.dtype))
+        dtype = self.dtype if network is None else next(network.parameters()).dtype
+        labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
+        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
         extra = () if labels is None else (labels,)
-        out = self._denoiser(self._unet_forward, x_in, t, cond.to(self.dtype), *extra).float()
+        if network is None:
+            out = self._denoiser(self._unet_forward, x_in, t, cond.to(dtype), *extra).float()
+        else:
+            kwargs = {"class_labels": labels} if labels is not None else {}
+            if timestep_cond is not None:
+                kwargs["timestep_cond"] = timestep_cond.to(dtype)
+            out = network(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
         if self.prediction_type == "epsilon":
             return out
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)

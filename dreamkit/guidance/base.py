@@ -1,0 +1,167 @@
+"""The score-distillation family's common machinery (Part 0 of the guidance family).
+
+:class:`ScoreDistillation` owns what every member shares: timestep sampling and annealing (per group for multi-view
+priors), the weighting w(t), classifier-free guidance, gradient clipping and the reparametrised loss. A member supplies
+only its gradient on x through :meth:`ScoreDistillation.residual`, the bracket r in g = w(t)·r:
+
+    SDS (DreamFusion):  r = ε̂_s(x_t; y, t) − ε
+    ASD (ScaleDreamer): r = ε̂_s(x_t; y, t) − ε̂(x_{t+Δt}; y, t+Δt)
+
+For rendered images mapped to the prior's space x = E(g(θ)), a timestep t and noise ε, x_t = α_t·x + σ_t·ε with
+α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t), and ε̂_s = ε̂_u + s·(ε̂_c − ε̂_u) (standard CFG). The loss is
+target = stop_grad(x − g), loss = ½‖x − target‖² / B, whose gradient with respect to x is exactly g / B and whose value
+½‖g‖²/B is logged (it measures the guidance magnitude, not a likelihood).
+"""
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..cameras import Cameras
+from ..config import sched
+from ..priors.base import Prior
+from ..schedule import value_at
+from ..timing import NULL_TIMER
+from ..types import TextCond
+
+T_ANNEALS = ("random", "linear", "sqrt")
+WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+
+
+@dataclass
+class ScoreDistillationConfig:
+    name: str = "sds"
+    #: classifier-free guidance scale s (DreamFusion uses 100 with Stable Diffusion)
+    guidance_scale: Any = sched(100.0)
+    #: timestep range as fractions of the prior's training steps
+    min_step_percent: Any = sched(0.02)
+    max_step_percent: Any = sched(0.98)
+    #: random (uniform in range) | linear (deterministic, descending) | sqrt (descending as sqrt, HiFA)
+    t_anneal: str = "random"
+    #: w(t): sds (1 − ᾱ_t, DreamFusion) | uniform (1) | fantasia3d (sqrt(ᾱ_t)·(1 − ᾱ_t))
+    weighting: str = "sds"
+    #: clamp each element of the gradient g to [−c, c] (0 = off)
+    grad_clip: Any = sched(0.0)
+
+
+class ScoreDistillation(nn.Module):
+    """Base of the score-distillation losses: subclasses set ``loss_name`` and implement :meth:`residual`. Owns no
+    trainable parts (``parameter_groups`` is empty); VSD-style guidance will own some."""
+
+    loss_name = "sds"
+    loss_names = ("sds",)
+
+    def __init__(self, cfg: Any, prior: Prior, max_steps: int):
+        super().__init__()
+        if cfg.t_anneal not in T_ANNEALS:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"guidance.t_anneal={cfg.t_anneal!r} — use one of {', '.join(T_ANNEALS)}")
+        if cfg.weighting not in WEIGHTINGS:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"guidance.weighting={cfg.weighting!r} — use one of {', '.join(WEIGHTINGS)}")
+        self.cfg = cfg
+        # the prior is frozen and shared; keep it out of this module's state_dict
+        object.__setattr__(self, "prior", prior)
+        self.max_steps = max(int(max_steps), 1)
+        # sections "encode" (the prior's encoder forward) and "prior" (its noise prediction) for dreamkit bench;
+        # a no-op unless the system sets a StepTimer
+        object.__setattr__(self, "timer", NULL_TIMER)
+
+    def parameter_groups(self) -> list[dict]:
+        return []
+
+    # -- timesteps -----------------------------------------------------------------------------------------------
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        n = self.prior.num_train_timesteps
+        t_min = int(round(value_at(self.cfg.min_step_percent, step, "guidance.min_step_percent") * n))
+        t_max = int(round(value_at(self.cfg.max_step_percent, step, "guidance.max_step_percent") * n))
+        t_min = min(max(t_min, 1), n - 1)
+        t_max = min(max(t_max, t_min), n - 1)
+        return t_min, t_max
+
+    def sample_timesteps(self, batch: int, step: int, generator: Optional[torch.Generator],
+                         device: torch.device) -> torch.Tensor:
+        """[B] integer timesteps for this step, by the configured annealing.
+
+        A multi-view prior (``prior.views`` = V > 1) denoises each group of V consecutive images jointly and was
+        trained with one noise level per group (as MVDream), so random timesteps are drawn per group and shared by its
+        views.
+        """
+        t_min, t_max = self.timestep_range(step)
+        if self.cfg.t_anneal == "random":
+            views = int(getattr(self.prior, "views", 1) or 1)
+            if views > 1 and batch % views == 0:
+                t = torch.randint(t_min, t_max + 1, (batch // views,), generator=generator, device=device)
+                return t.repeat_interleave(views)
+            return torch.randint(t_min, t_max + 1, (batch,), generator=generator, device=device)
+        frac = min(step / self.max_steps, 1.0)
+        if self.cfg.t_anneal == "sqrt":  # HiFA (Zhu et al. 2023): t decreases as the square root of progress
+            frac = math.sqrt(frac)
+        t = int(round(t_max - (t_max - t_min) * frac))
+        return torch.full((batch,), t, dtype=torch.long, device=device)
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """w(t) [B]."""
+        abar = self.prior.alphas_cumprod.to(t.device)[t]
+        if self.cfg.weighting == "sds":
+            return 1 - abar
+        if self.cfg.weighting == "uniform":
+            return torch.ones_like(abar)
+        return abar.sqrt() * (1 - abar)  # Fantasia3D (Chen et al. 2023)
+
+    # -- the loss ------------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, text: TextCond, cameras: Optional[Cameras], step: int,
+                generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
+                noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """images [B, 3, H, W] in [0, 1] → {"loss_<name>": scalar, diagnostics ...}. ``text`` has B variants.
+
+        ``t`` [B] and ``noise`` (shape of the encoded images) may be given, e.g. for common random numbers in
+        ablations; by default they are drawn from ``generator``.
+        """
+        with self.timer("encode"):
+            x = self.prior.encode(images)
+        batch = x.shape[0]
+        if t is None:
+            t = self.sample_timesteps(batch, step, generator, x.device)
+        abar = self.prior.alphas_cumprod.to(x.device)[t].view(-1, *([1] * (x.dim() - 1)))
+        with torch.no_grad():
+            if noise is None:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
+            residual, extra = self.residual(x.detach(), x_t, t, noise, text, cameras, step, generator)
+            grad = self.weight(t).view_as(abar) * residual
+            clip = value_at(self.cfg.grad_clip, step, "guidance.grad_clip")
+            if clip > 0:
+                grad = grad.clamp(-clip, clip)
+            grad = torch.nan_to_num(grad)
+        target = (x - grad).detach()
+        loss = 0.5 * ((x - target) ** 2).sum() / batch
+        name = self.loss_name
+        out = {
+            f"loss_{name}": loss,
+            f"{name}_t": t.float().mean().detach(),
+            f"{name}_grad_norm": grad.flatten(1).norm(dim=1).mean().detach(),
+        }
+        out.update({f"{name}_{k}": v for k, v in extra.items()})
+        return out
+
+    def guided_prediction(self, x_t: torch.Tensor, t: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
+                          step: int) -> torch.Tensor:
+        """ε̂_s(x_t; y, t): the prior's noise prediction with classifier-free guidance at this step's scale (one
+        call when s = 1), timed as the "prior" section."""
+        scale = value_at(self.cfg.guidance_scale, step, "guidance.guidance_scale")
+        with self.timer("prior"):
+            if scale == 1.0:
+                return self.prior.predict(x_t, t, text.cond, cameras)
+            return self.prior.predict_cfg(x_t, t, text, scale, cameras)
+
+    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: TextCond,
+                 cameras: Optional[Cameras], step: int, generator: Optional[torch.Generator]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The bracket r of g = w(t)·r (same shape as x, in x's dtype) and extra diagnostics {name: detached
+        tensor}; called under ``torch.no_grad``. x is detached."""
+        raise NotImplementedError
