@@ -356,3 +356,22 @@ def test_section_ratio_tells_a_box_from_a_solid_of_revolution():
     turned = v @ np.array([[math.cos(a), 0, -math.sin(a)], [0, 1, 0], [math.sin(a), 0, math.cos(a)]])
     assert section_ratio(turned, f) > 1.3
     assert section_ratio(v, f, height=5.0) is None  # the plane misses the mesh
+
+
+def test_section_ratio_is_none_where_the_plane_meets_no_surface():
+    """Two boxes with a gap at the centre height (an export can come out in two parts): no section there, no crash."""
+    import trimesh
+
+    from dreamkit.eval.world_metrics import section_ratio
+
+    top = trimesh.creation.box(extents=(1, 1, 1))
+    top.apply_translation((0, 1.0, 0))
+    bottom = trimesh.creation.box(extents=(1, 1, 1))
+    bottom.apply_translation((0, -1.0, 0))
+    both = trimesh.util.concatenate([top, bottom])
+    assert section_ratio(both.vertices, both.faces) is None
+    assert section_ratio(both.vertices, both.faces, height=1.0) == pytest.approx(1.37, abs=0.03)
+    # a plane that only touches an edge: trimesh returns a section with no polylines (this crashed an eval)
+    tri = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], process=False)
+    assert len(tri.section(plane_origin=[0, 0, 0], plane_normal=[0, 1, 0]).discrete) == 0
+    assert section_ratio(tri.vertices, tri.faces, height=-0.5) is None

@@ -6,7 +6,6 @@ from omegaconf import OmegaConf
 from dreamkit.cameras import orbit_cameras
 from dreamkit.guidance.vsd import VSDConfig, VSDGuidance
 
-pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def section_ratio(verts, faces, height: float = 0.0, bin_deg: float = 5.0) -> Op
     mesh = trimesh.Trimesh(np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64), process=False)
     centre = mesh.bounds.mean(0)
     section = mesh.section(plane_origin=[centre[0], centre[1] + height, centre[2]], plane_normal=[0, 1, 0])
-    if section is None:
+    if section is None or len(section.discrete) == 0:  # the plane misses the mesh, or only touches it
         return None
     step = float(mesh.extents[[0, 2]].max()) / 200
     points = np.vstack([_resample_polyline(line, step) for line in section.discrete])
