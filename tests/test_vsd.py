@@ -126,3 +126,10 @@ def test_gs_vsd_fit_trains_phi_and_checkpoints_it(tmp_path):
     assert any(v.abs().max() > 0 for v in lora_b)  # φ's B matrices moved from zero: φ trained
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss_lora" in header and "train/loss_vsd" in header
+
+
+def test_lora_ratio_is_one_at_init(sd_prior):
+    g = make(sd_prior)
+    images, cams, text = _inputs(sd_prior, batch=2, seed=5)
+    loss, ratio = g.phi_loss(images, text, cams, torch.Generator().manual_seed(0), with_ratio=True)
+    assert float(ratio) == pytest.approx(1.0, abs=1e-5)

@@ -11,7 +11,8 @@ camera (``guidance_scale_lora``, 1 by default: just ε̂_φ(c)). Both prediction
 
     L_lora = ‖ ε̂_φ(α_τ·sg(x) + σ_τ·ε'; y, c̃, τ) − ε' ‖²  (mean),   τ ~ U{0 … T−1},  c̃ = c or ∅ with p = camera_dropout
 
-logged and weighted as ``loss_lora`` (``loss.lambda_lora``); it reaches only φ (x is detached) and the VSD gradient
+logged and weighted as ``loss_lora`` (``loss.lambda_lora``), with ``vsd_lora_ratio`` = L_lora / the frozen prior's loss
+on the same draw (1 at initialisation, below 1 once φ fits the renders better than the prior); it reaches only φ (x is detached) and the VSD gradient
 only the 3D parameters. φ's parameters are a separate optimizer group at ``guidance.lr_lora``. One φ step per 3D step
 (ProlificDreamer's K = 1). For a v-prediction prior the loss compares ε predictions (the prior's adapter converts v
 to ε), which weights timesteps differently from a v-space loss.
@@ -93,12 +94,16 @@ class VSDGuidance(ScoreDistillation):
                 generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
                 noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         out = super().forward(images, text, cameras, step, generator=generator, t=t, noise=noise)
-        out["loss_lora"] = self.phi_loss(images, text, cameras, generator)
+        out["loss_lora"], out["vsd_lora_ratio"] = self.phi_loss(images, text, cameras, generator, with_ratio=True)
         return out
 
     def phi_loss(self, images: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """L_lora on the detached renders: τ over the whole range, camera dropped with ``camera_dropout``."""
+                 generator: Optional[torch.Generator] = None, with_ratio: bool = False):
+        """L_lora on the detached renders: τ over the whole range, camera dropped with ``camera_dropout``.
+
+        With ``with_ratio``: (L_lora, L_lora / L_pre), L_pre being the frozen prior's loss on the same draw (τ, ε',
+        renders): 1 at initialisation, below 1 as φ learns the renders' distribution. The ratio cancels most of the
+        noise that the random τ puts into L_lora from one step to the next (logged as ``vsd_lora_ratio``)."""
         with torch.no_grad():
             x = self.prior.encode(images.detach()).float()
         batch, n = x.shape[0], self.prior.num_train_timesteps
@@ -113,4 +118,10 @@ class VSDGuidance(ScoreDistillation):
         cam = cam * keep[:, None].to(cam.dtype)
         with self.timer("phi"):
             pred = self.phi.predict(x_tau, tau, text.cond, cameras, cam)
-        return torch.nn.functional.mse_loss(pred, eps)
+        loss = torch.nn.functional.mse_loss(pred, eps)
+        if not with_ratio:
+            return loss
+        with torch.no_grad(), self.timer("prior"):
+            pre = self.prior.predict(x_tau, tau, text.cond, cameras)
+            ratio = loss.detach() / torch.nn.functional.mse_loss(pre, eps).clamp_min(1e-12)
+        return loss, ratio
