@@ -483,6 +483,7 @@ def _check_ranges(cfg: DictConfig) -> None:
             if lo(step) > hi(step):
                 raise ConfigError(f"guidance.min_step_percent ({lo(step):g}) is above guidance.max_step_percent "
                                   f"({hi(step):g}) at step {step:g} — the minimum must not exceed the maximum")
+    check_export_options(cfg.export)
     if "guidance_scale" in g:
         scale = Schedule.parse(to_plain(g.guidance_scale), "guidance.guidance_scale")
         if min(scale.values) < 0:
@@ -491,3 +492,19 @@ def _check_ranges(cfg: DictConfig) -> None:
 
 def to_plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
+def check_export_options(export: Any) -> None:
+    """The export.* choices a fit's exports will use, checked before the fit starts (a typo must not cost a run):
+    mesh_method, mesh_color, mesh_material, mesh_origin, mesh_hull_alpha and the mesh counts."""
+    choices = {"mesh_method": ("density", "hull"), "mesh_color": ("auto", "renders", "field"),
+               "mesh_material": ("auto", "pbr", "unlit"), "mesh_origin": ("centre", "base", "keep")}
+    for key, allowed in choices.items():
+        if key in export and str(export[key]) not in allowed:
+            raise ConfigError(f"export.{key}={export[key]!r} — use {', '.join(allowed)}")
+    if "mesh_hull_alpha" in export and not 0.0 < float(export.mesh_hull_alpha) < 1.0:
+        raise ConfigError(f"export.mesh_hull_alpha={export.mesh_hull_alpha}: use a value between 0 and 1 (0.5 by "
+                          "default)")
+    for key in ("mesh_resolution", "mesh_views", "mesh_faces", "texture_size"):
+        if key in export and int(export[key]) < 1:
+            raise ConfigError(f"export.{key}={export[key]} must be ≥ 1")

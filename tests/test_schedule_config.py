@@ -62,3 +62,29 @@ def test_schedules_accepted_anywhere_marked():
     cfg = load_config("gs_oracle.yaml", ["guidance.guidance_scale=[0,7.5,100,1000]",
                                          "camera.elevation_range=[0,[0,10,45,500]]"])
     assert list(cfg.guidance.guidance_scale) == [0, 7.5, 100, 1000]
+
+
+def test_priors_are_built_only_through_the_registry(monkeypatch):
+    """build_prior and check_prior_config dispatch on prior.type through the registry (no if-chain): a class
+    registered under a new name is used as it is."""
+    from dreamkit import registry
+    from dreamkit.priors.configs import build_prior, check_prior_config
+
+    calls = []
+
+    class Fake:
+        @classmethod
+        def from_config(cls, cfg, device):
+            calls.append(("build", cfg.type, str(device)))
+            return "prior"
+
+        @staticmethod
+        def check_config(cfg):
+            calls.append(("check", cfg.type))
+
+    monkeypatch.setitem(registry.REGISTRY["prior"], "fake", ("x:y", "x:z", "a test prior"))
+    monkeypatch.setattr(registry, "_load", lambda path: Fake if path == "x:y" else None)
+    cfg = type("Cfg", (), {"type": "fake", "name": "f"})()
+    check_prior_config(cfg)
+    assert build_prior(cfg, "cpu") == "prior"
+    assert calls == [("check", "fake"), ("build", "fake", "cpu")]

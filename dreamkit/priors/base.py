@@ -56,6 +56,16 @@ class Prior(nn.Module, ABC):
             cache = self.__dict__["_graph_cache"] = CudaGraphCache()
         return cache(fn, *tensors)
 
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "Prior":
+        """Build from a validated ``prior`` config section on ``device`` (the registry's construction path,
+        ``dreamkit.priors.configs.build_prior``)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Raise DreamkitError (one line) for a section whose files are missing, before any work."""
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])

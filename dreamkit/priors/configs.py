@@ -67,53 +67,15 @@ def build_prior(cfg: Any, device: torch.device):
 
 
 def _build_prior(cfg: Any, device: torch.device):
-    from ..assets import asset_path
+    """The registered class of ``prior.type`` builds itself (``from_config``): the only construction path."""
+    from ..registry import component_class
 
-    if cfg.type == "oracle":
-        from .oracle import OraclePrior
-
-        targets = [dict(t, mesh=str(asset_path(t["mesh"]))) for t in cfg.targets]
-        prior = OraclePrior(targets=targets, resolution=cfg.resolution, background=tuple(cfg.background),
-                            ssaa=cfg.ssaa)
-        return prior.to(device)
-    if cfg.type == "stable-diffusion":
-        from .diffusers_sd import StableDiffusionPrior
-
-        return StableDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype,
-                                    local_files_only=cfg.local_files_only, channels_last=cfg.channels_last,
-                                    cuda_graph=cfg.cuda_graph)
-    if cfg.type == "pixel":
-        from .pixel import PixelDiffusionPrior
-
-        return PixelDiffusionPrior(cfg.name, device=str(device), dtype=cfg.dtype, channels_last=cfg.channels_last,
-                                   cuda_graph=cfg.cuda_graph)
-    raise ValueError(cfg.type)
+    return component_class("prior", cfg.type, "prior.type").from_config(cfg, device)
 
 
 def check_prior_config(cfg: Any) -> None:
-    """Fail before any work when the prior's files are missing (folder of a checkpoint, target meshes)."""
-    from pathlib import Path
+    """Fail before any work when the prior's files are missing (folder of a checkpoint, target meshes): the
+    registered class of ``prior.type`` checks its own section (``check_config``)."""
+    from ..registry import component_class
 
-    from ..errors import DreamkitError
-
-    if cfg.type == "stable-diffusion":
-        from .diffusers_sd import _looks_like_path
-
-        name = str(cfg.name)
-        looks_like_path = _looks_like_path(name)
-        if looks_like_path and not Path(name).expanduser().is_dir():
-            raise DreamkitError(f"prior folder not found: {name} — pass prior.name=<folder with model_index.json> "
-                                "or a Hugging Face id such as stabilityai/stable-diffusion-2-1-base")
-    elif cfg.type == "pixel":
-        from .pixel import resolve_prior_folder
-
-        resolve_prior_folder(str(cfg.name))
-    elif cfg.type == "oracle":
-        from ..assets import asset_path
-
-        if not cfg.targets:
-            raise DreamkitError("prior.targets is empty — the oracle needs at least one {mesh, label} target")
-        for i, target in enumerate(cfg.targets):
-            if "mesh" not in target or "label" not in target:
-                raise DreamkitError(f"prior.targets[{i}] needs keys mesh and label, got {dict(target)}")
-            asset_path(target["mesh"])
+    component_class("prior", cfg.type, "prior.type").check_config(cfg)

@@ -319,6 +319,20 @@ class StableDiffusionPrior(Prior):
             raise ValueError(f"got {len(prompts)} prompts and {len(negative)} negative prompts; pass one or as many")
         return TextCond(self._embed(prompts), self._embed(negative), prompts)
 
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "StableDiffusionPrior":
+        """From a validated ``prior`` section (``configs.StableDiffusionPriorConfig``)."""
+        return cls(cfg.name, device=str(device), dtype=cfg.dtype, local_files_only=cfg.local_files_only,
+                   channels_last=cfg.channels_last, cuda_graph=cfg.cuda_graph)
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        """A folder name that does not exist fails before any work (hub ids are looked up when loading)."""
+        name = str(cfg.name)
+        if _looks_like_path(name) and not Path(name).expanduser().is_dir():
+            raise DreamkitError(f"prior folder not found: {name} — pass prior.name=<folder with model_index.json> "
+                                "or a Hugging Face id such as stabilityai/stable-diffusion-2-1-base")
+
     # ------------------------------------------------------------------------------------------- image ⇄ latent
     def encode(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] → latents [B, 4, h, w] (a sample of the VAE posterior × scaling factor).

@@ -16,7 +16,7 @@ be studied without a learned model.
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -214,6 +214,28 @@ class OraclePrior(Prior):
                                 f"(from its encode_text), got {tuple(cond.shape)}")
         t = torch.as_tensor(t, device=x_t.device)
         return t.expand(B) if t.ndim == 0 else t
+
+    @classmethod
+    def from_config(cls, cfg: Any, device: torch.device) -> "OraclePrior":
+        """From a validated ``prior`` section (``configs.OraclePriorConfig``); meshes resolved as assets or files."""
+        from ..assets import asset_path
+
+        targets = [dict(t, mesh=str(asset_path(t["mesh"]))) for t in cfg.targets]
+        return cls(targets=targets, resolution=cfg.resolution, background=tuple(cfg.background),
+                   ssaa=cfg.ssaa).to(device)
+
+    @staticmethod
+    def check_config(cfg: Any) -> None:
+        """At least one {mesh, label} target, each mesh found — before any work."""
+        from ..assets import asset_path
+        from ..errors import DreamkitError
+
+        if not cfg.targets:
+            raise DreamkitError("prior.targets is empty — the oracle needs at least one {mesh, label} target")
+        for i, target in enumerate(cfg.targets):
+            if "mesh" not in target or "label" not in target:
+                raise DreamkitError(f"prior.targets[{i}] needs keys mesh and label, got {dict(target)}")
+            asset_path(target["mesh"])
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cameras: Cameras) -> torch.Tensor:
         """The exact posterior mean x̂0 [B, 3, r, r] (x space) of the cond-weighted target mixture."""

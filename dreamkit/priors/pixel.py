@@ -207,6 +207,17 @@ class PixelDiffusionPrior(Prior):
                 warnings.warn(f"prompt {prompt!r} is outside the tiny world this prior was trained on; "
                               f"nearest in-world prompts: {', '.join(near)}", stacklevel=3)
 
+    @classmethod
+    def from_config(cls, cfg: Any, device: torch.device) -> "PixelDiffusionPrior":
+        """From a validated ``prior`` section (``configs.PixelPriorConfig``)."""
+        return cls(cfg.name, device=str(device), dtype=cfg.dtype, channels_last=cfg.channels_last,
+                   cuda_graph=cfg.cuda_graph)
+
+    @staticmethod
+    def check_config(cfg: Any) -> None:
+        """The folder (or shipped name) exists — before any work."""
+        resolve_prior_folder(str(cfg.name))
+
     # -- denoising -------------------------------------------------------------------------------------------------
     def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, *labels: torch.Tensor):
         kwargs = {"class_labels": labels[0]} if labels else {}
