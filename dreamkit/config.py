@@ -276,19 +276,22 @@ def reject_interpolations(cfg: Any, source: str) -> None:
     particular not ``${oc.env:...}``, which would copy an environment variable into the run folder's name, its
     config and its checkpoint — and a saved config reads back exactly as it was written."""
     plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{key}[{i}]")
-        elif isinstance(value, str) and "${" in value:
+    for key, value in leaves(plain):
+        if isinstance(value, str) and "${" in value:
             raise ConfigError(f"{source}: {key}={value!r} is an interpolation (${{...}}); dreamkit takes config values "
                               "literally and never resolves them (nor reads the environment) — write the value itself")
 
-    walk(plain, "")
+
+def leaves(value: Any, key: str = ""):
+    """(dotted key, value) of every scalar in nested dicts and lists (``a.b[2]``)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from leaves(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from leaves(v, f"{key}[{i}]")
+    else:
+        yield key, value
 
 
 def load_yaml(path: Path) -> DictConfig:
@@ -444,17 +447,9 @@ def _check_ranges(cfg: DictConfig) -> None:
     timestep fractions outside [0, 1] or min above max, image sides beyond :data:`MAX_IMAGE_SIDE`."""
     import math
 
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{key}[{i}]")
-        elif isinstance(value, float) and not math.isfinite(value):
+    for key, value in leaves(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}={value} is not a finite number — give a finite value")
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
     if int(cfg.seed) < 0:
         raise ConfigError(f"seed={cfg.seed} is negative — seeds are integers ≥ 0")
     for side in ("width", "height"):

@@ -47,6 +47,24 @@ class Prior(nn.Module, ABC):
         every later layer run) channels-last — on an H200 that made the SD 2.1 VAE's encode + backward 20% slower."""
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
+    def _unet_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cameras: Optional[Cameras],
+                     dtype: torch.dtype, network: Optional[torch.nn.Module] = None,
+                     timestep_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The raw UNet output (float32) of a diffusers-backed prior (``unet``, ``view_settings``,
+        ``_unet_forward``): its inputs built by ``view_settings`` in ``dtype`` and this prior's layout, then either
+        the prior's own UNet (through the CUDA-graph cache when on) or ``network`` — another UNet of the same
+        architecture, VSD's trainable copy — run eagerly with ``timestep_cond`` added to its time embedding."""
+        self.view_settings.check_batch(x_t.shape[0], cameras)
+        labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
+        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
+        if network is None:
+            extra = () if labels is None else (labels,)
+            return self._denoiser(self._unet_forward, x_in, t, cond.to(dtype), *extra).float()
+        kwargs = {"class_labels": labels} if labels is not None else {}
+        if timestep_cond is not None:
+            kwargs["timestep_cond"] = timestep_cond.to(dtype)
+        return network(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
+
     def _denoiser(self, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
         """``fn(*tensors)``, through this prior's CUDA-graph cache when ``cuda_graph`` is on (else eagerly)."""
         if not self.cuda_graph:

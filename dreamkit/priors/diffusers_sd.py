@@ -366,18 +366,8 @@ class StableDiffusionPrior(Prior):
         t = torch.as_tensor(t, device=x_t.device)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        self.view_settings.check_batch(x_t.shape[0], cameras)
         dtype = self.dtype if network is None else next(network.parameters()).dtype
-        labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
-        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
-        extra = () if labels is None else (labels,)
-        if network is None:
-            out = self._denoiser(self._unet_forward, x_in, t, cond.to(dtype), *extra).float()
-        else:
-            kwargs = {"class_labels": labels} if labels is not None else {}
-            if timestep_cond is not None:
-                kwargs["timestep_cond"] = timestep_cond.to(dtype)
-            out = network(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
+        out = self._unet_output(x_t, t, cond, cameras, dtype, network, timestep_cond)
         if self.prediction_type == "epsilon":
             return out
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)

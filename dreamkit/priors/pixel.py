@@ -230,17 +230,7 @@ class PixelDiffusionPrior(Prior):
         trainable copy of this UNet, run eagerly)."""
         dtype = next((network or self.unet).parameters()).dtype
         t = t.to(x_t.device).expand(x_t.shape[0]) if t.dim() == 0 else t.to(x_t.device)
-        self.view_settings.check_batch(x_t.shape[0], cameras)
-        labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
-        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
-        extra = () if labels is None else (labels,)
-        if network is None:
-            out = self._denoiser(self._unet_forward, x_in, t, cond.to(dtype), *extra).float()
-        else:
-            kwargs = {"class_labels": labels} if labels is not None else {}
-            if timestep_cond is not None:
-                kwargs["timestep_cond"] = timestep_cond.to(dtype)
-            out = network(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
+        out = self._unet_output(x_t, t, cond, cameras, dtype, network, timestep_cond)
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         if self.prediction_type == "v_prediction":
             abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
