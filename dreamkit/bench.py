@@ -128,19 +128,12 @@ def build_system(cfg: Any, device: torch.device):
     """(system, optimizer) ready to step, set up as ``dreamkit fit`` sets them up (without the Trainer)."""
     import pytorch_lightning as pl
 
+    from .components import configure_device
     from .priors.configs import build_prior, check_prior_config
     from .system import DreamSystem
 
     check_prior_config(cfg.prior)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
-        from .priors.base import resolve_auto
-
-        torch.backends.cudnn.benchmark = resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")
-    else:
-        from .render.splat import keep_freed_cpu_memory
-
-        keep_freed_cpu_memory()
+    configure_device(cfg, device)
     pl.seed_everything(int(cfg.seed), verbose=False)
     prior = build_prior(cfg.prior, device)
     system = DreamSystem(cfg)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,39 +125,35 @@ class GracefulStop(pl.Callback):
     while the checkpoint is being written ends the process at once (the last complete checkpoint stays).
     """
 
-    SIGNALS = ("SIGINT", "SIGTERM")
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, checkpoint: AtomicCheckpoint):
-        import signal as _signal
-
         self.checkpoint = checkpoint
         self.signum: int | None = None
-        self._signal = _signal
         # the handlers before the fit (Lightning installs and later restores its own in between)
-        self._previous = {getattr(_signal, n): _signal.getsignal(getattr(_signal, n)) for n in self.SIGNALS}
+        self._previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
 
     def _handler(self, signum, frame) -> None:
         if self.signum is not None:
-            print(f"\ninterrupted again ({self._signal.Signals(signum).name}) — stopping now; the last complete "
+            print(f"\ninterrupted again ({signal.Signals(signum).name}) — stopping now; the last complete "
                   "checkpoint is kept", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
 
-    def install(self) -> None:
-        import threading
+    @staticmethod
+    def _can_handle() -> bool:
+        """Python delivers signals to the main thread only; a fit in a worker thread keeps its defaults."""
+        return threading.current_thread() is threading.main_thread()
 
-        if threading.current_thread() is not threading.main_thread():
-            return  # Python delivers signals to the main thread only; a fit in a worker thread keeps its defaults
-        for sig in self._previous:
-            self._signal.signal(sig, self._handler)
+    def install(self) -> None:
+        if self._can_handle():
+            for sig in self._previous:
+                signal.signal(sig, self._handler)
 
     def restore(self) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, handler in self._previous.items():
-            self._signal.signal(sig, handler if handler is not None else self._signal.SIG_DFL)
+        if self._can_handle():
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.install()  # after Lightning registered its SIGTERM handler at the start of fit

@@ -15,8 +15,8 @@ from .cameras import Cameras, orbit_cameras
 from .errors import ConfigError
 from .registry import component_class
 
-__all__ = ["resolve_device", "eval_cameras", "build_representation", "load_representation_from_checkpoint",
-           "background_from_checkpoint"]
+__all__ = ["resolve_device", "configure_device", "eval_cameras", "build_representation",
+           "load_representation_from_checkpoint", "background_from_checkpoint"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,6 +25,21 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but no CUDA GPU is visible — use device=cpu (or auto)")
     return torch.device(name)
+
+
+def configure_device(cfg: Any, device: torch.device) -> None:
+    """Process-wide settings for a run on ``device`` (``dreamkit fit`` and ``dreamkit bench`` alike): on CUDA the
+    float32 matmul precision and cuDNN autotuning (``trainer.cudnn_benchmark``); on the CPU, keeping freed memory
+    mapped for the splatting twin's large temporaries."""
+    if device.type == "cuda":
+        from .priors.base import resolve_auto
+
+        torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
+        torch.backends.cudnn.benchmark = resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")
+    else:
+        from .render.splat import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()  # the CPU twin reallocates large temporaries every step; keep them mapped
 
 
 def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = None) -> Cameras:

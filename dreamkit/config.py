@@ -490,16 +490,15 @@ def to_plain(cfg: Any) -> Any:
 
 
 def check_export_options(export: Any) -> None:
-    """The export.* choices a fit's exports will use, checked before the fit starts (a typo must not cost a run):
-    mesh_method, mesh_color, mesh_material, mesh_origin, mesh_hull_alpha and the mesh counts."""
-    choices = {"mesh_method": ("density", "hull"), "mesh_color": ("auto", "renders", "field"),
-               "mesh_material": ("auto", "pbr", "unlit"), "mesh_origin": ("centre", "base", "keep")}
-    for key, allowed in choices.items():
-        if key in export and str(export[key]) not in allowed:
-            raise ConfigError(f"export.{key}={export[key]!r} — use {', '.join(allowed)}")
-    if "mesh_hull_alpha" in export and not 0.0 < float(export.mesh_hull_alpha) < 1.0:
-        raise ConfigError(f"export.mesh_hull_alpha={export.mesh_hull_alpha}: use a value between 0 and 1 (0.5 by "
-                          "default)")
+    """The export.* choices a fit's exports will use, checked before the fit starts (a typo must not cost a run) by
+    the exporters' own checks, and the mesh counts."""
+    from .export.bake import check_material
+    from .export.extract import check_mesh_options
+    from .export.gltf import check_origin
+
+    check_mesh_options(export)
+    check_material(export)
+    check_origin(export)
     for key in ("mesh_resolution", "mesh_views", "mesh_faces", "texture_size"):
         if key in export and int(export[key]) < 1:
             raise ConfigError(f"export.{key}={export[key]} must be ≥ 1")

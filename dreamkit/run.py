@@ -141,6 +141,7 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
 
     from .callbacks import AtomicCheckpoint, GracefulStop, TextProgress, ValidationRenders
     from .priors.configs import build_prior
+    from .components import configure_device
     from .system import DreamSystem, eval_cameras, resolve_device
 
     _quiet_lightning()
@@ -149,15 +150,7 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         # the checkpoint is read and checked before anything touches the run folder (or loads a prior)
         start_step = _check_resume(Path(resume_dir), cfg)
     device = resolve_device(str(cfg.device))
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision(str(cfg.trainer.matmul_precision))
-        from .priors.base import resolve_auto
-
-        torch.backends.cudnn.benchmark = resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")
-    else:
-        from .render.splat import keep_freed_cpu_memory
-
-        keep_freed_cpu_memory()  # the CPU twin reallocates large temporaries every step; keep them mapped
+    configure_device(cfg, device)
     # everything that can fail on bad input happens before the run folder exists
     pl.seed_everything(int(cfg.seed), verbose=False)
     prior = build_prior(cfg.prior, device)

@@ -98,6 +98,9 @@ class DreamSystem(pl.LightningModule):
         self._prior = None
         self._guidance = None
         self.text_cond = None
+        # steps with a NaN/inf loss, in all and in a row (see _count_nonfinite; device tensors on CUDA)
+        self.nonfinite_total: Any = 0
+        self.nonfinite_run: Any = 0
         self._timer = NULL_TIMER  # dreamkit bench swaps in a StepTimer (see set_timer)
         self._zero_index: Optional[torch.Tensor] = None
         self._lambdas = {k[len("lambda_"):]: Schedule.parse(to_plain(v), f"loss.{k}") for k, v in cfg.loss.items()}
@@ -293,18 +296,16 @@ class DreamSystem(pl.LightningModule):
         finite = torch.isfinite(loss)
         if loss.device.type == "cpu":
             ok = bool(finite)
-            self.nonfinite_total = int(getattr(self, "nonfinite_total", 0)) + (not ok)
-            self.nonfinite_run = 0 if ok else int(getattr(self, "nonfinite_run", 0)) + 1
+            self.nonfinite_total += not ok
+            self.nonfinite_run = 0 if ok else self.nonfinite_run + 1
             return ok
         for param in self.representation.parameters():
             if param.grad is not None:
                 param.grad = torch.where(finite, param.grad, torch.zeros((), device=param.grad.device,
                                                                          dtype=param.grad.dtype))
         bad = (~finite).to(torch.int64)
-        run = getattr(self, "nonfinite_run", None)
-        total = getattr(self, "nonfinite_total", None)
-        self.nonfinite_run = bad if not torch.is_tensor(run) else (run + 1) * bad
-        self.nonfinite_total = bad if not torch.is_tensor(total) else total + bad
+        self.nonfinite_run = (self.nonfinite_run + 1) * bad  # ints become device tensors at the first CUDA step
+        self.nonfinite_total = self.nonfinite_total + bad
         return None
 
     def check_nonfinite(self, step: int) -> None:
@@ -312,11 +313,11 @@ class DreamSystem(pl.LightningModule):
         CUDA this reads the device counters: call it where the step already synchronises)."""
         from .errors import TrainingDiverged
 
-        run = int(getattr(self, "nonfinite_run", 0))
+        run = int(self.nonfinite_run)
         patience = int(self.cfg.trainer.nonfinite_patience)
         if run >= patience:
-            total = int(getattr(self, "nonfinite_total", 0))
-            where = f" in {self.run_dir}" if getattr(self, "run_dir", None) else ""
+            total = int(self.nonfinite_total)
+            where = f" in {self.run_dir}" if self.run_dir else ""
             raise TrainingDiverged(
                 f"the loss was NaN or infinite for {run} steps in a row (up to step {step}; {total} skipped in all) "
                 f"— training stopped{where}; its last checkpoint holds the last finite parameters. Lower the learning "

@@ -501,7 +501,7 @@ def test_mesh_material_auto_follows_where_the_colours_come_from():
     from omegaconf import OmegaConf
 
     from dreamkit.errors import ConfigError
-    from dreamkit.export.bake import _check_material, material_is_unlit
+    from dreamkit.export.bake import check_material, material_is_unlit
     from dreamkit.export.extract import RenderedColors
     from dreamkit.representations.mesh import MeshConfig, MeshModel
     from dreamkit.representations.nerf import NeRFConfig, NeRFModel
@@ -527,7 +527,7 @@ def test_mesh_material_auto_follows_where_the_colours_come_from():
     # explicit choices win
     assert not material_is_unlit(gaussians, None, "pbr") and material_is_unlit(mesh_shaded, None, "unlit")
     with pytest.raises(ConfigError, match="mesh_material='lit'.*auto.*pbr.*unlit"):
-        _check_material(SimpleNamespace(mesh_material="lit"))
+        check_material(SimpleNamespace(mesh_material="lit"))
 
 
 def test_write_video_without_imageio_ffmpeg_says_what_to_install(tmp_path, monkeypatch):

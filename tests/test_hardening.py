@@ -224,7 +224,7 @@ def test_signal_mid_fit_checkpoints_exits_nonzero_and_resumes_to_the_same_result
     (["prompt=\\${oc.env:HOME}"], "is an interpolation"),
     (["trainer.cudnn_benchmark=sometimes"], "use auto, true or false"),
     (["trainer.nonfinite_patience=0"], "trainer.nonfinite_patience must be > 0"),
-    (["export.mesh_method=voxels"], "export.mesh_method='voxels' — use density, hull"),  # not after the fit
+    (["export.mesh_method=voxels"], "export.mesh_method='voxels': use 'density'"),  # not after the fit
     (["export.mesh_hull_alpha=1.5"], "between 0 and 1"),
 ])
 def test_bad_values_are_one_line_before_any_run_folder(overrides, needle, tmp_path, capsys):

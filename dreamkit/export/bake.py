@@ -127,7 +127,7 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
     def opt(name, default):
         return default if export_cfg is None else getattr(export_cfg, name, default)
 
-    material = _check_material(export_cfg)  # before the (slow) extraction
+    material = check_material(export_cfg)  # before the (slow) extraction
     key = (id(model), _mesh_settings(export_cfg), _fingerprint(model))
     if _LAST[0] is not None and _LAST[0][0] == key:  # `glb` then `obj` of one model: extract and bake once
         return _LAST[0][1]
@@ -150,7 +150,7 @@ def textured_mesh(model, export_cfg=None) -> Mesh:
 MATERIALS = ("auto", "pbr", "unlit")
 
 
-def _check_material(export_cfg) -> str:
+def check_material(export_cfg) -> str:
     from ..errors import ConfigError
 
     material = "auto" if export_cfg is None else str(getattr(export_cfg, "mesh_material", "auto"))

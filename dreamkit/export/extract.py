@@ -591,6 +591,22 @@ def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, boun
     return Mesh(verts=verts, faces=faces, normals=vertex_normals(verts, faces), vertex_colors=colors)
 
 
+def check_mesh_options(cfg: Any) -> None:
+    """The ``export.mesh_color`` / ``mesh_method`` / ``mesh_hull_alpha`` choices (ConfigError naming the key); called
+    by the exporters and, through ``dreamkit.config``, before a fit starts."""
+    source = str(getattr(cfg, "mesh_color", "auto"))
+    if source not in ("auto", "renders", "field"):
+        raise ConfigError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
+                          "'field' (the field's colour at the surface) or 'auto' (renders with mesh_method=hull)")
+    method = str(getattr(cfg, "mesh_method", "density"))
+    if method not in ("density", "hull"):
+        raise ConfigError(f"export.mesh_method={method!r}: use 'density' (iso-surface of the density field) or "
+                          "'hull' (the visual hull of the representation's renders: solid, no inner cavities)")
+    alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"export.mesh_hull_alpha={alpha}: use a value between 0 and 1 (0.5 by default)")
+
+
 def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, Optional[Callable]]:
     """The export protocol: ``model.export_mesh(export_cfg)`` when the representation has it, else marching cubes
     on its density field (:func:`field_from_representation`) with the ``export.mesh_*`` settings.
@@ -609,20 +625,13 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
     threshold = float(getattr(cfg, "mesh_threshold", 1.0))
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
     source = str(getattr(cfg, "mesh_color", "auto"))
-    if source not in ("auto", "renders", "field"):  # checked before the (slow) extraction
-        raise ConfigError(f"export.mesh_color={source!r}: use 'renders' (projected from the representation's renders), "
-                         "'field' (the field's colour at the surface) or 'auto' (renders with mesh_method=hull)")
+    check_mesh_options(cfg)  # before the (slow) extraction
     if method == "hull":
         alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
-        if not 0.0 < alpha < 1.0:
-            raise ConfigError(f"export.mesh_hull_alpha={alpha}: use a value between 0 and 1 (0.5 by default)")
         field = VisualHullField(model, field, views=int(getattr(cfg, "mesh_views", 48)),
                                 render_resolution=int(getattr(cfg, "mesh_resolution", 128)), alpha_threshold=alpha,
                                 device=device)
         threshold = 0.0
-    elif method != "density":
-        raise ConfigError(f"export.mesh_method={method!r}: use 'density' (iso-surface of the density field) or "
-                         "'hull' (the visual hull of the representation's renders: solid, no inner cavities)")
     mesh = extract_mesh(
         field,
         resolution=int(getattr(cfg, "mesh_resolution", 128)),

@@ -157,7 +157,7 @@ def write_glb(mesh: Mesh, path: str | Path, origin: str = "keep", double_sided: 
     return path
 
 
-def _check_origin(export_cfg) -> str:
+def check_origin(export_cfg) -> str:
     from ..errors import ConfigError
 
     origin = str(getattr(export_cfg, "mesh_origin", "centre")) if export_cfg is not None else "centre"
@@ -169,7 +169,7 @@ def _check_origin(export_cfg) -> str:
 def export_glb(model, path, export_cfg=None, background=None, device="cpu", **_) -> Path:
     """Exporter ``glb``: representation → textured mesh → ``path`` (GLB), plus a preview PNG and turntable MP4
     rendered from the written file when ``export.mesh_preview`` is set."""
-    origin = _check_origin(export_cfg)
+    origin = check_origin(export_cfg)
     from .bake import textured_mesh
 
     path = write_glb(textured_mesh(model, export_cfg), path, origin=origin)
@@ -184,7 +184,7 @@ def export_mesh_files(model, path, export_cfg=None, background=None, device="cpu
     """One extraction written as ``path`` (GLB) and the same name with ``.obj`` (+ MTL, PNGs); the preview is
     rendered from the GLB. Returns the GLB path. (Not registered: ``glb`` then ``obj`` share one extraction anyway
     through :func:`dreamkit.export.bake.textured_mesh`'s memo.)"""
-    origin = _check_origin(export_cfg)
+    origin = check_origin(export_cfg)
     from .bake import textured_mesh
     from .obj import write_obj
 

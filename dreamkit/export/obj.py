@@ -80,9 +80,9 @@ def export_obj(model, path, export_cfg=None, background=None, device="cpu", **_)
     """Exporter ``obj``: representation → textured mesh → ``path`` (OBJ + MTL + PNGs), plus a preview rendered from
     the written OBJ when ``export.mesh_preview`` is set."""
     from .bake import textured_mesh
-    from .gltf import _check_origin
+    from .gltf import check_origin
 
-    origin = _check_origin(export_cfg)
+    origin = check_origin(export_cfg)
     path = write_obj(textured_mesh(model, export_cfg), path, origin=origin)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):
         from .mesh import write_preview

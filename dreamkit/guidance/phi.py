@@ -26,7 +26,9 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def camera_features(cameras: Optional[Cameras], batch: int, device, dtype=torch.float32) -> torch.Tensor:
-    """[B, 16]: each camera's flattened camera-to-world matrix (zeros without cameras: the "no camera" input)."""
+    """[B, 16]: each camera's flattened camera-to-world matrix (zeros without cameras: the "no camera" input).
+    Unlike ``dreamkit.priors.multiview.camera_features`` the translation is kept as it is, so φ sees the distance
+    (threestudio's "extrinsics" condition)."""
     if cameras is None:
         return torch.zeros(batch, CAMERA_DIM, device=device, dtype=dtype)
     return cameras.c2w.reshape(-1, CAMERA_DIM).to(device=device, dtype=dtype)

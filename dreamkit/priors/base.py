@@ -65,6 +65,12 @@ class Prior(nn.Module, ABC):
             kwargs["timestep_cond"] = timestep_cond.to(dtype)
         return network(x_in, t, encoder_hidden_states=cond.to(dtype), **kwargs).sample.float()
 
+    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, *labels: torch.Tensor):
+        """The prior's own UNet (``self.unet``) on prepared inputs; class labels, when any, as the last tensor (a bound
+        method with a fixed signature, so the CUDA-graph cache can key on it)."""
+        kwargs = {"class_labels": labels[0]} if labels else {}
+        return self.unet(x_in, t, encoder_hidden_states=cond, **kwargs).sample
+
     def _denoiser(self, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
         """``fn(*tensors)``, through this prior's CUDA-graph cache when ``cuda_graph`` is on (else eagerly)."""
         if not self.cuda_graph:

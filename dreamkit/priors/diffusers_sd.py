@@ -377,10 +377,6 @@ class StableDiffusionPrior(Prior):
         # "sample" (x0-prediction): ε = (x_t − √ᾱ·x0) / √(1−ᾱ).
         return (x_t.float() - alpha_bar.sqrt() * out) / (1 - alpha_bar).sqrt()
 
-    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, *labels: torch.Tensor):
-        kwargs = {"class_labels": labels[0]} if labels else {}
-        return self.unet(x_in, t, encoder_hidden_states=cond, **kwargs).sample
-
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, resolution={self.resolution}, prediction_type={self.prediction_type!r}, "
                 f"dtype={self.dtype}")

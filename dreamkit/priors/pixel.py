@@ -219,10 +219,6 @@ class PixelDiffusionPrior(Prior):
         resolve_prior_folder(str(cfg.name))
 
     # -- denoising -------------------------------------------------------------------------------------------------
-    def _unet_forward(self, x_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, *labels: torch.Tensor):
-        kwargs = {"class_labels": labels[0]} if labels else {}
-        return self.unet(x_in, t, encoder_hidden_states=cond, **kwargs).sample
-
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 cameras: Optional[Cameras] = None, network: Optional[torch.nn.Module] = None,
                 timestep_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
