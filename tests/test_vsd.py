@@ -58,14 +58,15 @@ def test_phi_loss_reaches_only_phi_and_phi_learns(sd_prior):
     g = make(sd_prior)
     images, cams, text = _inputs(sd_prior, batch=4, seed=3)
     images.requires_grad_(True)
-    loss = g.phi_loss(images, text, cams, torch.Generator().manual_seed(0))
+    loss = g.phi_loss(sd_prior.encode(images), text, cams, torch.Generator().manual_seed(0))
     (grad,) = torch.autograd.grad(loss, images, allow_unused=True)
     assert grad is None or not grad.any()  # the renders get nothing from L_lora
     # φ learns these renders: its loss on a fixed draw (same τ, ε, dropout) falls
     params = [group["params"] for group in g.parameter_groups()][0]
     assert params and all(p.requires_grad for p in params)
     opt = torch.optim.Adam(params, lr=1e-2)
-    images = images.detach()
+    with torch.no_grad():
+        images = sd_prior.encode(images.detach())  # one encoding, as a step gives φ
 
     def held_out() -> float:  # fixed draws of τ, ε and the camera dropout
         with torch.no_grad():
@@ -131,5 +132,6 @@ def test_gs_vsd_fit_trains_phi_and_checkpoints_it(tmp_path):
 def test_lora_ratio_is_one_at_init(sd_prior):
     g = make(sd_prior)
     images, cams, text = _inputs(sd_prior, batch=2, seed=5)
-    loss, ratio = g.phi_loss(images, text, cams, torch.Generator().manual_seed(0), with_ratio=True)
+    loss, ratio = g.phi_loss(sd_prior.encode(images), text, cams, torch.Generator().manual_seed(0),
+                             with_ratio=True)
     assert float(ratio) == pytest.approx(1.0, abs=1e-5)

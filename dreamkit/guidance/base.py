@@ -147,7 +147,14 @@ class ScoreDistillation(nn.Module):
             f"{name}_grad_norm": grad.flatten(1).norm(dim=1).mean().detach(),
         }
         out.update({f"{name}_{k}": v for k, v in extra.items()})
+        out.update(self.extra_terms(x.detach(), text, cameras, generator))
         return out
+
+    def extra_terms(self, x: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
+                    generator: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
+        """More loss terms computed from this step's encoded renders ``x`` (detached), e.g. VSD's φ loss; none by
+        default. Called after the distillation term, with the same generator."""
+        return {}
 
     def guided_prediction(self, x_t: torch.Tensor, t: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
                           step: int) -> torch.Tensor:

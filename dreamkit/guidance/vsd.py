@@ -90,22 +90,20 @@ class VSDGuidance(ScoreDistillation):
             eps_phi = self.phi_prediction(x_t, t, text.cond, cameras)
         return (eps - eps_phi).to(x.dtype), {}
 
-    def forward(self, images: torch.Tensor, text: TextCond, cameras: Optional[Cameras], step: int,
-                generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
-                noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        out = super().forward(images, text, cameras, step, generator=generator, t=t, noise=noise)
-        out["loss_lora"], out["vsd_lora_ratio"] = self.phi_loss(images, text, cameras, generator, with_ratio=True)
-        return out
+    def extra_terms(self, x: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
+                    generator: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
+        loss, ratio = self.phi_loss(x, text, cameras, generator, with_ratio=True)
+        return {"loss_lora": loss, "vsd_lora_ratio": ratio}
 
-    def phi_loss(self, images: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
+    def phi_loss(self, x: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
                  generator: Optional[torch.Generator] = None, with_ratio: bool = False):
-        """L_lora on the detached renders: τ over the whole range, camera dropped with ``camera_dropout``.
+        """L_lora on the step's encoded renders ``x`` (detached here; the same encoding the VSD term used): τ over
+        the whole range, camera dropped with ``camera_dropout``.
 
         With ``with_ratio``: (L_lora, L_lora / L_pre), L_pre being the frozen prior's loss on the same draw (τ, ε',
         renders): 1 at initialisation, below 1 as φ learns the renders' distribution. The ratio cancels most of the
         noise that the random τ puts into L_lora from one step to the next (logged as ``vsd_lora_ratio``)."""
-        with torch.no_grad():
-            x = self.prior.encode(images.detach()).float()
+        x = x.detach().float()
         batch, n = x.shape[0], self.prior.num_train_timesteps
         views = int(getattr(self.prior, "views", 1) or 1)
         groups = batch // views if views > 1 and batch % views == 0 else batch
