@@ -225,11 +225,11 @@ def measure_limit(system: Any, device: torch.device, warmup: int, steps: int) ->
     n_train = int(prior.alphas_cumprod.shape[0])
     times = []
     for i in range(warmup + steps):
-        host = system._sample_host_cameras(0)
+        host = system.sampler.sample_cameras(0)
         moved = host_to_device([host.c2w, host.K, host.elevation, host.azimuth, host.distance, host.fovy, host.time],
                                device)
         cameras = Cameras(moved[0], moved[1], host.width, host.height, *moved[2:])
-        text = system._select_text(None, batch, [])
+        text = system.prompts.select(None, batch)
         images = torch.rand(batch, 3, height, width, generator=gen, device=device)
         t = torch.randint(int(0.02 * n_train), int(0.98 * n_train), (batch,), generator=gen, device=device)
         if not latent:

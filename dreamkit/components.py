@@ -50,27 +50,46 @@ def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = 
 
 
 def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) -> nn.Module:
+    """The recipe's representation; with ``particles`` N > 1 a :class:`Particles` of N members, initialised in turn
+    from ``generator``."""
     cls = component_class("representation", cfg.representation.name, "representation.name")
-    return cls(cfg.representation, generator=generator)
+    count = int(cfg.get("particles", 1) or 1)
+    if count == 1:
+        return cls(cfg.representation, generator=generator)
+    from .representations.particles import Particles
+
+    generator = generator if generator is not None else torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    return Particles([cls(cfg.representation, generator=generator) for _ in range(count)])
 
 
-def load_representation_from_checkpoint(cfg: DictConfig, ckpt_path: Path, device: torch.device) -> nn.Module:
+def export_member(rep: nn.Module, cfg: Any) -> nn.Module:
+    """The representation to export, render and score: with particles, member ``export.particle``."""
+    from .representations.particles import Particles
+
+    if isinstance(rep, Particles):
+        return rep.members[int(cfg.export.get("particle", 0))]
+    return rep
+
+
+def load_representation_from_checkpoint(cfg: DictConfig, ckpt_path: Path, device: torch.device,
+                                        all_particles: bool = False) -> nn.Module:
     """Rebuild the trained representation (no prior needed) for export and rendering; the checkpoint is read with
-    :func:`dreamkit.checkpoint.load_checkpoint` (no code in it runs; a bad file is one line)."""
+    :func:`dreamkit.checkpoint.load_checkpoint` (no code in it runs; a bad file is one line). With particles: member
+    ``export.particle``, or all of them (a :class:`Particles`) with ``all_particles``."""
     from .checkpoint import CheckpointError, load_checkpoint
+    from .representations.particles import resize_to_state
 
     ckpt = load_checkpoint(ckpt_path)
     rep = build_representation(cfg)
     state = {k[len("representation."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("representation.")}
-    prefix = "params."
-    if hasattr(rep, "resize_to"):
-        rep.resize_to({k[len(prefix):]: v.shape for k, v in state.items() if k.startswith(prefix)})
+    resize_to_state(rep, state)
     try:
         rep.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:
         first = " ".join(str(err).split())[:200]
         raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's representation "
                               f"({cfg.representation.name}): {first}") from None
+    rep = rep if all_particles else export_member(rep, cfg)
     return rep.to(device).eval()
 
 

@@ -44,8 +44,9 @@ class CameraConfig:
     views: int = 1
     #: draw elevation uniformly on the sphere band instead of uniformly in angle
     uniform_sphere: bool = False
-    #: append "front view" / "side view" / "back view" / "overhead view" to the prompt (DreamFusion)
-    view_dependent_prompting: bool = True
+    #: append "front view" / "side view" / "back view" / "overhead view" to the prompt (DreamFusion): auto (when the
+    #: prior's text encoder was trained on them: Stable Diffusion, not the tiny world's priors) | true | false
+    view_dependent_prompting: Any = "auto"
     front_threshold: float = 45.0
     back_threshold: float = 45.0
     overhead_threshold: float = 60.0
@@ -91,6 +92,8 @@ class ExportConfig:
     #: exports written when a fit ends (also `dreamkit export`): ply | mp4 | glb | obj
     formats: List[str] = field(default_factory=lambda: ["ply"])
     turntable: bool = True
+    #: with particles > 1: the particle exported, rendered and scored
+    particle: int = 0
     turntable_frames: int = 48
     turntable_fps: int = 24
     turntable_resolution: int = 128
@@ -146,6 +149,9 @@ class DreamkitConfig:
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = 0
+    #: N independent representations fitted together (ProlificDreamer's particles; VSD's φ is fitted to all of
+    #: them); camera.batch_size cameras each
+    particles: int = 1
     output_dir: str = "outputs"
     #: a run folder to continue from its last checkpoint
     resume: Optional[str] = None
@@ -411,6 +417,13 @@ def validate_values(cfg: DictConfig) -> None:
     positive("camera.height", cfg.camera.height)
     positive("camera.batch_size", cfg.camera.batch_size)
     positive("camera.eval_views", cfg.camera.eval_views)
+    positive("particles", cfg.particles)
+    if not 0 <= int(cfg.export.particle) < int(cfg.particles):
+        raise ConfigError(f"export.particle={cfg.export.particle} — this recipe has {cfg.particles} particle(s): "
+                          f"use 0 … {int(cfg.particles) - 1}")
+    from .prompts import view_prompting_setting
+
+    view_prompting_setting(cfg.camera.view_dependent_prompting)  # auto | true | false, before any work
     positive("export.turntable_frames", cfg.export.turntable_frames)
     positive("export.turntable_resolution", cfg.export.turntable_resolution)
     if not str(cfg.prompt).strip():

@@ -43,6 +43,11 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "vsd": ("dreamkit.guidance.vsd:VSDGuidance", "dreamkit.guidance.vsd:VSDConfig",
                 "variational score distillation (ProlificDreamer): a LoRA copy of the prior with a camera input (φ)"),
     },
+    "strategy": {
+        "adc": ("dreamkit.representations.gaussian_strategy:DensifyStrategy",
+                "dreamkit.representations.gaussian_strategy:DensifyConfig",
+                "3DGS adaptive density control: clone/split by view-space gradient, prune, opacity reset"),
+    },
 }
 
 #: export formats: name → (module:function, summary)

@@ -156,8 +156,7 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     prior = build_prior(cfg.prior, device)
     system = DreamSystem(cfg)
     system.attach_prior(prior)
-    with torch.no_grad():
-        prior.encode_text([str(cfg.prompt).strip()], [str(cfg.negative_prompt)])  # e.g. a prompt the prior can't express
+    system.prompts.check(prior)  # e.g. a prompt the prior cannot express
     if cfg.get("init_from") and resume_dir is None:  # a resumed run's checkpoint already holds the initialisation
         init_from_run(system.representation, cfg)
     ckpt_path = None
@@ -290,13 +289,15 @@ BYTES_PER_PIXEL = 1024
 
 def check_memory_budget(cfg: DictConfig, device: torch.device) -> None:
     """Refuse, before the run folder exists, a camera batch that cannot fit in memory (one line, exit 2)."""
-    pixels = int(cfg.camera.width) * int(cfg.camera.height) * int(cfg.camera.batch_size)
+    particles = int(cfg.get("particles", 1) or 1)
+    pixels = int(cfg.camera.width) * int(cfg.camera.height) * int(cfg.camera.batch_size) * particles
     need = pixels * BYTES_PER_PIXEL
     free = _available_memory(device)
     if free is not None and need > free:
-        raise DreamkitError(f"camera {cfg.camera.width}×{cfg.camera.height} × batch {cfg.camera.batch_size} needs "
+        each = f" × {particles} particles" if particles > 1 else ""
+        raise DreamkitError(f"camera {cfg.camera.width}×{cfg.camera.height} × batch {cfg.camera.batch_size}{each} needs "
                             f"about {need / 2**30:.0f} GiB for a step (estimate) and {free / 2**30:.1f} GiB are free "
-                            f"on {device.type} — lower camera.width/height or camera.batch_size")
+                            f"on {device.type} — lower camera.width/height, camera.batch_size or particles")
 
 
 def init_from_run(representation: Any, cfg: DictConfig) -> None:
@@ -349,7 +350,9 @@ def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: O
     apply_export_overrides(cfg, list(overrides or []))
     device = resolve_device(str(cfg.device))
     if system is not None:
-        model = system.representation.eval()
+        from .components import export_member
+
+        model = export_member(system.representation, cfg).eval()
         background = system.background(1, training=False)[0].detach().cpu()
     else:
         if not ckpt.is_file():

@@ -1,8 +1,10 @@
 """The LightningModule that composes representation, prior, guidance and background. It composes; it does not compute.
 
 One training step (manual optimisation, so densification can edit parameters and optimizer state in place):
-cameras ← sampler; out ← representation.render; losses ← guidance(out.rgb) + representation.regularizers;
-total ← Σ λ_i(step)·loss_i; backward; clip; optimizer step; representation.post_step (densify/prune).
+batch ← sampler (cameras in the layout's groups, the prompt component's text per camera); out ←
+representation.render; losses ← guidance(out, batch) + representation.regularizers; total ← Σ λ_i(step)·loss_i;
+backward; clip; each component's optimizer steps on its cadence; representation.post_step (densify/prune) with the
+representation's optimizer only.
 All randomness comes from generators owned here and saved in checkpoints, so a resumed run repeats the
 uninterrupted one.
 
@@ -23,16 +25,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .cameras import VIEW_SUFFIXES, CameraSampler, Cameras, view_direction_index
+from .batch import Batch, BatchSampler, Layout
+from .cameras import Cameras
 from .config import to_plain
 from .errors import ConfigError
+from .optim import ComponentOptimizer, build_optimizer
+from .prompts import PromptComponent
 from .registry import component_class
-from .schedule import Schedule, range_at, value_at
+from .representations.particles import Particles, resize_to_state
+from .schedule import Schedule
 from .timing import NULL_TIMER
 from .types import TextCond
 # the Lightning-free helpers live in .components (export, render and eval import them without Lightning); re-exported
 from .components import (background_from_checkpoint, build_representation, eval_cameras,  # noqa: F401
-                         load_representation_from_checkpoint, resolve_device)
+                         export_member, load_representation_from_checkpoint, resolve_device)
 
 
 def host_to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -94,15 +100,16 @@ class DreamSystem(pl.LightningModule):
         self.strategy_gen_seed = seed + 2
         self.noise_gen: Optional[torch.Generator] = None
         self.strategy_gen: Optional[torch.Generator] = None
-        self.sampler = CameraSampler(self.camera_gen)
+        self.prompts = PromptComponent.from_config(cfg)
+        self.layout = Layout(views=int(cfg.camera.views), particles=int(cfg.get("particles", 1) or 1))
+        self.sampler = BatchSampler(cfg.camera, self.layout, self.camera_gen, self.prompts)
         self._prior = None
         self._guidance = None
-        self.text_cond = None
+        self._component_optimizers: list[ComponentOptimizer] = []
         # steps with a NaN/inf loss, in all and in a row (see _count_nonfinite; device tensors on CUDA)
         self.nonfinite_total: Any = 0
         self.nonfinite_run: Any = 0
         self._timer = NULL_TIMER  # dreamkit bench swaps in a StepTimer (see set_timer)
-        self._zero_index: Optional[torch.Tensor] = None
         self._lambdas = {k[len("lambda_"):]: Schedule.parse(to_plain(v), f"loss.{k}") for k, v in cfg.loss.items()}
 
     # -- components that live outside the state_dict -----------------------------------------------------------
@@ -117,10 +124,11 @@ class DreamSystem(pl.LightningModule):
     def attach_prior(self, prior: nn.Module) -> None:
         """Frozen priors are not part of checkpoints (they can be GBs); attach before fit."""
         views, cam = int(getattr(prior, "views", 1)), self.cfg.camera
-        if int(cam.views) != views or int(cam.batch_size) % views:
+        if self.layout.views != views or int(cam.batch_size) % views:
             raise ConfigError(f"this prior denoises groups of {views} view(s) but camera.views={cam.views} and "
                               f"camera.batch_size={cam.batch_size} — set camera.views={views} and a batch_size that "
                               f"is a multiple of it")
+        self.prompts.uses_view_variants(prior)  # camera.view_dependent_prompting=true on a prior without view text
         object.__setattr__(self, "_prior", prior)
         cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
         guidance = cls(self.cfg.guidance, prior, int(self.cfg.trainer.max_steps))
@@ -154,87 +162,50 @@ class DreamSystem(pl.LightningModule):
         if self.noise_gen is None or self.noise_gen.device != device:
             self.noise_gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed) + 3)
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
-        prompt = str(self.cfg.prompt).strip()
-        negative = str(self.cfg.negative_prompt)
-        if self.cfg.camera.view_dependent_prompting:
-            prompts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
-        else:
-            prompts = [prompt]
-        with torch.no_grad():
-            self.text_cond = self._prior.encode_text(prompts, [negative] * len(prompts)).to(device)
+        self.prompts.setup(self._prior, device)
+
+    @property
+    def text_cond(self) -> Optional[TextCond]:
+        """Every prompt variant, encoded (the prompt component's; None before setup)."""
+        return self.prompts.text
+
+    def _members(self) -> list[nn.Module]:
+        """The representation's particles (itself when there is one)."""
+        rep = self.representation
+        return list(rep.members) if isinstance(rep, Particles) else [rep]
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        groups = list(self.representation.parameter_groups())
-        groups += list(self._guidance.parameter_groups())
-        if self.background.learned is not None:
-            groups.append({"name": "background", "params": [self.background.learned],
-                           "lr_schedule": float(self.cfg.background.learned_lr), "lr_key": "background.learned_lr"})
-        for g in groups:
-            g["lr"] = value_at(g["lr_schedule"], 0, g["lr_key"])
-        clean = [{k: v for k, v in g.items() if k not in ("lr_schedule", "lr_key")} for g in groups]
-        optimizer = torch.optim.Adam(clean, lr=1e-3)
-        self._lr_schedules = [(g["lr_schedule"], g["lr_key"]) for g in groups]
-        return optimizer
-
-    def _set_learning_rates(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for group, (schedule, key) in zip(optimizer.param_groups, self._lr_schedules):
-            group["lr"] = value_at(schedule, step, key)
-
-    def _sample_host_cameras(self, step: int) -> Cameras:
-        """[B] random cameras on the host (the camera generator is a CPU generator saved in checkpoints)."""
-        cam = self.cfg.camera
-        return self.sampler.sample(
-            int(cam.batch_size), int(cam.width), int(cam.height),
-            elevation_range=range_at(cam.elevation_range, step, "camera.elevation_range"),
-            azimuth_range=range_at(cam.azimuth_range, step, "camera.azimuth_range"),
-            distance_range=range_at(cam.distance_range, step, "camera.distance_range"),
-            fovy_range=range_at(cam.fovy_range, step, "camera.fovy_range"),
-            uniform_sphere=bool(cam.uniform_sphere),
-            views=int(cam.get("views", 1)),
-        )
-
-    def _view_index(self, cameras: Cameras) -> Optional[torch.Tensor]:
-        """[B] index of each camera's prompt variant (host tensor), or None when there is a single variant."""
-        if self.text_cond.cond.shape[0] == 1:
-            return None
-        cam = self.cfg.camera
-        return view_direction_index(cameras.elevation.cpu(), cameras.azimuth.cpu(), cam.front_threshold,
-                                    cam.back_threshold, cam.overhead_threshold)
-
-    def _select_text(self, index: Optional[torch.Tensor], batch: int, prompts: list[str]) -> TextCond:
-        """Gather one text variant per camera with a device-side index (no host read-back)."""
-        cond = self.text_cond
-        if index is None:
-            if self._zero_index is None or self._zero_index.shape[0] != batch \
-                    or self._zero_index.device != cond.cond.device:
-                self._zero_index = torch.zeros(batch, dtype=torch.long, device=cond.cond.device)
-            index = self._zero_index
-        return TextCond(cond.cond.index_select(0, index), cond.uncond.index_select(0, index), prompts)
-
-    def _host_batch(self, step: int) -> tuple[Cameras, Optional[torch.Tensor], list[str]]:
-        """Host-side part of a batch: cameras, their prompt-variant index (None for one variant) and prompts."""
-        cams = self._sample_host_cameras(step)
-        index = self._view_index(cams)
-        variants = self.text_cond.prompts
-        if not variants:
-            prompts: list[str] = []
-        elif index is None:
-            prompts = [variants[0]] * len(cams)
+        """One Adam per trainable component, in this order: representation (one per particle), learned background,
+        guidance (VSD's φ, stepped every ``guidance.lora_every`` steps). Lightning checkpoints them all."""
+        if isinstance(self.representation, Particles):  # one per particle, in order
+            specs = [build_optimizer(f"representation.{i}", list(member.parameter_groups()))
+                     for i, member in enumerate(self.representation.members)]
         else:
-            prompts = [variants[i] for i in index.tolist()]
-        return cams, index, prompts
+            specs = [build_optimizer("representation", list(self.representation.parameter_groups()))]
+        if self.background.learned is not None:
+            specs.append(build_optimizer("background", [{
+                "name": "background", "params": [self.background.learned],
+                "lr_schedule": float(self.cfg.background.learned_lr), "lr_key": "background.learned_lr"}]))
+        guidance_groups = list(self._guidance.parameter_groups())
+        if guidance_groups:
+            specs.append(build_optimizer("guidance", guidance_groups, int(getattr(self._guidance, "update_every", 1))))
+        self._component_optimizers = specs
+        optimizers = [spec.optimizer for spec in specs]
+        return optimizers[0] if len(optimizers) == 1 else optimizers
 
-    def sample_batch(self, step: int) -> tuple[Cameras, TextCond]:
-        """Cameras [B] on the device and their text variants: drawn on the host, the view-dependent prompt index
-        computed there too, then everything sent in one asynchronous copy (no synchronisation on CUDA)."""
-        cams, index, prompts = self._host_batch(step)
+    def sample_batch(self, step: int) -> Batch:
+        """The step's :class:`~dreamkit.batch.Batch` on the device: cameras and their prompt-variant index drawn on
+        the host, then sent in one asynchronous copy (no synchronisation on CUDA), the text gathered there."""
+        host = self.sampler.sample(step)
+        cams, index = host.cameras, host.prompt_index
         fields = [cams.c2w, cams.K, cams.elevation, cams.azimuth, cams.distance, cams.fovy, cams.time]
         if index is not None:
             fields.append(index)
         moved = host_to_device(fields, self.device)
         cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
-        return cameras, self._select_text(moved[7] if index is not None else None, len(cams), prompts)
+        index = moved[7] if index is not None else None
+        return Batch(cameras, self.prompts.select(index, len(cams)), self.layout, index)
 
     def is_log_step(self, step: int) -> bool:
         return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
@@ -247,15 +218,21 @@ class DreamSystem(pl.LightningModule):
         back from the device; sections are timed when a timer is set (:meth:`set_timer`).
         """
         timer = self._timer
-        raw_opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-        self._set_learning_rates(raw_opt, step)
-        cameras, text = self.sample_batch(step)
+        optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        specs = self._component_optimizers
+        if len(optimizers) != len(specs):
+            raise RuntimeError(f"optimization_step got {len(optimizers)} optimizer(s) for {len(specs)} components "
+                               "(pass what configure_optimizers returned)")
+        raw = [opt.optimizer if hasattr(opt, "optimizer") else opt for opt in optimizers]
+        for spec, opt in zip(specs, raw):
+            spec.set_learning_rates(step, opt)
+        batch = self.sample_batch(step)
+        cameras = batch.cameras
         background = self.background(len(cameras), self.noise_gen)
         with timer("render"):
             out = self.representation.render(cameras, background=background, step=step)
-        images = out.rgb.permute(0, 3, 1, 2)
         with timer("guidance"):
-            terms = self._guidance(images, text, cameras, step, generator=self.noise_gen)
+            terms = self._guidance(out, batch, step, generator=self.noise_gen)
         with timer("regularizers"):
             terms.update(self.representation.regularizers(out, step))
         total = None
@@ -265,8 +242,9 @@ class DreamSystem(pl.LightningModule):
                 term = weight * terms[f"loss_{name}"]
                 total = term if total is None else total + term
         if total is None:
-            total = images.new_zeros(())
-        optimizer.zero_grad(set_to_none=True)
+            total = out.rgb.new_zeros(())
+        for opt in raw:
+            opt.zero_grad(set_to_none=True)
         with timer("backward"):
             if backward is None:
                 total.backward()
@@ -274,14 +252,25 @@ class DreamSystem(pl.LightningModule):
                 backward(total)
         finite = self._count_nonfinite(total.detach())
         if finite is False:  # CPU: the step is skipped exactly (no update, no densification statistics)
-            optimizer.zero_grad(set_to_none=True)
+            for opt in raw:
+                opt.zero_grad(set_to_none=True)
             return StepResult(loss=total.detach(), terms=terms, info={}, cameras=cameras)
         with timer("optimizer"):
             if float(self.cfg.trainer.grad_clip) > 0:
-                torch.nn.utils.clip_grad_norm_(self.representation.parameters(), float(self.cfg.trainer.grad_clip))
-            optimizer.step()
+                for member in self._members():  # each particle's norm on its own
+                    torch.nn.utils.clip_grad_norm_(member.parameters(), float(self.cfg.trainer.grad_clip))
+            # the first (the representation's) through Lightning's wrapper, which counts trainer.global_step once per
+            # step; the others as plain torch optimizers, or Lightning would count every optimizer's step
+            optimizers[0].step()
+            for spec, opt in zip(specs[1:], raw[1:]):
+                if spec.due(step):
+                    opt.step()
         with timer("post_step"):
-            info = self.representation.post_step(step, out, raw_opt, cameras, generator=self.strategy_gen) or {}
+            if isinstance(self.representation, Particles):
+                info = self.representation.post_steps(step, out, raw[:len(self.representation)], cameras,
+                                                      generator=self.strategy_gen)
+            else:
+                info = self.representation.post_step(step, out, raw[0], cameras, generator=self.strategy_gen) or {}
         return StepResult(loss=total.detach(), terms=terms, info=info, cameras=cameras)
 
     def _count_nonfinite(self, loss: torch.Tensor) -> Optional[bool]:
@@ -344,11 +333,12 @@ class DreamSystem(pl.LightningModule):
     @torch.no_grad()
     def render_views(self, cameras: Cameras, step: Optional[int] = None, chunk: int = 8) -> torch.Tensor:
         """[B, H, W, 3] renders over the solid (eval) background."""
+        model = export_member(self.representation, self.cfg)  # with particles: export.particle
         outs = []
         for start in range(0, len(cameras), chunk):
             cams = cameras[start:start + chunk].to(self.device)
             bg = self.background(len(cams), training=False)
-            outs.append(self.representation.render(cams, background=bg, step=step).rgb.clamp(0, 1).cpu())
+            outs.append(model.render(cams, background=bg, step=step).rgb.clamp(0, 1).cpu())
         return torch.cat(outs)
 
     # -- checkpoint state beyond parameters -------------------------------------------------------------------------
@@ -365,10 +355,9 @@ class DreamSystem(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # parameters change shape during training (densification): reallocate before the state_dict is loaded
-        prefix = "representation.params."
-        shapes = {k[len(prefix):]: v.shape for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        if hasattr(self.representation, "resize_to"):
-            self.representation.resize_to(shapes)
+        prefix = "representation."
+        resize_to_state(self.representation,
+                        {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
         extra = checkpoint.get("dreamkit", {})
         if hasattr(self.representation, "load_extra_state_dict"):
             self.representation.load_extra_state_dict(extra.get("representation_extra", {}))

@@ -29,6 +29,8 @@ def scale_curve(guidance, text, render, cameras, t, noise, scales, delta=0.02, c
     each group of ``views`` images. Returns rows {"scale", "dE_ds" (mean over groups), "sem"}."""
     import torch
 
+    from dreamkit.batch import Batch
+
     rows = []
     n = len(cameras)
     for s in scales:
@@ -40,7 +42,7 @@ def scale_curve(guidance, text, render, cameras, t, noise, scales, delta=0.02, c
             img = x[idx].clone().requires_grad_(True)
             b = img.shape[0]
             cond = text.select(torch.zeros(b, dtype=torch.long))
-            out = guidance(img, cond, cameras[idx], 0, t=t[idx], noise=noise[idx])
+            out = guidance.distill(img, Batch(cameras[idx], cond), 0, t=t[idx], noise=noise[idx])
             (g,) = torch.autograd.grad(out["loss_sds"] * b, img)
             dots.append((g * dx_ds[idx]).flatten(1).sum(1))
         per_group = torch.cat(dots).view(-1, views).sum(1)
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from dreamkit.batch import Layout
     from dreamkit.config import CameraConfig
     from dreamkit.errors import DreamkitError
     from dreamkit.guidance.sds import SDSConfig, SDSGuidance
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.samples * views
     cams = sample_training_cameras(n, gen, resolution=res, camera=CameraConfig(), views=views)
     lights = sample_lights(n, gen)
-    t = guidance.sample_timesteps(n, 0, gen, torch.device("cpu"))   # one t per group of views
+    t = guidance.sample_timesteps(n, 0, gen, torch.device("cpu"), Layout(views=views))   # one t per group of views
     noise = torch.randn(n, prior.channels, res, res, generator=gen)
     text = prior.encode_text([args.prompt])
 

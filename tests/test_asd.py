@@ -3,6 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dreamkit.batch import Batch, Layout
 from dreamkit.guidance.asd import ASDConfig, ASDGuidance
 from dreamkit.guidance.sds import SDSConfig, SDSGuidance
 from test_sds import AffinePrior
@@ -33,7 +34,7 @@ def test_asd_gradient_matches_hand_computation():
     t_min, _ = g.timestep_range(0)
     dt = int(g.delta_t(t, t_min)[0])
     assert dt == min(int(1.0 * (1 - t_min)), 3 - 1 - 1)
-    out = g(x, prior.encode_text(["p"]), None, step=0, t=t, noise=noise)
+    out = g.distill(x, Batch(None, prior.encode_text(["p"])), step=0, t=t, noise=noise)
     out["loss_asd"].backward()
     abar = prior.alphas_cumprod
     tp = min(max(1 + dt, 1), 2)
@@ -57,7 +58,7 @@ def test_plus_ratio_zero_gives_w_times_s_minus_one_times_the_cfg_difference(scal
     noise = torch.randn(3, 1, 2, 2, generator=gen)
     t = torch.tensor([1, 2, 1])  # t ≥ 1 as sampled (t + Δt is clamped to [1, T − 1])
     text = prior.encode_text(["p"] * 3)
-    out = g(x, text, None, step=0, t=t, noise=noise)
+    out = g.distill(x, Batch(None, text), step=0, t=t, noise=noise)
     out["loss_asd"].backward()
     abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
@@ -93,7 +94,7 @@ def test_multiview_delta_t_is_shared_by_each_group():
 
     g = make(MV(), plus_ratio=0.1, plus_random=True)
     t = torch.tensor([500] * 4 + [800] * 4)
-    dt = g.delta_t(t, 20, torch.Generator().manual_seed(0))
+    dt = g.delta_t(t, 20, torch.Generator().manual_seed(0), Layout.of_prior(g.prior))
     assert len(set(dt[:4].tolist())) == 1 and len(set(dt[4:].tolist())) == 1
 
 
@@ -108,15 +109,16 @@ def test_asd_vanishes_at_a_data_point_of_the_oracle():
     g = make(prior, guidance_scale=1.0, plus_ratio=0.5, plus_random=False, weighting="uniform")
     x = images.clone().requires_grad_(True)
     gen = torch.Generator().manual_seed(0)
-    out = g(x, prior.encode_text(["a house"] * 2), cams, step=0, t=torch.tensor([300, 700]), generator=gen)
+    out = g.distill(x, Batch(cams, prior.encode_text(["a house"] * 2)), step=0, t=torch.tensor([300, 700]),
+                    generator=gen)
     out["loss_asd"].backward()
     assert float(out["asd_dt"]) > 0
     assert x.grad.abs().max() < 2e-3
     # SDS at the same point vanishes too (the reference the ASD property is stated against)
     sds = SDSGuidance(OmegaConf.structured(SDSConfig(guidance_scale=1.0, weighting="uniform")), prior, 100)
     x.grad = None
-    sds(x, prior.encode_text(["a house"] * 2), cams, step=0, t=torch.tensor([300, 700]),
-        generator=torch.Generator().manual_seed(0))["loss_sds"].backward()
+    sds.distill(x, Batch(cams, prior.encode_text(["a house"] * 2)), step=0, t=torch.tensor([300, 700]),
+                generator=torch.Generator().manual_seed(0))["loss_sds"].backward()
     assert x.grad.abs().max() < 2e-3
 
 

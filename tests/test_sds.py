@@ -5,6 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dreamkit.batch import Batch, Layout
 from dreamkit.guidance.sds import SDSConfig, SDSGuidance
 from dreamkit.priors.base import Prior
 from dreamkit.types import TextCond
@@ -42,7 +43,7 @@ def test_sds_gradient_matches_hand_computation():
     x = torch.tensor([[[[0.2, 0.4], [0.6, 0.8]]]], requires_grad=True)
     noise = torch.tensor([[[[1.0, -1.0], [0.5, 0.0]]]])
     t = torch.tensor([1])  # ᾱ = 0.64 → α = 0.8, σ = 0.6
-    out = guidance(x, guidance.prior.encode_text(["p"]), None, step=0, t=t, noise=noise)
+    out = guidance.distill(x, Batch(None, guidance.prior.encode_text(["p"])), step=0, t=t, noise=noise)
     out["loss_sds"].backward()
     # by hand: x_t = 0.8·x + 0.6·ε; ε̂_c = 0.5·x_t + 0.1; ε̂_u = 0.2·x_t; ε̂ = ε̂_u + 3(ε̂_c − ε̂_u) = 1.1·x_t + 0.3
     # w = 1 − ᾱ = 0.36; grad = w·(ε̂ − ε); B = 1
@@ -63,7 +64,7 @@ def test_batch_average_and_weightings():
     for weighting, w in (("uniform", 1.0), ("sds", 0.64), ("fantasia3d", 0.6 * 0.64)):
         x.grad = None
         g = make(weighting, scale=1.0)
-        g(x, g.prior.encode_text(["p", "p"]), None, 0, t=t, noise=noise)["loss_sds"].backward()
+        g.distill(x, Batch(None, g.prior.encode_text(["p", "p"])), 0, t=t, noise=noise)["loss_sds"].backward()
         # scale 1 → conditional only: ε̂ = 0.5·(0.6·0.5) + 0.1 = 0.25; gradient divided by B = 2
         assert x.grad.flatten().tolist() == pytest.approx([w * 0.25 / 2] * 8, abs=1e-6)
 
@@ -71,7 +72,7 @@ def test_batch_average_and_weightings():
 def test_grad_clip_clamps_elements():
     g = make("uniform", scale=1.0, clip=0.05)
     x = torch.full((1, 1, 2, 2), 0.5, requires_grad=True)
-    g(x, g.prior.encode_text(["p"]), None, 0, t=torch.tensor([2]), noise=torch.zeros_like(x))["loss_sds"].backward()
+    g.distill(x, Batch(None, g.prior.encode_text(["p"])), 0, t=torch.tensor([2]), noise=torch.zeros_like(x))["loss_sds"].backward()
     assert x.grad.abs().max().item() == pytest.approx(0.05)
 
 
@@ -104,9 +105,10 @@ def test_multiview_prior_gets_one_timestep_per_group_of_views():
             self.alphas_cumprod = torch.linspace(0.999, 0.01, 1000)
 
     g = SDSGuidance(OmegaConf.structured(SDSConfig()), MultiView(), max_steps=100)
-    t = g.sample_timesteps(32, 0, torch.Generator().manual_seed(0), torch.device("cpu")).view(8, 4)
+    t = g.sample_timesteps(32, 0, torch.Generator().manual_seed(0), torch.device("cpu"), Layout.of_prior(g.prior)).view(8, 4)
     assert (t == t[:, :1]).all() and t[:, 0].unique().numel() > 1
     single = SDSGuidance(OmegaConf.structured(SDSConfig()), MultiView.__bases__[0](), max_steps=100)
     single.prior.alphas_cumprod = torch.linspace(0.999, 0.01, 1000)
-    t = single.sample_timesteps(32, 0, torch.Generator().manual_seed(0), torch.device("cpu")).view(8, 4)
+    t = single.sample_timesteps(32, 0, torch.Generator().manual_seed(0), torch.device("cpu"),
+                              Layout.of_prior(single.prior)).view(8, 4)
     assert not (t == t[:, :1]).all()

@@ -21,8 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..cameras import Cameras
-from ..types import TextCond
+from ..batch import Batch, Layout
 from .base import ScoreDistillation, ScoreDistillationConfig
 
 __all__ = ["ASDConfig", "ASDGuidance"]
@@ -50,26 +49,26 @@ class ASDGuidance(ScoreDistillation):
 
             raise ConfigError(f"guidance.plus_ratio={cfg.plus_ratio} must be ≥ 0 (ScaleDreamer uses 0.1)")
 
-    def delta_t(self, t: torch.Tensor, t_min: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Δt [B] (integer) for timesteps t [B] given the current t_min."""
+    def delta_t(self, t: torch.Tensor, t_min: int, generator: Optional[torch.Generator] = None,
+                layout: Optional[Layout] = None) -> torch.Tensor:
+        """Δt [B] (integer) for timesteps t [B] given the current t_min; u drawn per group of ``layout``."""
         n = self.prior.num_train_timesteps
         dt = float(self.cfg.plus_ratio) * (t - t_min).to(torch.float64)
         dt = torch.minimum(dt.clamp_min(0.0), (n - 1 - t).to(torch.float64))
         if self.cfg.plus_random:
-            views = int(getattr(self.prior, "views", 1) or 1)
-            groups = t.shape[0] // views if views > 1 and t.shape[0] % views == 0 else t.shape[0]
-            u = torch.rand(groups, generator=generator, device=t.device, dtype=torch.float32).to(torch.float64)
-            dt = dt * u.repeat_interleave(t.shape[0] // groups)
+            layout = layout or Layout()
+            u = torch.rand(layout.groups(t.shape[0]), generator=generator, device=t.device, dtype=torch.float32)
+            dt = dt * layout.per_image(u.to(torch.float64))
         return dt.floor().to(torch.long)
 
-    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: TextCond,
-                 cameras: Optional[Cameras], step: int, generator: Optional[torch.Generator]):
+    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: Batch,
+                 step: int, generator: Optional[torch.Generator]):
         n = self.prior.num_train_timesteps
         t_min, _ = self.timestep_range(step)
-        t_plus = (t + self.delta_t(t, t_min, generator)).clamp(1, n - 1)
+        t_plus = (t + self.delta_t(t, t_min, generator, batch.layout)).clamp(1, n - 1)
         abar = self.prior.alphas_cumprod.to(x.device)[t_plus].view(-1, *([1] * (x.dim() - 1)))
         x_plus = abar.sqrt() * x + (1 - abar).sqrt() * noise
-        eps = self.guided_prediction(x_t, t, text, cameras, step)
+        eps = self.guided_prediction(x_t, t, batch, step)
         with self.timer("prior"):
-            eps_plus = self.prior.predict(x_plus, t_plus, text.cond, cameras)
+            eps_plus = self.prior.predict(x_plus, t_plus, batch.text.cond, batch.cameras)
         return (eps - eps_plus).to(x.dtype), {"dt": (t_plus - t).float().mean()}

@@ -19,12 +19,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..cameras import Cameras
+from ..batch import Batch, Layout
 from ..config import sched
 from ..priors.base import Prior
 from ..schedule import value_at
 from ..timing import NULL_TIMER
-from ..types import TextCond
+from ..types import RenderOutput
 
 T_ANNEALS = ("random", "linear", "sqrt")
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
@@ -84,20 +84,17 @@ class ScoreDistillation(nn.Module):
         return t_min, t_max
 
     def sample_timesteps(self, batch: int, step: int, generator: Optional[torch.Generator],
-                         device: torch.device) -> torch.Tensor:
+                         device: torch.device, layout: Optional[Layout] = None) -> torch.Tensor:
         """[B] integer timesteps for this step, by the configured annealing.
 
-        A multi-view prior (``prior.views`` = V > 1) denoises each group of V consecutive images jointly and was
-        trained with one noise level per group (as MVDream), so random timesteps are drawn per group and shared by its
-        views.
+        Random timesteps are drawn per group of the batch's ``layout`` (one noise level per group of V views × F
+        frames, as multi-view and video priors were trained, e.g. MVDream) and shared by the group's images.
         """
         t_min, t_max = self.timestep_range(step)
         if self.cfg.t_anneal == "random":
-            views = int(getattr(self.prior, "views", 1) or 1)
-            if views > 1 and batch % views == 0:
-                t = torch.randint(t_min, t_max + 1, (batch // views,), generator=generator, device=device)
-                return t.repeat_interleave(views)
-            return torch.randint(t_min, t_max + 1, (batch,), generator=generator, device=device)
+            layout = layout or Layout()
+            t = torch.randint(t_min, t_max + 1, (layout.groups(batch),), generator=generator, device=device)
+            return layout.per_image(t) if layout.group_size > 1 else t
         frac = min(step / self.max_steps, 1.0)
         if self.cfg.t_anneal == "sqrt":  # HiFA (Zhu et al. 2023): t decreases as the square root of progress
             frac = math.sqrt(frac)
@@ -114,32 +111,39 @@ class ScoreDistillation(nn.Module):
         return abar.sqrt() * (1 - abar)  # Fantasia3D (Chen et al. 2023)
 
     # -- the loss ------------------------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, text: TextCond, cameras: Optional[Cameras], step: int,
-                generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
-                noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """images [B, 3, H, W] in [0, 1] → {"loss_<name>": scalar, diagnostics ...}. ``text`` has B variants.
+    def forward(self, out: RenderOutput, batch: Batch, step: int, generator: Optional[torch.Generator] = None,
+                t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """A step's renders (``out``: colour, and the alpha, depth, normals a member may use) and its ``batch``
+        (cameras, times, text, layout) → {"loss_<name>": scalar, diagnostics ...}. See :meth:`distill`."""
+        return self.distill(out.rgb.permute(0, 3, 1, 2), batch, step, generator, t=t, noise=noise)
+
+    def distill(self, images: torch.Tensor, batch: Batch, step: int, generator: Optional[torch.Generator] = None,
+                t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """images [B, 3, H, W] in [0, 1] → {"loss_<name>": scalar, diagnostics ...}; ``batch.text`` has one variant
+        per image.
 
         ``t`` [B] and ``noise`` (shape of the encoded images) may be given, e.g. for common random numbers in
-        ablations; by default they are drawn from ``generator``.
+        ablations; by default they are drawn from ``generator`` (timesteps per group of ``batch.layout``).
         """
         with self.timer("encode"):
             x = self.prior.encode(images)
-        batch = x.shape[0]
+        size = x.shape[0]
         if t is None:
-            t = self.sample_timesteps(batch, step, generator, x.device)
+            t = self.sample_timesteps(size, step, generator, x.device, batch.layout)
         abar = self.prior.alphas_cumprod.to(x.device)[t].view(-1, *([1] * (x.dim() - 1)))
         with torch.no_grad():
             if noise is None:
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
-            residual, extra = self.residual(x.detach(), x_t, t, noise, text, cameras, step, generator)
+            residual, extra = self.residual(x.detach(), x_t, t, noise, batch, step, generator)
             grad = self.weight(t).view_as(abar) * residual
             clip = value_at(self.cfg.grad_clip, step, "guidance.grad_clip")
             if clip > 0:
                 grad = grad.clamp(-clip, clip)
             grad = torch.nan_to_num(grad)
         target = (x - grad).detach()
-        loss = 0.5 * ((x - target) ** 2).sum() / batch
+        # mean over one particle's images: each particle's gradient is what it would get fitted alone
+        loss = 0.5 * ((x - target) ** 2).sum() / (size // batch.layout.particles)
         name = self.loss_name
         out = {
             f"loss_{name}": loss,
@@ -147,28 +151,26 @@ class ScoreDistillation(nn.Module):
             f"{name}_grad_norm": grad.flatten(1).norm(dim=1).mean().detach(),
         }
         out.update({f"{name}_{k}": v for k, v in extra.items()})
-        out.update(self.extra_terms(x.detach(), text, cameras, generator))
+        out.update(self.extra_terms(x.detach(), batch, step, generator))
         return out
 
-    def extra_terms(self, x: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
+    def extra_terms(self, x: torch.Tensor, batch: Batch, step: int,
                     generator: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
         """More loss terms computed from this step's encoded renders ``x`` (detached), e.g. VSD's φ loss; none by
         default. Called after the distillation term, with the same generator."""
         return {}
 
-    def guided_prediction(self, x_t: torch.Tensor, t: torch.Tensor, text: TextCond, cameras: Optional[Cameras],
-                          step: int) -> torch.Tensor:
+    def guided_prediction(self, x_t: torch.Tensor, t: torch.Tensor, batch: Batch, step: int) -> torch.Tensor:
         """ε̂_s(x_t; y, t): the prior's noise prediction with classifier-free guidance at this step's scale (one
         call when s = 1), timed as the "prior" section."""
         scale = value_at(self.cfg.guidance_scale, step, "guidance.guidance_scale")
         with self.timer("prior"):
             if scale == 1.0:
-                return self.prior.predict(x_t, t, text.cond, cameras)
-            return self.prior.predict_cfg(x_t, t, text, scale, cameras)
+                return self.prior.predict(x_t, t, batch.text.cond, batch.cameras)
+            return self.prior.predict_cfg(x_t, t, batch.text, scale, batch.cameras)
 
-    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: TextCond,
-                 cameras: Optional[Cameras], step: int, generator: Optional[torch.Generator]
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: Batch,
+                 step: int, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The bracket r of g = w(t)·r (same shape as x, in x's dtype) and extra diagnostics {name: detached
         tensor}; called under ``torch.no_grad``. x is detached."""
         raise NotImplementedError

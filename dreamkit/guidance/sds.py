@@ -10,8 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..cameras import Cameras
-from ..types import TextCond
+from ..batch import Batch
 from .base import T_ANNEALS, WEIGHTINGS, ScoreDistillation, ScoreDistillationConfig
 
 __all__ = ["SDSConfig", "SDSGuidance", "T_ANNEALS", "WEIGHTINGS"]
@@ -28,7 +27,7 @@ class SDSGuidance(ScoreDistillation):
     loss_name = "sds"
     loss_names = ("sds",)
 
-    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text: TextCond,
-                 cameras: Optional[Cameras], step: int, generator: Optional[torch.Generator]):
-        eps = self.guided_prediction(x_t, t, text, cameras, step)
+    def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: Batch,
+                 step: int, generator: Optional[torch.Generator]):
+        eps = self.guided_prediction(x_t, t, batch, step)
         return eps.to(x.dtype) - noise, {}

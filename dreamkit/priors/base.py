@@ -40,6 +40,9 @@ class Prior(nn.Module, ABC):
     channels_last: bool = False
     #: replay the denoiser's forward from CUDA graphs (:class:`CudaGraphCache`) when no gradient is asked for
     cuda_graph: bool = False
+    #: the text encoder was trained on view-suffixed prompts ("…, front view"), so the prompt component may append
+    #: them (``dreamkit.prompts``); priors never parse suffixes off
+    view_prompts: bool = True
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """A network input in the weights' memory format (a no-op when it already is). Also for NCHW weights: a
@@ -97,6 +100,12 @@ class Prior(nn.Module, ABC):
     @abstractmethod
     def encode_text(self, prompts: Sequence[str], negative: Optional[Sequence[str]] = None) -> TextCond:
         """Encode P prompts (and P negative prompts, default empty) into a TextCond with P variants."""
+
+    def check_prompt(self, prompt: str, negative: str = "") -> None:
+        """Raise DreamkitError for a prompt this prior cannot express (or warn), before any work; by default the
+        prompt is encoded once."""
+        with torch.no_grad():
+            self.encode_text([prompt], [negative])
 
     @abstractmethod
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,

@@ -15,12 +15,11 @@ be studied without a learned model.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ..cameras import VIEW_SUFFIXES, Cameras
+from ..cameras import Cameras
 from ..errors import ConfigError, DreamkitError
 from ..render.raster import render_mesh_colors
 from ..types import TextCond
@@ -31,13 +30,10 @@ __all__ = ["OraclePrior", "normalize_prompt"]
 
 DEFAULT_TARGETS = ({"mesh": "meshes/house.ply", "label": "a house"},)
 
-_VIEW_SUFFIX_RE = re.compile(r"[,;\s]+(?:" + "|".join(re.escape(s) for s in VIEW_SUFFIXES) + r")$")
-
-
 def normalize_prompt(text: str) -> str:
-    """Lower-case, collapse whitespace, drop trailing punctuation and a trailing view suffix (", front view")."""
-    s = " ".join(text.lower().split()).strip(" .,;")
-    return _VIEW_SUFFIX_RE.sub("", s).strip(" .,;")
+    """Lower-case, collapse whitespace, drop trailing punctuation. (View suffixes never reach the oracle: it takes no
+    view text, ``view_prompts`` = False, so the prompt component sends the prompt alone.)"""
+    return " ".join(text.lower().split()).strip(" .,;")
 
 
 class OraclePrior(Prior):
@@ -60,6 +56,7 @@ class OraclePrior(Prior):
 
     channels = 3
     latent = False
+    view_prompts = False
 
     def __init__(
         self,
@@ -176,7 +173,7 @@ class OraclePrior(Prior):
         if not bool(match.any()):
             raise DreamkitError(
                 f"the oracle prior cannot express the prompt {prompt!r}: it matches none of the target labels "
-                f"{self.labels} (matching ignores case, extra spaces and a view suffix such as ', front view')"
+                f"{self.labels} (matching ignores case, extra spaces and trailing punctuation)"
             )
         return self.target_weights * match
 

@@ -162,6 +162,8 @@ class PixelDiffusionPrior(Prior):
         self.channels = 3
         self.resolution = int(self.unet.config.sample_size)
         self.world_captions: list[str] = list(index.get("world_captions", []))
+        # a folder may say whether its text encoder saw "…, front view" captions; the tiny world's captions have none
+        self.view_prompts = bool(index.get("view_prompts", not self.world_captions))
         self.sample_guidance_scale = float(index.get("sample_guidance_scale", type(self).sample_guidance_scale))
         self.warn_outside_world = warn_outside_world
         self.to(torch_device)
@@ -188,13 +190,9 @@ class PixelDiffusionPrior(Prior):
         return TextCond(self._embed(list(prompts)), self._embed(list(negative)), list(prompts))
 
     def _warn_outside(self, prompts: Sequence[str]) -> None:
-        from ..cameras import VIEW_SUFFIXES
-
         known = {c.lower().strip() for c in self.world_captions}
         for prompt in prompts:
             base = prompt.lower().strip()
-            for suffix in VIEW_SUFFIXES:
-                base = base.removesuffix(", " + suffix)
             if base and base not in known:
                 import difflib
 

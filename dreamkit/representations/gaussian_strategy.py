@@ -17,6 +17,8 @@ from torch import nn
 @dataclass
 class DensifyConfig:
     enabled: bool = True
+    #: the registered densification strategy (``dreamkit list``): adc (3DGS adaptive density control)
+    strategy: str = "adc"
     #: steps [refine_start, refine_stop) refine every refine_every steps
     refine_start: int = 100
     refine_stop: int = 1000
@@ -59,7 +61,9 @@ def _replace_param(optimizer: Optional[torch.optim.Optimizer], params: nn.Parame
 
 
 class DensifyStrategy:
-    """State: running sums of view-space gradient norms and visibility counts per Gaussian."""
+    """State: running sums of view-space gradient norms and visibility counts per Gaussian. It edits the model's
+    parameters and the state of the one optimizer it is given, the representation's own (never another
+    component's)."""
 
     def __init__(self, cfg: Any):
         self.cfg = cfg

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..render.sh import eval_sh, rgb_to_sh0
 from ..render.splat import rasterize_gaussians
 from ..types import RenderOutput
-from .gaussian_strategy import DensifyConfig, DensifyStrategy
+from .gaussian_strategy import DensifyConfig
 from .regularizers import alpha_regularizers
 
 
@@ -75,7 +75,9 @@ class GaussianModel(nn.Module):
             raise ConfigError(f"representation.backend={cfg.backend!r} — use auto, torch or gsplat")
         self.cfg = cfg
         self.params = nn.ParameterDict()
-        self.strategy = DensifyStrategy(cfg.densify)
+        from ..registry import component_class
+
+        self.strategy = component_class("strategy", cfg.densify.strategy, "representation.densify.strategy")(cfg.densify)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         means, colors = self._initial_points(generator)
         self._set_from_points(means, colors)
