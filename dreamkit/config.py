@@ -336,12 +336,15 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 #: sections a recipe replaces whole instead of merging into its base's (a term weighted in the base may not exist
 #: under the child's guidance)
 REPLACED_SECTIONS = ("loss",)
+#: sections that a recipe replaces (instead of merging into) when it names another component than its base's: a
+#: NeRF recipe on a Gaussian base takes none of the Gaussians' keys
+RENAMED_SECTIONS = {"representation": "name", "prior": "type"}
 
 
 def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
     """A recipe file (or shipped name) with its ``base:`` chain merged in: a recipe states only what differs from its
-    base (``base: gs_sds.yaml``), recursively. ``loss:`` replaces the base's loss section; every other section merges
-    key by key. A relative base path is looked up beside the recipe, then among the shipped recipes."""
+    base (``base: gs_sds.yaml``), recursively. ``loss:`` replaces the base's loss section, and so does a
+    ``representation:`` with another name or a ``prior:`` with another type; every other section merges key by key. A relative base path is looked up beside the recipe, then among the shipped recipes."""
     path = resolve_config_path(config)
     if path.resolve() in _chain:
         chain = " → ".join(p.name for p in _chain + (path.resolve(),))
@@ -356,6 +359,11 @@ def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
     parent = load_recipe(str(beside) if beside.is_file() else base_name, _chain + (path.resolve(),))
     for section in REPLACED_SECTIONS:
         if section in raw and section in parent:
+            parent.pop(section)
+    for section, key in RENAMED_SECTIONS.items():
+        mine, theirs = raw.get(section), parent.get(section)
+        if (isinstance(mine, DictConfig) and isinstance(theirs, DictConfig) and key in mine
+                and mine.get(key) != theirs.get(key)):
             parent.pop(section)
     return OmegaConf.merge(parent, raw)
 

@@ -1,6 +1,7 @@
 """How many modes do SDS and VSD cover? An exact answer with the oracle prior.
 
-The oracle prior holds two targets under one label ("an object": a red cube and a blue sphere from the tiny world),
+The oracle prior holds two targets under one label ("an object": by default a red cube and a blue sphere from the tiny
+world; ``--targets sphere:red sphere:blue`` gives two modes that a sphere-initialised particle starts equally far from),
 so the distribution it scores is exactly a two-mode mixture. For each seed, one run fits 4 Gaussian particles:
 
 * ``sds``: 4 independent SDS fits in one run (particles share nothing; SDS has no φ);
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LABEL = "an object"
-TARGETS = (("cube", "red"), ("sphere", "blue"))
+TARGETS = [("cube", "red"), ("sphere", "blue")]  # (shape, colour) of target 0 and 1; --targets changes them
 
 RECIPE = """# written by scripts/mode_coverage.py
 base: gs_oracle.yaml
@@ -71,8 +72,7 @@ def write_recipes(folder: Path, res: int, steps: int) -> dict[str, Path]:
         meshes.append(path)
     recipes = {}
     for method in ("sds", "vsd"):
-        extra = "  lr_lora: 0.001\n  camera_dropout: 0.1\n  min_step_percent: 0.02\n  max_step_percent: 0.98" \
-            if method == "vsd" else ""
+        extra = "  lr_lora: 0.001\n  camera_dropout: 0.1" if method == "vsd" else ""
         loss = "  lambda_vsd: 1.0\n  lambda_lora: 1.0" if method == "vsd" else "  lambda_sds: 1.0"
         text = RECIPE.format(method=method, label=LABEL, mesh0=meshes[0], mesh1=meshes[1], res=res, extra=extra,
                              loss=loss, steps=steps)
@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--psnr", type=float, default=18.0, help="a particle covers its nearest target at this PSNR")
     parser.add_argument("--view", type=int, default=1, help="held-out view shown in modes.png")
+    parser.add_argument("--targets", nargs=2, default=["cube:red", "sphere:blue"], metavar="SHAPE:COLOUR")
+    parser.add_argument("--sds", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the SDS runs")
+    parser.add_argument("--vsd", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the VSD runs")
     args = parser.parse_args(argv)
+    TARGETS[:] = [tuple(t.split(":", 1)) for t in args.targets]
 
     from dreamkit.config import load_config
     from dreamkit.imageio_utils import save_image_grid
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     table, tiles, summary = [], [], []
     for method in args.methods:
         for seed in args.seeds:
-            cfg = load_config(str(recipes[method]), [f"seed={seed}", f"output_dir={args.out / 'runs'}"])
+            cfg = load_config(str(recipes[method]), [f"seed={seed}", f"output_dir={args.out / 'runs'}",
+                                                     *getattr(args, method)])
             start = time.time()
             run_dir = fit(cfg, export=False)
             seconds = time.time() - start
@@ -149,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
+    extra = "".join(f" --{m} {' '.join(getattr(args, m))}" for m in ("sds", "vsd") if getattr(args, m))
     lines = ["# Mode coverage: SDS and VSD against the oracle's two-target mixture", "",
-             f"`python scripts/mode_coverage.py --out {args.out} --steps {args.steps} --resolution {args.resolution}`",
+             f"`python scripts/mode_coverage.py --out {args.out} --steps {args.steps} --resolution {args.resolution}"
+             f" --seeds {' '.join(map(str, args.seeds))} --targets {' '.join(args.targets)}{extra}`",
              "", f"Targets under one label ({LABEL!r}): {', '.join(f'{c} {s}' for s, c in TARGETS)}. 4 particles per "
              f"run; a particle covers its nearest target at ≥ {args.psnr} dB PSNR over 8 held-out views.", "",
-             "| method | seed | modes covered (of 2) | particles per mode (cube / sphere) | unassigned | fit s |",
+             f"| method | seed | modes covered (of 2) | particles per mode ({' / '.join(f'{c} {s}' for s, c in TARGETS)})"
+             " | unassigned | fit s |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {s['method']} | {s['seed']} | {s['modes_covered']} | {s['particles_per_mode']} | {s['unassigned']} "
               f"| {s['fit_s']} |" for s in summary]

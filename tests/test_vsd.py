@@ -110,6 +110,7 @@ def test_oracle_phi_is_the_prior_at_init_and_learns():
     from test_oracle import front_cameras
 
     prior = OraclePrior([{"mesh": "meshes/house.ply", "label": "a house"}], resolution=16)
+    torch.manual_seed(0)  # δ's initial weights (its last layer is zero whatever the seed)
     g = make(prior, guidance_scale=1.0)
     assert isinstance(g.phi, ResidualPhi) and g.phi.num_trainable() > 0
     cams = front_cameras(2, size=16)
@@ -119,20 +120,20 @@ def test_oracle_phi_is_the_prior_at_init_and_learns():
     out["loss_vsd"].backward()
     assert x.grad.abs().max() == 0
     assert {k for k in g.state_dict() if k.startswith("phi.")} == {f"phi.{k}" for k in g.phi.adapters}
-    renders = prior.encode(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
-    opt = torch.optim.Adam(list(g.phi.adapters.values()), lr=3e-3)
+    renders = prior.encode(torch.full((2, 3, 16, 16), 0.5))  # grey renders, far from the house: φ must learn them
+    opt = torch.optim.Adam(list(g.phi.adapters.values()), lr=1e-3)
 
     def mean_loss():
         with torch.no_grad():
             return sum(float(g.phi_loss(renders, Batch(cams, text), torch.Generator().manual_seed(s)))
-                       for s in range(8)) / 8
+                       for s in range(16)) / 16
 
     before = mean_loss()
-    for i in range(60):
+    for i in range(100):
         opt.zero_grad()
         g.phi_loss(renders, Batch(cams, text), torch.Generator().manual_seed(100 + i)).backward()
         opt.step()
-    assert mean_loss() < 0.9 * before
+    assert mean_loss() < 0.8 * before  # 1.98 → 1.16–1.26 for global seeds 0–3
 
 
 def test_gs_vsd_fit_trains_phi_and_checkpoints_it(tmp_path):
@@ -142,8 +143,9 @@ def test_gs_vsd_fit_trains_phi_and_checkpoints_it(tmp_path):
 
     cfg = load_config("gs_vsd.yaml")
     assert cfg.guidance.name == "vsd" and dict(cfg.loss) == {"lambda_vsd": 1.0, "lambda_lora": 1.0}
-    assert main(["fit", "--no-export", "--config", "gs_vsd.yaml", "trainer.max_steps=12", "trainer.log_every=3",
-                 "trainer.val_every=0", "trainer.progress=false", f"output_dir={tmp_path}"]) == 0
+    assert main(["fit", "--no-export", "--config", "gs_vsd.yaml", "trainer.max_steps=30", "trainer.log_every=1",
+                 "trainer.val_every=0", "trainer.progress=false", "camera.width=32", "camera.height=32",
+                 f"output_dir={tmp_path}"]) == 0
     (run,) = [p for p in (tmp_path / "gs_vsd").iterdir() if not p.is_symlink()]
     state = load_checkpoint(run / "ckpts" / "last.ckpt")["state_dict"]
     phi = {k: v for k, v in state.items() if k.startswith("guidance_module.phi.adapters.")}
@@ -152,6 +154,14 @@ def test_gs_vsd_fit_trains_phi_and_checkpoints_it(tmp_path):
     assert any(v.abs().max() > 0 for v in lora_b)  # φ's B matrices moved from zero: φ trained
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss_lora" in header and "train/loss_vsd" in header
+    # φ learns the renders: its loss relative to the frozen prior's on the same draw (1 at init) falls over the run
+    import csv
+
+    rows = list(csv.DictReader(open(run / "logs" / "metrics.csv")))
+    ratio = [float(r["train/vsd_lora_ratio"]) for r in rows if r.get("train/vsd_lora_ratio")]
+    assert len(ratio) == 30 and ratio[0] == pytest.approx(1.0, abs=1e-5)
+    first, last = sum(ratio[:5]) / 5, sum(ratio[-10:]) / 10
+    assert last < 0.95 and last < first - 0.03, (first, last)
 
 
 def test_lora_ratio_is_one_at_init(sd_prior):
@@ -160,3 +170,16 @@ def test_lora_ratio_is_one_at_init(sd_prior):
     loss, ratio = g.phi_loss(sd_prior.encode(images), Batch(cams, text), torch.Generator().manual_seed(0),
                              with_ratio=True)
     assert float(ratio) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_nerf_vsd_recipe_swaps_the_representation_and_fits(tmp_path):
+    """nerf_vsd.yaml states only the NeRF on gs_vsd.yaml: a representation with another name replaces the base's
+    section (no Gaussian keys leak in); two steps run."""
+    from dreamkit.cli import main
+    from dreamkit.config import load_config
+
+    cfg = load_config("nerf_vsd.yaml")
+    assert cfg.representation.name == "nerf" and "num_points" not in cfg.representation
+    assert cfg.guidance.name == "vsd" and cfg.guidance.lr_lora == load_config("gs_vsd.yaml").guidance.lr_lora
+    assert main(["fit", "--no-export", "--config", "nerf_vsd.yaml", "trainer.max_steps=2", "trainer.val_every=0",
+                 "trainer.progress=false", "camera.batch_size=2", f"output_dir={tmp_path}"]) == 0
