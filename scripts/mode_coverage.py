@@ -118,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--psnr", type=float, default=18.0, help="a particle covers its nearest target at this PSNR")
     parser.add_argument("--view", type=int, default=1, help="held-out view shown in modes.png")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: beside other work)")
     parser.add_argument("--targets", nargs=2, default=["cube:red", "sphere:blue"], metavar="SHAPE:COLOUR")
     parser.add_argument("--sds", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the SDS runs")
     parser.add_argument("--vsd", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the VSD runs")
     args = parser.parse_args(argv)
     TARGETS[:] = [tuple(t.split(":", 1)) for t in args.targets]
+    torch.set_num_threads(max(1, args.threads))
 
     from dreamkit.config import load_config
     from dreamkit.imageio_utils import save_image_grid
