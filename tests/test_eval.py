@@ -291,7 +291,10 @@ def test_score_mesh_of_the_truth_itself():
     row = score_mesh(truth_mesh(scene), scene)
     # Chamfer between two samplings of the same surface (the benchmark's fits: 0.09–0.7)
     assert row["nearest_shape"] == "cylinder" and row["colour"] == "green" and row["chamfer"] < 0.05
-    assert row["extent"] == row["extent_truth"]
+    assert row["extent"] == row["extent_truth"] and row["ok"] and row["size_ok"] and row["sections_ok"]
+    scene = single_scene("cube", "red")
+    row = score_mesh(truth_mesh(scene), scene)
+    assert row["ok"] and row["sections"] >= 1.25  # the truth's own cube passes the verdict
     scene = asymmetric_scene("mug")
     row = score_mesh(truth_mesh(scene), scene)
     pixels = [int(x) for x in row["front_px"].split()]
@@ -375,3 +378,21 @@ def test_section_ratio_is_none_where_the_plane_meets_no_surface():
     tri = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], process=False)
     assert len(tri.section(plane_origin=[0, 0, 0], plane_normal=[0, 1, 0]).discrete) == 0
     assert section_ratio(tri.vertices, tri.faces, height=-0.5) is None
+
+
+def test_verdict_wants_the_right_size_and_square_sections():
+    """A round column nearest to 'cube' with the right hue is not a cube: the verdict also asks for sorted extents
+    within 20% of the truth's and, for square-sectioned truths, sections ≥ 1.25 (rows as read back from a CSV)."""
+    from dreamkit.eval.benchmark import verdict
+
+    cube = {"shape_ok": "True", "colour_ok": "True", "extent_truth": "0.74×0.74×0.74", "sections_truth": "1.37"}
+    assert verdict(dict(cube, extent="0.78×0.70×0.76", sections="1.31"))["ok"]
+    column = verdict(dict(cube, extent="1.03×1.58×1.00", sections="1.04"))  # the README's old red cube
+    assert not column["ok"] and not column["size_ok"] and not column["sections_ok"]
+    assert verdict(dict(cube, extent="0.76×0.74×0.75", sections="1.10")) == {"size_ok": True, "sections_ok": False,
+                                                                             "ok": False}
+    # sorted extents: a box lying on its side is the same size
+    flat = {"shape_ok": True, "colour_ok": True, "extent_truth": "0.80×0.30×0.80", "sections_truth": "1.00"}
+    assert verdict(dict(flat, extent="0.30×0.82×0.79", sections="1.00"))["ok"]
+    assert not verdict(dict(flat, extent="0.80×0.30×0.80", colour_ok=False))["ok"]
+    assert not verdict(dict(flat, extent=""))["ok"]

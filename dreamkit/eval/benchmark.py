@@ -7,7 +7,10 @@ the oracle's target, so the benchmark has a known answer), marching-cubes export
 * the world shape nearest to the result (normalised Chamfer) — right or wrong;
 * hue of the result (circular mean over saturated vertex colours), nearest world colour, hue error in degrees;
 * for asymmetric objects, the number of fronts seen over a 360° orbit (1 = correct, 2+ = Janus), on the exported
-  mesh (``fronts``) and on the fitted representation's own renders (``fronts_fit``).
+  mesh (``fronts``) and on the fitted representation's own renders (``fronts_fit``);
+* for single objects, the verdict ``ok`` (:func:`verdict`): the nearest shape and colour are the prompted ones, the
+  size is right (sorted extents within ±20% of the truth's, ``size_ok``) and a square-sectioned truth (cube, pyramid)
+  has square sections (``sections`` ≥ 1.25, ``sections_ok``) — so a round column does not count as a cube.
 Writes ``results.md`` (a Markdown table and a summary), ``results.csv`` and ``contact_sheet.png`` (8 turntable
 frames per prompt).
 """
@@ -53,6 +56,47 @@ def resolve_prompts(spec: Sequence[str]) -> list[str]:
     return prompts
 
 
+#: a fit's sorted extents within this fraction of the truth's (``size_ok``)
+SIZE_TOLERANCE = 0.20
+#: sections (largest/smallest radius by angle of the horizontal section at mid-height) that count as square; the
+#: truth's cubes and pyramids measure 1.36–1.38, a solid of revolution 1.00
+SQUARE_SECTIONS = 1.25
+#: truths whose sections are at least this are square-sectioned (cubes, pyramids)
+SQUARE_TRUTH = 1.2
+
+
+def _extents(text) -> list[float] | None:
+    """"X×Y×Z" (the ``extent`` column) → [x, y, z], or None."""
+    try:
+        values = [float(x) for x in str(text).split("×")]
+    except ValueError:
+        return None
+    return values if len(values) == 3 else None
+
+
+def verdict(row: dict) -> dict:
+    """``size_ok``, ``sections_ok`` and ``ok`` of a single object's row (from its nearest_shape/shape_ok, colour_ok,
+    extent, extent_truth, sections and sections_truth; works on rows read back from results.csv, where values are
+    strings)."""
+    def number(value):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def flag(value) -> bool:
+        return value is True or str(value) == "True"
+
+    fit, truth = _extents(row.get("extent")), _extents(row.get("extent_truth"))
+    size_ok = bool(fit and truth and all(abs(a / b - 1) <= SIZE_TOLERANCE
+                                         for a, b in zip(sorted(fit), sorted(truth)) if b > 0))
+    sections, sections_truth = number(row.get("sections")), number(row.get("sections_truth"))
+    square = sections_truth is not None and sections_truth >= SQUARE_TRUTH
+    sections_ok = (not square) or (sections is not None and sections >= SQUARE_SECTIONS)
+    ok = flag(row.get("shape_ok")) and flag(row.get("colour_ok")) and size_ok and sections_ok
+    return {"size_ok": size_ok, "sections_ok": sections_ok, "ok": ok}
+
+
 def score_mesh(mesh, scene) -> dict:
     """Metrics of an exported mesh (``dreamkit.export.mesh.Mesh``) against a world scene's ground truth."""
     from .world_metrics import (chamfer, circular_mean_hue, hue_distance, nearest_colour, nearest_shape,
@@ -89,6 +133,8 @@ def score_mesh(mesh, scene) -> dict:
         row["front_px"] = _pixels_per_view(fractions)
     row["extent"] = _extent(v)
     row["extent_truth"] = _extent(torch.as_tensor(gv, dtype=torch.float32))
+    if scene.kind == "single":
+        row.update(verdict(row))
     return row
 
 
@@ -191,7 +237,7 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -
         mesh, _ = mesh_from_representation(model, run_cfg.export)
         row.update(score_mesh(mesh, scene))
     except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
-        row.update({"error": str(err), "shape_ok": False, "colour_ok": False})
+        row.update({"error": str(err), "shape_ok": False, "colour_ok": False, "ok": False})
     if scene.kind == "asymmetric":
         row["fronts_fit"], fractions = fronts_of_representation(model, scene, device)
         row["front_px_fit"] = _pixels_per_view(fractions)
@@ -274,7 +320,7 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
         done[i] = result
         row = result[0]
         verdict = "" if row.get("shape_ok") is None else \
-            f" → {row.get('nearest_shape')} {row.get('colour')} {'✓' if row.get('shape_ok') and row.get('colour_ok') else '✗'}"
+            f" → {row.get('nearest_shape')} {row.get('colour')} {row.get('extent', '')} {'✓' if row.get('ok') else '✗'}"
         print(f"[{len(done)}/{len(prompts)} done] {row['prompt']} ({row['fit_s']} s){verdict}", flush=True)
         # tables and contact sheet so far after every prompt: a long benchmark that is stopped keeps what it measured
         order = sorted(done)
@@ -309,8 +355,11 @@ def _fmt(value) -> str:
 
 
 def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Sequence[str], quiet: bool = False) -> None:
-    columns = ["prompt", "kind", "nearest_shape", "shape_ok", "colour", "hue_error", "colour_ok", "fronts",
-               "fronts_fit", "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
+    columns = ["prompt", "kind", "ok", "nearest_shape", "shape_ok", "colour", "hue_error", "colour_ok", "size_ok",
+               "sections_ok", "fronts", "fronts_fit", "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
+    for r in rows:  # rows of an older table get the verdict from their columns
+        if r.get("kind") == "single" and "ok" not in r and r.get("error") in (None, ""):
+            r.update(verdict(r))
     with open(out_dir / "results.csv", "w", newline="") as f:
         # the CSV also keeps the diagnostics too wide for the Markdown table
         writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "sections", "sections_truth",
@@ -319,11 +368,15 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
         writer.writerows(rows)
     singles = [r for r in rows if r["kind"] == "single"]
     both = sum(1 for r in singles if r.get("shape_ok") and r.get("colour_ok"))
+    right = sum(1 for r in singles if r.get("ok"))
     asym = [r for r in rows if r["kind"] == "asymmetric"]
     lines = [f"# dreamkit eval — `{config}` {' '.join(overrides)}", ""]
     if singles:
-        lines.append(f"- single objects nearest to the prompted shape **and** with the right hue: {both}/{len(singles)} "
-                     f"({100 * both / len(singles):.0f}%)")
+        lines.append(f"- **verdict** (`ok`): single objects with the prompted shape and hue, the right size (sorted "
+                     f"extents within ±{SIZE_TOLERANCE:.0%} of the truth's) and, for cubes and pyramids, square "
+                     f"sections (≥ {SQUARE_SECTIONS}): **{right}/{len(singles)}** ({100 * right / len(singles):.0f}%)")
+        lines.append(f"- nearest to the prompted shape and with the right hue (the verdict before 2026-12-04): "
+                     f"{both}/{len(singles)} ({100 * both / len(singles):.0f}%)")
     square = [r for r in singles if isinstance(r.get("sections_truth"), float) and r["sections_truth"] >= 1.2]
     if square:
         lines.append("- horizontal sections of the square-sectioned objects, largest/smallest radius by angle (the "
