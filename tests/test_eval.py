@@ -239,10 +239,12 @@ def test_eval_command_with_the_oracle(tmp_path):
                  "export.mesh_resolution=64"])
     assert code == 0
     text = (out / "results.md").read_text()
-    assert "| a red cube | single | cube | ✓ | red |" in text
+    assert "**verdict** (`ok`)" in text and "| a red cube | single |" in text
     assert (out / "results.csv").is_file() and (out / "contact_sheet.png").is_file()
     # the CSV's size diagnostic: the export's bounding box next to the truth's (the world cube: 0.74 a side)
     row = next(csv.DictReader(open(out / "results.csv")))
+    assert (row["nearest_shape"], row["shape_ok"], row["colour"], row["colour_ok"]) == ("cube", "True", "red", "True")
+    assert row["ok"] in ("True", "False") and row["size_ok"] in ("True", "False")
     fit_size, truth_size = ([float(x) for x in row[k].split("×")] for k in ("extent", "extent_truth"))
     assert truth_size == pytest.approx([0.74] * 3, abs=0.02) and len(fit_size) == 3
     assert main(["eval", "--config", "gs_oracle.yaml", "--prompts", "a red dragon", "--out",

@@ -183,3 +183,35 @@ def test_nerf_vsd_recipe_swaps_the_representation_and_fits(tmp_path):
     assert cfg.guidance.name == "vsd" and cfg.guidance.lr_lora == load_config("gs_vsd.yaml").guidance.lr_lora
     assert main(["fit", "--no-export", "--config", "nerf_vsd.yaml", "trainer.max_steps=2", "trainer.val_every=0",
                  "trainer.progress=false", "camera.batch_size=2", f"output_dir={tmp_path}"]) == 0
+
+
+def test_vsd_with_a_multiview_prior_is_exact_at_init_and_groups_its_timesteps(tmp_path):
+    """φ copies a 4-view UNet (cross-view attention, camera ray map): at init it equals the prior, so VSD's gradient
+    is w(t)(s − 1)(ε̂_c − ε̂_u) exactly; timesteps and φ's τ are drawn once per group of 4 views."""
+    from dreamkit.batch import Layout
+    from dreamkit.priors.pixel import PixelDiffusionPrior
+    from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "mv", views=4, class_condition="pooled_text+camera",
+                                           camera_input="plucker", world_captions=["a snowman"])
+    prior = PixelDiffusionPrior(str(folder), warn_outside_world=False)
+    prior.requires_grad_(False)
+    g = make(prior, guidance_scale=3.0, weighting="sds")
+    images, cams, text = _inputs(prior, batch=8, seed=2)
+    batch = Batch(cams, text, Layout(views=4))
+    t = g.sample_timesteps(8, 0, torch.Generator().manual_seed(0), torch.device("cpu"), batch.layout)
+    assert len(set(t[:4].tolist())) == 1 and len(set(t[4:].tolist())) == 1
+    images.requires_grad_(True)
+    x = prior.encode(images.detach())  # x = 2·image − 1: dx/d(image) = 2
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    out = g.distill(images, batch, step=0, t=t, noise=noise)
+    (out["loss_vsd"] * 8).backward()
+    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x + (1 - abar).sqrt() * noise
+    with torch.no_grad():
+        eps_c = prior.predict(x_t, t, text.cond, cams)
+        eps_u = prior.predict(x_t, t, text.uncond, cams)
+    torch.testing.assert_close(images.grad, 2 * (1 - abar) * (3.0 - 1) * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
+    loss = g.phi_loss(x, batch, torch.Generator().manual_seed(3))
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in g.phi.adapters.values())
