@@ -34,7 +34,6 @@ import torch
 from ..batch import Batch
 from ..cameras import Cameras
 from ..config import sched
-from ..schedule import value_at
 from .base import ScoreDistillation, ScoreDistillationConfig
 from .phi import build_phi, camera_features
 
