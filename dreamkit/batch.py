@@ -100,10 +100,6 @@ class BatchSampler:
         self.cameras = CameraSampler(generator)
         self.prompts = prompts
 
-    @property
-    def generator(self) -> torch.Generator:
-        return self.cameras.generator
-
     def sample_cameras(self, step: int) -> Cameras:
         cam = self.cfg
         return self.cameras.sample(

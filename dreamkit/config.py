@@ -344,7 +344,8 @@ RENAMED_SECTIONS = {"representation": "name", "prior": "type"}
 def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
     """A recipe file (or shipped name) with its ``base:`` chain merged in: a recipe states only what differs from its
     base (``base: gs_sds.yaml``), recursively. ``loss:`` replaces the base's loss section, and so does a
-    ``representation:`` with another name or a ``prior:`` with another type; every other section merges key by key. A relative base path is looked up beside the recipe, then among the shipped recipes."""
+    ``representation:`` with another name or a ``prior:`` with another type; every other section merges key by key.
+    A relative base path is looked up beside the recipe, then among the shipped recipes."""
     path = resolve_config_path(config)
     if path.resolve() in _chain:
         chain = " → ".join(p.name for p in _chain + (path.resolve(),))

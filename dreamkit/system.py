@@ -178,11 +178,9 @@ class DreamSystem(pl.LightningModule):
     def configure_optimizers(self):
         """One Adam per trainable component, in this order: representation (one per particle), learned background,
         guidance (VSD's φ, stepped every ``guidance.lora_every`` steps). Lightning checkpoints them all."""
-        if isinstance(self.representation, Particles):  # one per particle, in order
-            specs = [build_optimizer(f"representation.{i}", list(member.parameter_groups()))
-                     for i, member in enumerate(self.representation.members)]
-        else:
-            specs = [build_optimizer("representation", list(self.representation.parameter_groups()))]
+        members = self._members()
+        specs = [build_optimizer("representation" if len(members) == 1 else f"representation.{i}",
+                                 list(member.parameter_groups())) for i, member in enumerate(members)]
         if self.background.learned is not None:
             specs.append(build_optimizer("background", [{
                 "name": "background", "params": [self.background.learned],

@@ -319,9 +319,9 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
     def record(i: int, result) -> None:
         done[i] = result
         row = result[0]
-        verdict = "" if row.get("shape_ok") is None else \
+        judged = "" if row.get("shape_ok") is None else \
             f" → {row.get('nearest_shape')} {row.get('colour')} {row.get('extent', '')} {'✓' if row.get('ok') else '✗'}"
-        print(f"[{len(done)}/{len(prompts)} done] {row['prompt']} ({row['fit_s']} s){verdict}", flush=True)
+        print(f"[{len(done)}/{len(prompts)} done] {row['prompt']} ({row['fit_s']} s){judged}", flush=True)
         # tables and contact sheet so far after every prompt: a long benchmark that is stopped keeps what it measured
         order = sorted(done)
         save_image_grid(torch.cat([done[k][1] for k in order]), out_dir / "contact_sheet.png", columns=8)
@@ -377,7 +377,7 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
                      f"sections (≥ {SQUARE_SECTIONS}): **{right}/{len(singles)}** ({100 * right / len(singles):.0f}%)")
         lines.append(f"- nearest to the prompted shape and with the right hue (the verdict before 2026-12-04): "
                      f"{both}/{len(singles)} ({100 * both / len(singles):.0f}%)")
-    square = [r for r in singles if isinstance(r.get("sections_truth"), float) and r["sections_truth"] >= 1.2]
+    square = [r for r in singles if isinstance(r.get("sections_truth"), float) and r["sections_truth"] >= SQUARE_TRUTH]
     if square:
         lines.append("- horizontal sections of the square-sectioned objects, largest/smallest radius by angle (the "
                      "truth's 1.36–1.38; a solid of revolution's 1.00; `sections` in results.csv): " + ", ".join(

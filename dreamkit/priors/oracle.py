@@ -30,6 +30,7 @@ __all__ = ["OraclePrior", "normalize_prompt"]
 
 DEFAULT_TARGETS = ({"mesh": "meshes/house.ply", "label": "a house"},)
 
+
 def normalize_prompt(text: str) -> str:
     """Lower-case, collapse whitespace, drop trailing punctuation. (View suffixes never reach the oracle: it takes no
     view text, ``view_prompts`` = False, so the prompt component sends the prompt alone.)"""

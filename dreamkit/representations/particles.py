@@ -41,10 +41,6 @@ class Particles(nn.Module):
     def __len__(self) -> int:
         return len(self.members)
 
-    @property
-    def cfg(self) -> Any:
-        return self.members[0].cfg
-
     def _chunks(self, n: int) -> list[slice]:
         p = len(self.members)
         if n % p:
