@@ -163,7 +163,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     prior = build_prior(prior_cfg, device)
     views = int(args.views)
-    joint = getattr(prior, "views", 1) > 1 or prior_cfg.type == "oracle"
+    view_settings = getattr(prior, "view_settings", None)
+    # multi-view priors, the oracle and camera-aware single-view priors (a ray map or camera class embedding) get
+    # an orbit of cameras, one per sample
+    joint = (getattr(prior, "views", 1) > 1 or prior_cfg.type == "oracle"
+             or bool(view_settings is not None and view_settings.needs_cameras))
     if getattr(prior, "views", 1) > 1 and views % prior.views:
         raise DreamkitError(f"--views must be a multiple of this prior's {prior.views} joint views")
     guidance = float(args.guidance) if args.guidance is not None else float(prior.sample_guidance_scale)

@@ -118,9 +118,11 @@ def main() -> int:
                    help="start from the weights of a trained prior folder (e.g. the text-to-image prior when training "
                         "the multi-view one, as MVDream starts from Stable Diffusion); new inputs (class-embedding "
                         "columns, conv_in channels of a camera ray map) start at zero")
-    p.add_argument("--camera-input", default=None, choices=("plucker",),
+    p.add_argument("--camera-input", default=None, choices=("plucker", "plucker_metric"),
                    help="also give the UNet a per-pixel camera ray map (6 Plücker channels concatenated to its input; "
-                        "see dreamkit/priors/multiview.py): where each world direction lies in each view")
+                        "see dreamkit/priors/multiview.py): where each world direction lies in each view; "
+                        "plucker_metric keeps the camera centre in scene units, so the map also tells the distance "
+                        "(the apparent size of the world's objects), for a camera-aware text-to-image prior")
     p.add_argument("--kind-sampling", type=str, default=None,
                    help="relative weight of each scene kind when drawing training batches from the rendered dataset, "
                         "e.g. 'asymmetric=3' draws the asymmetric objects' groups 3× as often (others: 1); default: "
@@ -151,8 +153,6 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
-    if args.camera_input and not args.multiview:
-        p.error("--camera-input is for the multi-view prior (add --multiview)")
 
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -267,16 +267,19 @@ def main() -> int:
         save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
                          class_condition=class_condition, camera_input=args.camera_input)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
-        if views > 1:
-            from dreamkit.priors.sampling import sample_cameras
+        from dreamkit.priors.sampling import sample_cameras
 
+        if views > 1:
             prompts = MULTIVIEW_SAMPLE_PROMPTS
             cams = type(sample_cameras(views, args.resolution)).cat(
                 [sample_cameras(views, args.resolution)] * len(prompts))
             out = ddim_sample(prior, [p for p in prompts for _ in range(views)], steps=30, guidance_scale=5.0,
                               cameras=cams, generator=torch.Generator().manual_seed(0))
         else:
-            out = ddim_sample(prior, SAMPLE_PROMPTS, steps=30, guidance_scale=5.0,
+            # a camera-aware prior gets the same orbit camera for every prompt (elevation 15°, distance 2.75, 40°)
+            cams = (type(sample_cameras(1, args.resolution)).cat([sample_cameras(1, args.resolution)] * len(SAMPLE_PROMPTS))
+                    if prior.view_settings.needs_cameras else None)
+            out = ddim_sample(prior, SAMPLE_PROMPTS, steps=30, guidance_scale=5.0, cameras=cams,
                               generator=torch.Generator().manual_seed(0))
         save_image_grid(out.permute(0, 2, 3, 1), args.work / "samples" / f"step_{step:06d}.png", columns=4)
 

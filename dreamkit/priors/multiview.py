@@ -48,7 +48,7 @@ from ..cameras import Cameras
 CAMERA_DIM = 16
 CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
 CONVENTIONS = ("opencv", "opengl")
-CAMERA_INPUTS = ("plucker",)
+CAMERA_INPUTS = ("plucker", "plucker_metric")
 RAY_CHANNELS = 6
 CameraTensors = tuple[torch.Tensor, torch.Tensor]  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
 
@@ -98,10 +98,13 @@ class ViewSettings:
             set_multiview_attention(unet, views)
         return cls(views, condition, convention, camera_input)
 
+    @property
+    def needs_cameras(self) -> bool:
+        """Whether every image must come with its camera (multi-view, a camera class embedding or a ray map)."""
+        return self.views > 1 or (self.class_condition or "").endswith("camera") or self.camera_input is not None
+
     def check_batch(self, batch: int, cameras: Optional[Cameras]) -> None:
-        needs_cameras = (self.views > 1 or (self.class_condition or "").endswith("camera")
-                         or self.camera_input is not None)
-        if batch % self.views or (needs_cameras and (cameras is None or len(cameras) != batch)):
+        if batch % self.views or (self.needs_cameras and (cameras is None or len(cameras) != batch)):
             raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of "
                              f"n·{self.views} images with one camera each (consecutive groups are one scene)")
 
@@ -136,7 +139,8 @@ class ViewSettings:
         if cameras is None:
             raise ValueError("this prior takes a camera ray map (camera_input: plucker): pass one camera per image")
         c2w, fovy = _camera_tensors(cameras)
-        rays = plucker_rays(c2w.to(x_t.device), fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1])
+        rays = plucker_rays(c2w.to(x_t.device), fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1],
+                            metric=self.camera_input == "plucker_metric")
         return torch.cat([x_t, rays.to(dtype)], dim=1)
 
 
@@ -144,13 +148,18 @@ def _camera_tensors(cameras: "Cameras | CameraTensors") -> CameraTensors:
     return (cameras.c2w, cameras.fovy) if isinstance(cameras, Cameras) else tuple(cameras)
 
 
-def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int,
+                 metric: bool = False) -> torch.Tensor:
     """[B, 6, H, W] Plücker coordinates (d, o × d) of every pixel's ray, world frame, for OpenCV ``c2w`` [B, 4, 4].
 
     Pinhole cameras with a centred principal point and square pixels, ``fovy_deg`` [B] the vertical field of view;
     ``d`` is the unit ray direction through the pixel centre and ``o`` the camera centre scaled to unit distance (as
     :func:`camera_features` scales it), so the map does not depend on the camera distance, only on where it looks
-    from. The axes convention does not matter here: rays are physical, computed from our OpenCV cameras.
+    from. With ``metric`` (``camera_input: plucker_metric``) ``o`` stays in scene units, so the moment's norm
+    |o × d| is the distance at which the pixel's ray passes the world origin: whether a pixel can see an object of
+    a given size at the origin, i.e. its apparent size at this distance and field of view, is written at every pixel
+    (the camera-agnostic prior cannot tell a cube at 3.0 seen at 35° from a larger one at 2.5 seen at 45°).
+    The axes convention does not matter here: rays are physical, computed from our OpenCV cameras.
     """
     c2w = c2w.float()
     b = c2w.shape[0]
@@ -161,7 +170,8 @@ def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: 
     y = (v - height / 2)[None] / focal[:, None, None]
     dirs_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [B, H, W, 3]
     d = F.normalize(torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], dirs_cam), dim=-1)
-    o = F.normalize(c2w[:, :3, 3], dim=-1)[:, None, None].expand_as(d)
+    o = c2w[:, :3, 3] if metric else F.normalize(c2w[:, :3, 3], dim=-1)
+    o = o[:, None, None].expand_as(d)
     m = torch.linalg.cross(o, d, dim=-1)
     return torch.cat([d, m], dim=-1).permute(0, 3, 1, 2).reshape(b, 6, height, width)
 
