@@ -128,6 +128,26 @@ def test_plucker_rays_match_the_volume_renderers_rays():
     assert torch.allclose(plucker_rays(far, cams.fovy, 12, 12), rays, atol=1e-5)
 
 
+def test_metric_plucker_moments_are_each_rays_distance_from_the_origin():
+    """camera_input plucker_metric: the moment's norm is the distance at which the pixel's ray passes the world
+    origin (computed here as the foot of the perpendicular from the renderer's rays), so it changes with the camera
+    distance and field of view — the apparent size a camera-aware prior needs."""
+    from dreamkit.priors.multiview import plucker_rays
+    from dreamkit.render.volume import generate_rays
+
+    cams = sample_cameras(3, 10, elevation=30.0, distance=2.6, fovy=38.0)
+    rays = plucker_rays(cams.c2w, cams.fovy, 10, 10, metric=True)
+    ref = generate_rays(cams)
+    o, d = ref.origins.reshape(-1, 3), ref.directions.reshape(-1, 3)
+    closest = o - (o * d).sum(-1, keepdim=True) * d  # the point of each ray nearest the origin
+    moment_norm = rays[:, 3:].permute(0, 2, 3, 1).reshape(-1, 3).norm(dim=-1)
+    assert torch.allclose(moment_norm, closest.norm(dim=-1), atol=1e-5)
+    assert torch.allclose(rays[:, :3], plucker_rays(cams.c2w, cams.fovy, 10, 10)[:, :3])
+    far = cams.c2w.clone()
+    far[:, :3, 3] *= 1.5
+    assert torch.allclose(plucker_rays(far, cams.fovy, 10, 10, metric=True)[:, 3:], 1.5 * rays[:, 3:], atol=1e-5)
+
+
 def test_camera_ray_map_reaches_the_unet(tmp_path):
     from dreamkit.priors.tiny_pixel import build_tiny_random_pixel_prior
 

@@ -11,18 +11,33 @@ For rendered images mapped to the prior's space x = E(g(θ)), a timestep t and n
 α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t), and ε̂_s = ε̂_u + s·(ε̂_c − ε̂_u) (standard CFG). The loss is
 target = stop_grad(x − g), loss = ½‖x − target‖² / B, whose gradient with respect to x is exactly g / B and whose value
 ½‖g‖²/B is logged (it measures the guidance magnitude, not a likelihood).
+
+Perp-Neg (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm"), an option of every member
+(``perp_neg_prompts`` with ``perp_neg_weights``; off by default, and then nothing here changes a number): of each
+negative direction e_k = ε̂(x_t; y_neg_k) − ε̂_ref, only the part perpendicular to the positive direction
+e_pos = ε̂_c − ε̂_ref is removed, per sample (flattened C·H·W):
+
+    ε̂_c ← ε̂_c − Σ_k w_k · perp(e_k, e_pos),   perp(a, b) = a − (⟨a, b⟩ / max(‖b‖², 1e-12)) · b
+
+so CFG becomes ε̂_u + s·(e_pos − Σ_k w_k·perp(e_k, e_pos)). ε̂_ref is the member's reference branch (the recipe's
+uncond for CFG; ∅ for CSD and NFSD; the source prompt in SDS-Bridge's stage 2). Weights follow the paper's sign: w > 0
+pushes away from the negative (threestudio stores the same weights negated, e.g. its −0.5 is 0.5 here). A negative
+direction parallel to e_pos has no perpendicular part and changes nothing. Entries of ``perp_neg_prompts`` may contain
+``{prompt}``, replaced by each image's prompt text (e.g. "{prompt}, back view").
 """
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..batch import Batch, Layout
+from ..cameras import Cameras
 from ..config import sched
 from ..priors.base import Prior
-from ..schedule import value_at
+from ..schedule import Schedule, value_at
 from ..timing import NULL_TIMER
 from ..types import RenderOutput
 
@@ -44,6 +59,12 @@ class ScoreDistillationConfig:
     weighting: str = "sds"
     #: clamp each element of the gradient g to [−c, c] (0 = off)
     grad_clip: Any = sched(0.0)
+    #: Perp-Neg (Armandpour et al. 2023) negative prompts, encoded as prompts; "{prompt}" is replaced by each image's
+    #: prompt text. Empty = off (the default: no extra prior call, identical numbers)
+    perp_neg_prompts: List[str] = field(default_factory=list)
+    #: one weight (number or schedule) per entry of perp_neg_prompts; w > 0 removes that negative's direction
+    #: perpendicular to the positive one (the paper's sign; threestudio's −0.5 is 0.5 here)
+    perp_neg_weights: List[Any] = field(default_factory=list)
 
 
 class ScoreDistillation(nn.Module):
@@ -52,6 +73,8 @@ class ScoreDistillation(nn.Module):
 
     loss_name = "sds"
     loss_names = ("sds",)
+    #: w(t) options a member adds to ``WEIGHTINGS`` (ISM's σ_t/α_t, BSD's α_t): name → w as a function of ᾱ_t
+    extra_weightings: dict = {}
 
     def __init__(self, cfg: Any, prior: Prior, max_steps: int):
         super().__init__()
@@ -59,10 +82,20 @@ class ScoreDistillation(nn.Module):
             from ..errors import ConfigError
 
             raise ConfigError(f"guidance.t_anneal={cfg.t_anneal!r} — use one of {', '.join(T_ANNEALS)}")
-        if cfg.weighting not in WEIGHTINGS:
+        valid = tuple(WEIGHTINGS) + tuple(self.extra_weightings)
+        if cfg.weighting not in valid:
             from ..errors import ConfigError
 
-            raise ConfigError(f"guidance.weighting={cfg.weighting!r} — use one of {', '.join(WEIGHTINGS)}")
+            raise ConfigError(f"guidance.weighting={cfg.weighting!r} — use one of {', '.join(valid)}")
+        prompts = list(getattr(cfg, "perp_neg_prompts", None) or [])
+        weights = list(getattr(cfg, "perp_neg_weights", None) or [])
+        if len(prompts) != len(weights):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"guidance.perp_neg_prompts has {len(prompts)} prompt(s) but guidance.perp_neg_weights "
+                              f"{len(weights)} weight(s) — give one weight per negative prompt")
+        for i, w in enumerate(weights):
+            Schedule.parse(w, f"guidance.perp_neg_weights[{i}]")
         self.cfg = cfg
         # the prior is frozen and shared; keep it out of this module's state_dict
         object.__setattr__(self, "prior", prior)
@@ -104,6 +137,8 @@ class ScoreDistillation(nn.Module):
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """w(t) [B]."""
         abar = self.prior.alphas_cumprod.to(t.device)[t]
+        if self.cfg.weighting in self.extra_weightings:
+            return self.extra_weightings[self.cfg.weighting](abar)
         if self.cfg.weighting == "sds":
             return 1 - abar
         if self.cfg.weighting == "uniform":
@@ -162,12 +197,100 @@ class ScoreDistillation(nn.Module):
 
     def guided_prediction(self, x_t: torch.Tensor, t: torch.Tensor, batch: Batch, step: int) -> torch.Tensor:
         """ε̂_s(x_t; y, t): the prior's noise prediction with classifier-free guidance at this step's scale (one
-        call when s = 1), timed as the "prior" section."""
+        call when s = 1), timed as the "prior" section. With Perp-Neg on, one batched call [cond, uncond, negatives]
+        and ε̂_u + s·(e_pos − Σ_k w_k·perp(e_k, e_pos)) (also at s = 1)."""
         scale = value_at(self.cfg.guidance_scale, step, "guidance.guidance_scale")
+        negatives = self.perp_neg_conds(batch, x_t.shape[0])
+        if negatives:
+            eps_c, eps_u, *eps_neg = self.predictions(x_t, t, [batch.text.cond, batch.text.uncond, *negatives], batch)
+            eps_c = self.perp_neg(eps_c, eps_u, eps_neg, step)
+            return eps_u + scale * (eps_c - eps_u)
         with self.timer("prior"):
             if scale == 1.0:
                 return self.prior.predict(x_t, t, batch.text.cond, batch.cameras)
             return self.prior.predict_cfg(x_t, t, batch.text, scale, batch.cameras)
+
+    # -- helpers for members: batched predictions, extra text, Perp-Neg --------------------------------------------
+    def predictions(self, x_t: torch.Tensor, t: torch.Tensor, conds: Sequence[torch.Tensor],
+                    batch: Batch) -> list[torch.Tensor]:
+        """[ε̂(x_t; c, t) for c in conds] from one batched prior call (the batch repeated once per condition, each copy
+        with ``batch.cameras``, so a multi-view prior's groups stay whole), timed as the "prior" section."""
+        k = len(conds)
+        if k == 1:
+            with self.timer("prior"):
+                return [self.prior.predict(x_t, t, conds[0], batch.cameras)]
+        cams = Cameras.cat([batch.cameras] * k) if batch.cameras is not None else None
+        with self.timer("prior"):
+            out = self.prior.predict(torch.cat([x_t] * k), torch.cat([t] * k), torch.cat(list(conds)), cams)
+        return list(out.chunk(k))
+
+    def image_prompts(self, batch: Batch, size: int, why: str) -> list[str]:
+        """The prompt text of each of the ``size`` images (``batch.text.prompts``); a one-line error naming ``why``
+        when the batch carries none."""
+        prompts = list(batch.text.prompts or [])
+        if len(prompts) != size:
+            from ..errors import DreamkitError
+
+            raise DreamkitError(f"{why} needs each image's prompt text, but this batch's text carries "
+                                f"{len(prompts)} prompt(s) for {size} image(s) (Batch.text.prompts)")
+        return prompts
+
+    def text_embeddings(self, texts: Sequence[str], negative: bool, batch: Batch) -> torch.Tensor:
+        """[len(texts), ...] embeddings of ``texts``, one per image, on the batch's device. Each string is encoded by
+        the prior once (lazily) and cached: as a prompt (the ``cond`` branch) or, with ``negative``, as a negative
+        prompt (the ``uncond`` branch: "" is the truly empty ∅, as the prior encodes an empty negative prompt).
+        Warnings about prompts outside a tiny prior's world are silenced: derived prompts are off-caption on
+        purpose (the user's prompt was checked before the fit)."""
+        cache = self.__dict__.setdefault("_text_cache", {})
+        missing = [text for text in dict.fromkeys(texts) if (negative, text) not in cache]
+        if missing:
+            # a negative needs a prompt to ride along with: the batch's own (the oracle accepts only its labels),
+            # else "" (any text encoder takes it)
+            carrier = (list(batch.text.prompts or []) or [""])[0]
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if negative:
+                    encoded = self.prior.encode_text([carrier] * len(missing), list(missing)).uncond
+                else:
+                    encoded = self.prior.encode_text(list(missing)).cond
+            for text, emb in zip(missing, encoded):
+                cache[(negative, text)] = emb
+        device = batch.text.cond.device
+        return torch.stack([cache[(negative, text)] for text in texts]).to(device, batch.text.cond.dtype)
+
+    def perp_neg_conds(self, batch: Batch, size: int) -> list[torch.Tensor]:
+        """The Perp-Neg negatives' embeddings, one [size, ...] tensor per entry of ``perp_neg_prompts`` (empty when
+        off)."""
+        templates = list(getattr(self.cfg, "perp_neg_prompts", None) or [])
+        if not templates:
+            return []
+        prompts = None
+        conds = []
+        for template in templates:
+            if "{prompt}" in template:
+                if prompts is None:
+                    prompts = self.image_prompts(batch, size, f"guidance.perp_neg_prompts ({template!r})")
+                texts = [template.replace("{prompt}", p) for p in prompts]
+            else:
+                texts = [template] * size
+            conds.append(self.text_embeddings(texts, False, batch))
+        return conds
+
+    def perp_neg(self, eps_pos: torch.Tensor, eps_ref: torch.Tensor, eps_neg: Sequence[torch.Tensor],
+                 step: int) -> torch.Tensor:
+        """ε̂_pos − Σ_k w_k·perp(ε̂_neg_k − ε̂_ref, ε̂_pos − ε̂_ref) per sample (Perp-Neg); ε̂_pos itself without
+        negatives."""
+        if not eps_neg:
+            return eps_pos
+        weights = list(self.cfg.perp_neg_weights)
+        e_pos = (eps_pos - eps_ref).flatten(1)
+        norm2 = (e_pos * e_pos).sum(1, keepdim=True).clamp_min(1e-12)
+        out = eps_pos
+        for i, (neg, w) in enumerate(zip(eps_neg, weights)):
+            e_neg = (neg - eps_ref).flatten(1)
+            perp = e_neg - (e_neg * e_pos).sum(1, keepdim=True) / norm2 * e_pos
+            out = out - value_at(w, step, f"guidance.perp_neg_weights[{i}]") * perp.view_as(eps_pos)
+        return out
 
     def residual(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: Batch,
                  step: int, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
