@@ -398,3 +398,22 @@ def test_verdict_wants_the_right_size_and_square_sections():
     assert verdict(dict(flat, extent="0.30×0.82×0.79", sections="1.00"))["ok"]
     assert not verdict(dict(flat, extent="0.80×0.30×0.80", colour_ok=False))["ok"]
     assert not verdict(dict(flat, extent=""))["ok"]
+
+
+def test_stray_fraction_counts_surface_outside_the_truth():
+    """``stray``: none for the truth itself or a cube 15% too large (its corners stay within 15% of the extent), all of a
+    detached copy, and the share of points of a floater added to the truth."""
+    from dreamkit.eval.benchmark import stray_fraction
+    from dreamkit.eval.world_metrics import sample_surface
+    from dreamkit.world import parse_prompt
+
+    gv, gf, _ = parse_prompt("a red cube").mesh()
+    truth = sample_surface(gv, gf, 2048, seed=0)
+    assert stray_fraction(sample_surface(gv, gf, 2048, seed=1), truth, gv) == 0.0
+    centre = gv.mean(0)
+    # (up to the sampling: a corner point may lie a little farther from the nearest truth sample than from the truth)
+    assert stray_fraction(sample_surface((gv - centre) * 1.15 + centre, gf, 2048, seed=1), truth, gv) < 0.01
+    far = sample_surface(gv + torch.tensor([2.0, 0.0, 0.0]), gf, 1024, seed=1)
+    assert stray_fraction(far, truth, gv) == 1.0
+    mixed = torch.cat([sample_surface(gv, gf, 3072, seed=1), far])
+    assert stray_fraction(mixed, truth, gv) == pytest.approx(0.25)

@@ -133,9 +133,25 @@ def score_mesh(mesh, scene) -> dict:
         row["front_px"] = _pixels_per_view(fractions)
     row["extent"] = _extent(v)
     row["extent_truth"] = _extent(torch.as_tensor(gv, dtype=torch.float32))
+    row["stray"] = stray_fraction(pts, gpts, torch.as_tensor(gv, dtype=torch.float32))
     if scene.kind == "single":
         row.update(verdict(row))
     return row
+
+
+#: a fit's surface point counts as stray when it lies farther than this fraction of the truth's largest extent from
+#: the truth's surface (a cube 15% too large stays under it everywhere: its corners are 7.5%·√3 = 13% out)
+STRAY_DISTANCE = 0.15
+
+
+def stray_fraction(points: torch.Tensor, truth_points: torch.Tensor, truth_verts: torch.Tensor) -> float:
+    """The share of a fit's surface samples ``points`` [P, 3] farther than ``STRAY_DISTANCE`` × the truth's largest
+    extent from the truth's surface samples ``truth_points`` (``stray``): parts outside the object — a draped
+    bottom, a lid, a floater — that the extents and Chamfer average away."""
+    limit = STRAY_DISTANCE * float((truth_verts.max(0).values - truth_verts.min(0).values).max())
+    nearest = torch.cat([torch.cdist(points[i:i + 4096], truth_points).min(dim=1).values
+                         for i in range(0, len(points), 4096)])
+    return float((nearest > limit).float().mean())
 
 
 def fronts_of_mesh(mesh, scene) -> tuple[int, list[float]]:
@@ -362,8 +378,9 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
             r.update(verdict(r))
     with open(out_dir / "results.csv", "w", newline="") as f:
         # the CSV also keeps the diagnostics too wide for the Markdown table
-        writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "sections", "sections_truth",
-                                                         "front_px", "front_px_fit", "run_dir"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "stray", "sections",
+                                                         "sections_truth", "front_px", "front_px_fit", "run_dir"],
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     singles = [r for r in rows if r["kind"] == "single"]
