@@ -140,8 +140,10 @@ def test_metric_plucker_moments_are_each_rays_distance_from_the_origin():
     ref = generate_rays(cams)
     o, d = ref.origins.reshape(-1, 3), ref.directions.reshape(-1, 3)
     closest = o - (o * d).sum(-1, keepdim=True) * d  # the point of each ray nearest the origin
-    moment_norm = rays[:, 3:].permute(0, 2, 3, 1).reshape(-1, 3).norm(dim=-1)
+    assert rays.shape == (3, 7, 10, 10)
+    moment_norm = rays[:, 3:6].permute(0, 2, 3, 1).reshape(-1, 3).norm(dim=-1)
     assert torch.allclose(moment_norm, closest.norm(dim=-1), atol=1e-5)
+    assert torch.allclose(rays[:, 6].flatten(), closest.norm(dim=-1), atol=1e-5)  # the norm as its own channel
     assert torch.allclose(rays[:, :3], plucker_rays(cams.c2w, cams.fovy, 10, 10)[:, :3])
     far = cams.c2w.clone()
     far[:, :3, 3] *= 1.5

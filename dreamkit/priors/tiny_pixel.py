@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .multiview import CLASS_CONDITIONS, RAY_CHANNELS
+from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
@@ -19,7 +19,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
                 norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False,
                 class_condition: Optional[str] = None, camera_input: Optional[str] = None) -> dict:
     """UNet config. ``camera_input="plucker"`` adds the 6 channels of a per-pixel camera ray map to the input
-    (``dreamkit/priors/multiview.py``). The class embedding (a Linear-SiLU-Linear added to the timestep embedding)
+    (``dreamkit/priors/multiview.py``), ``"plucker_metric"`` 7 (the map in scene units and each ray's distance from
+    the origin). The class embedding (a Linear-SiLU-Linear added to the timestep embedding)
     receives ``class_condition``: "pooled_text" (default for text-to-image), "camera" (the 16-d camera of MVDream; default for
     ``multiview``) or "pooled_text+camera" (both, concatenated: a multi-view model fine-tuned from our text-to-image one
     keeps its pooled-text input and gains the camera)."""
@@ -28,7 +29,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
     down = ["DownBlock2D"] * (n - attention_levels) + ["CrossAttnDownBlock2D"] * attention_levels
     up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
     return dict(
-        sample_size=resolution, in_channels=3 + (RAY_CHANNELS if camera_input else 0), out_channels=3,
+        sample_size=resolution, out_channels=3,
+        in_channels=3 + (CAMERA_INPUT_CHANNELS[camera_input] if camera_input else 0),
         layers_per_block=1,
         block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
