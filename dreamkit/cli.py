@@ -1,4 +1,4 @@
-"""The ``dreamkit`` command: fit | export | render | sample | eval | bench | list.
+"""The ``dreamkit`` command: fit | export | render | sample | eval | bench | ablate | list.
 
     dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
     dreamkit fit resume=outputs/gs_sds/a_red_cube@20261129-101500
@@ -231,6 +231,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """A grid of runs (losses × options × seeds × prompts, 2D or 3D), resumable, with tables and plots
+    (``dreamkit.ablate``; docs/ablate.md)."""
+    import shlex
+
+    from .ablate import load_grid, run_grid
+    from .errors import Interrupted
+
+    grid = load_grid(args.grid, list(args.overrides))
+    out = Path(args.out) if args.out else Path("outputs") / "ablate" / grid.name
+    if args.dry_run:
+        print(f"ablate {grid.name}: {len(grid.cells)} cells → {out} (dry run: every cell's config is valid)")
+        for cell in grid.cells:
+            print(f"  {cell.id}  [{cell.kind}] {cell.label}")
+        return 0
+    command = " ".join(["dreamkit ablate --grid", shlex.quote(str(args.grid)), "--out", shlex.quote(str(out)),
+                        *(shlex.quote(o) for o in args.overrides)])
+    try:
+        run_grid(grid, out, limit=args.limit, retry_failed=args.retry_failed, command=command)
+    except (KeyboardInterrupt, Interrupted) as err:  # Ctrl-C, or a 3D cell's fit stopped by SIGINT / SIGTERM
+        signum = err.exit_code - 128 if isinstance(err, Interrupted) else 2
+        raise Interrupted(f"interrupted — finished cells are kept in {out}/cells; run the same command again to "
+                          "continue (a 3D cell continues its fit from its checkpoint)", signum) from None
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .config import shipped_configs
     from .registry import EXPORTERS, REGISTRY
@@ -332,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache folder of the random SD 2.1 weights (default $DREAMKIT_SD21_RANDOM_DIR or "
                         "~/.cache/dreamkit/sd21-random; built there once, ~2.5 GB)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("ablate", help="a grid of runs: losses × options × seeds × prompts; tables and plots",
+                       description="Run every cell of a grid file (a base recipe, axes of override lists, seeds, "
+                                   "prompts; 2D image or 3D fits), one at a time, with common random numbers. "
+                                   "Finished cells are kept: the same command again continues. Writes results.csv, "
+                                   "results.md, metrics.png and images.png (docs/ablate.md).")
+    p.add_argument("--grid", "-g", required=True,
+                   help="grid YAML path or shipped grid name (configs/ablations: playground_2d, singles20_losses)")
+    p.add_argument("--out", "-o", help="grid folder (default outputs/ablate/<grid name>); reused to resume")
+    p.add_argument("--limit", type=int, help="run at most this many pending cells")
+    p.add_argument("--dry-run", action="store_true", help="check every cell's config and list the cells; run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="run again the cells that finished with an error")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell (last)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("list", help="registered components and shipped configs")
     p.set_defaults(func=cmd_list)

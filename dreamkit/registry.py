@@ -25,6 +25,8 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
                  "explicit triangle mesh (vertex offsets) + PBR material field, rasterized; init_from a run's mesh"),
         "dmtet": ("dreamkit.representations.dmtet:DMTetModel", "dreamkit.representations.dmtet:DMTetConfig",
                   "DMTet: SDF + deformation on a tet grid, marching tetrahedra, PBR material field, rasterized"),
+        "image": ("dreamkit.representations.image:ImageModel", "dreamkit.representations.image:ImageConfig",
+                  "one image (pixels, or latents of a latent prior) that ignores cameras: the 2D playground"),
     },
     "prior": {
         "oracle": ("dreamkit.priors.oracle:OraclePrior", "dreamkit.priors.configs:OraclePriorConfig",
@@ -66,6 +68,7 @@ EXPORTERS: dict[str, tuple[str, str]] = {
     "mp4": ("dreamkit.export.video:export_turntable", "turntable video of the representation (imageio-ffmpeg, H.264)"),
     "glb": ("dreamkit.export.gltf:export_glb", "textured mesh, binary glTF 2.0 with PBR material (game engines, Blender)"),
     "obj": ("dreamkit.export.obj:export_obj", "textured mesh, OBJ + MTL + PNG textures"),
+    "png": ("dreamkit.representations.image:export_png", "the image representation (any other: one still render)"),
 }
 EXPORT_FORMATS = tuple(EXPORTERS)
 

@@ -359,9 +359,14 @@ def export_run(run_dir: Path, formats: list[str], system: Any = None, out_dir: O
             raise DreamkitError(f"{run_dir} has no checkpoint yet ({ckpt}); nothing to export")
         model = load_representation_from_checkpoint(cfg, ckpt, device)
         background = background_from_checkpoint(cfg, ckpt)
+    supported = getattr(model, "export_formats", None)  # a representation only some exporters apply to (image)
+    if supported is not None and any(f not in supported for f in formats):
+        print(f"skipping {', '.join(f for f in formats if f not in supported)}: representation.name="
+              f"{cfg.representation.name} exports {', '.join(supported)} only", flush=True)
+        formats = [f for f in formats if f in supported]
     out_dir = Path(out_dir) if out_dir else run_dir / "exports"
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = {"ply": "gaussians.ply", "mp4": "turntable.mp4", "glb": "mesh.glb", "obj": "mesh.obj"}
+    names = {"ply": "gaussians.ply", "mp4": "turntable.mp4", "glb": "mesh.glb", "obj": "mesh.obj", "png": "image.png"}
     written = []
     for fmt in formats:
         fn = exporter(fmt)

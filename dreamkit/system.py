@@ -129,6 +129,9 @@ class DreamSystem(pl.LightningModule):
                               f"camera.batch_size={cam.batch_size} — set camera.views={views} and a batch_size that "
                               f"is a multiple of it")
         self.prompts.uses_view_variants(prior)  # camera.view_dependent_prompting=true on a prior without view text
+        for member in self._members():  # a representation in the prior's own space (the 2D image) sizes itself
+            if hasattr(member, "bind_prior"):
+                member.bind_prior(prior)
         object.__setattr__(self, "_prior", prior)
         cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
         guidance = cls(self.cfg.guidance, prior, int(self.cfg.trainer.max_steps))

@@ -149,11 +149,17 @@ class ScoreDistillation(nn.Module):
     def forward(self, out: RenderOutput, batch: Batch, step: int, generator: Optional[torch.Generator] = None,
                 t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """A step's renders (``out``: colour, and the alpha, depth, normals a member may use) and its ``batch``
-        (cameras, times, text, layout) → {"loss_<name>": scalar, diagnostics ...}. See :meth:`distill`."""
+        (cameras, times, text, layout) → {"loss_<name>": scalar, diagnostics ...}. See :meth:`distill`. A
+        representation that lives in the prior's own space (the 2D image over a latent prior) gives x itself in
+        ``out.extras["prior_x"]``, which is used as x without the encoder."""
+        x = out.extras.get("prior_x") if out.extras else None
+        if x is not None:
+            return self.distill(x, batch, step, generator, t=t, noise=noise, encoded=True)
         return self.distill(out.rgb.permute(0, 3, 1, 2), batch, step, generator, t=t, noise=noise)
 
     def distill(self, images: torch.Tensor, batch: Batch, step: int, generator: Optional[torch.Generator] = None,
-                t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                encoded: bool = False) -> dict[str, torch.Tensor]:
         """images [B, 3, H, W] in [0, 1] → {"loss_<name>": scalar, diagnostics ...}; ``batch.text`` has one variant
         per image.
 
@@ -161,7 +167,7 @@ class ScoreDistillation(nn.Module):
         ablations; by default they are drawn from ``generator`` (timesteps per group of ``batch.layout``).
         """
         with self.timer("encode"):
-            x = self.prior.encode(images)
+            x = images if encoded else self.prior.encode(images)  # encoded: images are already x
         size = x.shape[0]
         if t is None:
             t = self.sample_timesteps(size, step, generator, x.device, batch.layout)
