@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="camera groups per prior call")
     parser.add_argument("--delta", type=float, default=0.02, help="finite-difference step of the scale")
     parser.add_argument("--ssaa", type=int, default=4, help="supersampling of the renders (smooth in s)")
+    parser.add_argument("--axes", default="xyz", help="which axes the scale applies to (xyz: uniform; y: the height "
+                        "only, xz: the width only, the others kept at the truth's) — e.g. whether SDS grows a cube "
+                        "into a column")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the curve here")
     args = parser.parse_args(argv)
@@ -106,8 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     verts0, faces, colours = scene.mesh()
     centre = (verts0.min(0).values + verts0.max(0).values) / 2
 
+    if not args.axes or set(args.axes) - set("xyz"):
+        raise DreamkitError(f"--axes {args.axes!r}: use letters of xyz (e.g. xyz, y, xz)")
+    on = torch.tensor([float(a in args.axes) for a in "xyz"])
+
     def render(s: float) -> torch.Tensor:
-        scaled = SimpleNamespace(mesh=lambda device="cpu": (centre + (verts0 - centre) * s, faces, colours),
+        factor = 1 + (s - 1) * on  # s on the chosen axes, 1 on the others
+        scaled = SimpleNamespace(mesh=lambda device="cpu": (centre + (verts0 - centre) * factor, faces, colours),
                                  closed=scene.closed)
         rgb, _alpha, _ = render_scene_views(scaled, cams, background=DEFAULT_BACKGROUND, lights=lights,
                                             ssaa=args.ssaa)
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scale {row['scale']:5.2f}   dE/ds {row['dE_ds']:+9.4f} ± {row['sem']:.4f}   "
               f"({'grows' if row['dE_ds'] < 0 else 'shrinks'})")
     crossing = preferred_scale(rows)
-    print(f"{args.prompt!r}, {args.prior}, guidance {args.guidance}, t in {args.t_range}: SDS prefers scale "
+    print(f"{args.prompt!r}, {args.prior}, guidance {args.guidance}, t in {args.t_range}, axes {args.axes}: SDS prefers scale "
           + (f"≈ {crossing:.2f} of the truth" if crossing is not None else "outside the probed range"))
     if args.json:
         with open(args.json, "w") as f:
