@@ -127,6 +127,10 @@ def main() -> int:
                    help="relative weight of each scene kind when drawing training batches from the rendered dataset, "
                         "e.g. 'asymmetric=3' draws the asymmetric objects' groups 3× as often (others: 1); default: "
                         "uniform over the dataset")
+    p.add_argument("--camera-ranges", type=str, default=None,
+                   help="the rendered dataset's camera distribution instead of dreamkit fit's defaults, e.g. "
+                        "'elevation=-30:60,distance=2.2:3.3,fovy=30:50' (a camera-aware prior learns the camera from "
+                        "how much it varies; views from below teach it the undersides)")
     p.add_argument("--channels", type=str, default="32,64,64,128")
     p.add_argument("--attention-levels", type=int, default=2,
                    help="UNet levels (from the lowest resolution) with cross-attention to the text tokens")
@@ -170,7 +174,20 @@ def main() -> int:
     data_dir = args.work / "data"
     if not (data_dir / "captions.json").is_file():
         print(f"rendering {args.images} world images at {args.resolution}² into {data_dir} ...", flush=True)
-        info = build_dataset(data_dir, args.images, seed=args.seed, resolution=args.resolution,
+        camera = None
+        if args.camera_ranges:
+            from dreamkit.config import CameraConfig
+
+            ranges = {}
+            for item in args.camera_ranges.split(","):
+                key, _, span = item.partition("=")
+                if key.strip() not in ("elevation", "distance", "fovy", "azimuth") or ":" not in span:
+                    raise SystemExit(f"--camera-ranges {args.camera_ranges!r}: expected NAME=LOW:HIGH items with NAME "
+                                     "one of elevation, azimuth, distance, fovy")
+                low, high = (float(v) for v in span.split(":"))
+                ranges[f"{key.strip()}_range"] = [low, high]
+            camera = CameraConfig(**ranges)
+        info = build_dataset(data_dir, args.images, seed=args.seed, resolution=args.resolution, camera=camera,
                              kind_weights={k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))},
                              multiview=args.multiview, progress=lambda d, n, r: print(f"  {d}/{n} images, {r:.0f} images/s", flush=True))
         print(f"dataset: {info['n_images']} images in {info['seconds']:.0f}s", flush=True)
