@@ -152,19 +152,10 @@ def _merge_child(parent: Any, child: Any) -> Any:
     ``loss`` replaces the parent's; a ``representation``/``prior`` naming another component replaces it whole)."""
     from omegaconf import DictConfig, OmegaConf
 
-    from .config import RENAMED_SECTIONS, REPLACED_SECTIONS
+    from .config import merge_recipe
 
-    parent = parent.copy()
     child = OmegaConf.create(child) if not isinstance(child, DictConfig) else child
-    for section in REPLACED_SECTIONS:
-        if section in child and section in parent:
-            parent.pop(section)
-    for section, key in RENAMED_SECTIONS.items():
-        mine, theirs = child.get(section), parent.get(section)
-        if (isinstance(mine, DictConfig) and isinstance(theirs, DictConfig) and key in mine
-                and mine.get(key) != theirs.get(key)):
-            parent.pop(section)
-    return OmegaConf.merge(parent, child)
+    return merge_recipe(parent, child)
 
 
 def _value_spec(axis: str, name: str, spec: Any, where: str) -> dict:

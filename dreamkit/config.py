@@ -358,15 +358,23 @@ def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
         raise ConfigError(f"{path}: base must name a recipe (e.g. base: gs_sds.yaml), got {base_name!r}")
     beside = path.parent / base_name
     parent = load_recipe(str(beside) if beside.is_file() else base_name, _chain + (path.resolve(),))
+    return merge_recipe(parent, raw)
+
+
+def merge_recipe(parent: DictConfig, child: DictConfig) -> DictConfig:
+    """A child recipe over its base: sections in ``REPLACED_SECTIONS`` and sections whose ``RENAMED_SECTIONS`` key
+    differs (another representation name, another prior type) replace the base's; the rest merge key by key.
+    ``parent`` is not modified."""
+    parent = parent.copy()
     for section in REPLACED_SECTIONS:
-        if section in raw and section in parent:
+        if section in child and section in parent:
             parent.pop(section)
     for section, key in RENAMED_SECTIONS.items():
-        mine, theirs = raw.get(section), parent.get(section)
+        mine, theirs = child.get(section), parent.get(section)
         if (isinstance(mine, DictConfig) and isinstance(theirs, DictConfig) and key in mine
                 and mine.get(key) != theirs.get(key)):
             parent.pop(section)
-    return OmegaConf.merge(parent, raw)
+    return OmegaConf.merge(parent, child)
 
 
 def load_config(config: Optional[str], overrides: list[str] = (), base: Optional[DictConfig] = None) -> DictConfig:
