@@ -78,10 +78,12 @@ class Batch:
 
 @dataclass
 class HostBatch:
-    """The host-side draw of a batch: cameras and the prompt-variant index (before the copy to the device)."""
+    """The host-side draw of a batch: cameras, the prompt-variant index (before the copy to the device) and the text
+    of each camera's variant (for losses that build prompts of their own, e.g. SDS-Bridge)."""
 
     cameras: Cameras
     prompt_index: Optional[torch.Tensor]
+    prompts: list = field(default_factory=list)
 
 
 class BatchSampler:
@@ -115,4 +117,5 @@ class BatchSampler:
     def sample(self, step: int) -> HostBatch:
         cameras = self.sample_cameras(step)
         index = self.prompts.variant_index(cameras) if self.prompts is not None else None
-        return HostBatch(cameras, index)
+        text = self.prompts.prompts_for(index, len(cameras)) if self.prompts is not None else []
+        return HostBatch(cameras, index, text)

@@ -78,11 +78,10 @@ class PromptComponent:
             return None
         return view_direction_index(cameras.elevation.cpu(), cameras.azimuth.cpu(), *self.thresholds)
 
-    def select(self, index: Optional[torch.Tensor], batch: int,
-               host_index: Optional[torch.Tensor] = None) -> TextCond:
-        """One variant per camera, gathered with a device-side ``index`` (no host read-back); the text of each
-        image's variant (``TextCond.prompts``, which losses that build prompts of their own need, e.g. SDS-Bridge) comes
-        from ``host_index``, the same index on the host (None: the first variant for every camera)."""
+    def select(self, index: Optional[torch.Tensor], batch: int, prompts: Optional[list] = None) -> TextCond:
+        """One variant per camera, gathered with a device-side ``index`` (no host read-back); ``prompts``: the text of
+        each image's variant as the host drew it (``TextCond.prompts``, which losses that build prompts of their own
+        need, e.g. SDS-Bridge; None: the first variant for every camera, right when ``index`` is None)."""
         cond = self.text
         if cond is None:
             raise RuntimeError("PromptComponent.setup(prior, device) must run before select")
@@ -92,7 +91,7 @@ class PromptComponent:
                 self._zero_index = torch.zeros(batch, dtype=torch.long, device=cond.cond.device)
             index = self._zero_index
         return TextCond(cond.cond.index_select(0, index), cond.uncond.index_select(0, index),
-                        self.prompts_for(host_index, batch))
+                        list(prompts) if prompts is not None else self.prompts_for(None, batch))
 
     def prompts_for(self, index: Optional[torch.Tensor], batch: int) -> list[str]:
         """The variant text of each camera (host; for logs and tests)."""

@@ -200,14 +200,13 @@ class DreamSystem(pl.LightningModule):
         the host, then sent in one asynchronous copy (no synchronisation on CUDA), the text gathered there."""
         host = self.sampler.sample(step)
         cams, index = host.cameras, host.prompt_index
-        host_index = index
         fields = [cams.c2w, cams.K, cams.elevation, cams.azimuth, cams.distance, cams.fovy, cams.time]
         if index is not None:
             fields.append(index)
         moved = host_to_device(fields, self.device)
         cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
         index = moved[7] if index is not None else None
-        return Batch(cameras, self.prompts.select(index, len(cams), host_index), self.layout, index)
+        return Batch(cameras, self.prompts.select(index, len(cams), host.prompts), self.layout, index)
 
     def is_log_step(self, step: int) -> bool:
         return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
