@@ -456,22 +456,13 @@ def _save_png(image: torch.Tensor, path: Path) -> str:
 
 def _run_image_cell(cell: Cell, cfg: Any, work: Path) -> dict:
     """A 2D cell: the system's training step in a plain loop, common random numbers, metrics of every particle."""
-    import pytorch_lightning as pl
-
-    from .components import configure_device, resolve_device
-    from .system import DreamSystem
+    from .bench import build_system
+    from .components import resolve_device
 
     device = resolve_device(str(cfg.device))
-    configure_device(cfg, device)
-    pl.seed_everything(int(cfg.seed), verbose=False)
     prior = _cached_prior(cfg.prior, device)
-    system = DreamSystem(cfg)
-    system.attach_prior(prior)
+    system, optimizer = build_system(cfg, device, prior)
     system.prompts.check(prior)
-    system.to(device)
-    system.setup("fit")
-    system.train()
-    optimizer = system.configure_optimizers()
     object.__setattr__(system, "_guidance", CommonRandomNumbers(system.guidance, int(cfg.seed)))
     steps = int(cfg.trainer.max_steps)
     t0 = time.perf_counter()

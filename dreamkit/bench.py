@@ -124,18 +124,21 @@ def _now(sync: Optional[Callable[[], None]]) -> float:
     return time.perf_counter()
 
 
-def build_system(cfg: Any, device: torch.device):
-    """(system, optimizer) ready to step, set up as ``dreamkit fit`` sets them up (without the Trainer)."""
+def build_system(cfg: Any, device: torch.device, prior: Any = None):
+    """(system, optimizer) ready to step, set up as ``dreamkit fit`` sets them up (without the Trainer); ``prior``:
+    an already built prior of ``cfg.prior`` on ``device`` (e.g. one cached across ablation cells), else built here."""
     import pytorch_lightning as pl
 
     from .components import configure_device
     from .priors.configs import build_prior, check_prior_config
     from .system import DreamSystem
 
-    check_prior_config(cfg.prior)
+    if prior is None:
+        check_prior_config(cfg.prior)
     configure_device(cfg, device)
     pl.seed_everything(int(cfg.seed), verbose=False)
-    prior = build_prior(cfg.prior, device)
+    if prior is None:
+        prior = build_prior(cfg.prior, device)
     system = DreamSystem(cfg)
     system.attach_prior(prior)
     system.to(device)

@@ -264,6 +264,14 @@ class ScoreDistillation(nn.Module):
         device = batch.text.cond.device
         return torch.stack([cache[(negative, text)] for text in texts]).to(device, batch.text.cond.dtype)
 
+    def null_cond(self, batch: Batch, size: int) -> torch.Tensor:
+        """[size, ...] embeddings of ∅, the truly empty prompt (not the recipe's negative prompt)."""
+        return self.text_embeddings([""] * size, True, batch)
+
+    def negative_cond(self, text: Optional[str], batch: Batch, size: int) -> torch.Tensor:
+        """[size, ...] embeddings of a member's negative prompt ``text``; None: the recipe's (the batch's uncond)."""
+        return batch.text.uncond if text is None else self.text_embeddings([text] * size, True, batch)
+
     def perp_neg_conds(self, batch: Batch, size: int) -> list[torch.Tensor]:
         """The Perp-Neg negatives' embeddings, one [size, ...] tensor per entry of ``perp_neg_prompts`` (empty when
         off)."""

@@ -78,10 +78,9 @@ class CSDGuidance(ScoreDistillation):
         need_null = c != 0 or bool(negatives)
         conds = [batch.text.cond]
         if b != 0:
-            neg = self.cfg.negative_prompt
-            conds.append(batch.text.uncond if neg is None else self.text_embeddings([neg] * size, True, batch))
+            conds.append(self.negative_cond(self.cfg.negative_prompt, batch, size))
         if need_null:
-            conds.append(self.text_embeddings([""] * size, True, batch))
+            conds.append(self.null_cond(batch, size))
         preds = self.predictions(x_t, t, conds + negatives, batch)
         eps_c = preds[0]
         eps_neg = preds[1] if b != 0 else None

@@ -117,7 +117,7 @@ class ISMGuidance(ScoreDistillation):
         s = (t - self.interval(step)).clamp_min(0)
         stride, steps = int(self.cfg.xs_delta_t), int(self.cfg.xs_inv_steps)
         cur = (s - stride * steps).clamp_min(0)
-        null = self.text_embeddings([""] * x.shape[0], True, batch)  # ∅: the empty prompt, not the recipe's negative
+        null = self.null_cond(batch, x.shape[0])  # ∅: the empty prompt, not the recipe's negative
         x_cur = level(cur).sqrt() * x + (1 - level(cur)).sqrt() * noise
         for _ in range(steps):
             eps = self.predictions(x_cur, cur, [null], batch)[0].to(x_cur.dtype)

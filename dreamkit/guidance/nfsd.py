@@ -67,9 +67,8 @@ class NFSDGuidance(ScoreDistillation):
                  step: int, generator: Optional[torch.Generator]):
         size = x.shape[0]
         scale = value_at(self.cfg.guidance_scale, step, "guidance.guidance_scale")
-        neg_text = self.cfg.negative_prompt
-        neg = batch.text.uncond if neg_text is None else self.text_embeddings([neg_text] * size, True, batch)
-        null = self.text_embeddings([""] * size, True, batch)
+        neg = self.negative_cond(self.cfg.negative_prompt, batch, size)
+        null = self.null_cond(batch, size)
         eps_c, eps_null, eps_neg, *eps_pn = self.predictions(
             x_t, t, [batch.text.cond, null, neg, *self.perp_neg_conds(batch, size)], batch)
         eps_c = self.perp_neg(eps_c, eps_null, eps_pn, step)
