@@ -67,6 +67,8 @@ class Batch:
     layout: Layout = field(default_factory=Layout)
     #: [B] index of each camera's prompt variant (device), None with a single variant
     prompt_index: Optional[torch.Tensor] = None
+    #: the layout's per-region prompts (K of them, in the order of the recipe's boxes), None without a layout
+    regions: Optional[TextCond] = None
 
     def __len__(self) -> int:
         return len(self.cameras)

@@ -54,12 +54,17 @@ def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) 
     from ``generator``."""
     cls = component_class("representation", cfg.representation.name, "representation.name")
     count = int(cfg.get("particles", 1) or 1)
+    kwargs = {}
+    if getattr(cfg.representation, "init", None) == "layout":  # the parts' boxes (Gaussians' init=layout)
+        from .layout import resolve_layout
+
+        kwargs["layout"] = resolve_layout(cfg)
     if count == 1:
-        return cls(cfg.representation, generator=generator)
+        return cls(cfg.representation, generator=generator, **kwargs)
     from .representations.particles import Particles
 
     generator = generator if generator is not None else torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-    return Particles([cls(cfg.representation, generator=generator) for _ in range(count)])
+    return Particles([cls(cfg.representation, generator=generator, **kwargs) for _ in range(count)])
 
 
 def export_member(rep: nn.Module, cfg: Any) -> nn.Module:

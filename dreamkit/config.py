@@ -148,6 +148,10 @@ class DreamkitConfig:
     name: str = "dreamkit"
     prompt: str = ""
     negative_prompt: str = ""
+    #: parts of a compositional scene: [] (none) | auto (from a tiny-world composition caption) | a list of boxes
+    #: {prompt, box_min: [x, y, z], box_max: [x, y, z]} (dreamkit.layout; used by representation.init=layout and the
+    #: semantic_sds guidance)
+    layout: Any = field(default_factory=list)
     seed: int = 0
     #: N independent representations fitted together (ProlificDreamer's particles; VSD's φ is fitted to all of
     #: them); camera.batch_size cameras each
@@ -445,6 +449,9 @@ def validate_values(cfg: DictConfig) -> None:
     positive("export.turntable_resolution", cfg.export.turntable_resolution)
     if not str(cfg.prompt).strip():
         raise ConfigError('prompt is empty — pass one, e.g. prompt="a red cube"')
+    from .layout import resolve_layout
+
+    resolve_layout(cfg)  # boxes well-formed, layout=auto on a composition caption, before any work
     from .priors.base import resolve_auto
 
     resolve_auto(cfg.trainer.cudnn_benchmark, True, "trainer.cudnn_benchmark")

@@ -8,6 +8,9 @@ then does this component append DreamFusion's "front view" / "side view" / "back
 ``auto`` (on exactly when the prior takes view text), ``true`` (an error for a prior that does not) or ``false``.
 Checks a prior makes of the prompt itself (the tiny priors' "outside the world" warning, the oracle's labels) receive
 the prompt as the user wrote it (:meth:`Prior.check_prompt`).
+
+A compositional recipe's ``layout`` adds per-region prompts (one per box, :mod:`dreamkit.layout`): encoded once with
+the recipe's negative prompt, they reach the guidance as ``Batch.regions`` (K prompts), never as text to parse.
 """
 from __future__ import annotations
 
@@ -36,8 +39,11 @@ class PromptComponent:
     """Encodes the prompt variants once (:meth:`setup`) and selects one per camera each step."""
 
     def __init__(self, prompt: str, negative: str = "", view_dependent: Any = "auto",
-                 front_threshold: float = 45.0, back_threshold: float = 45.0, overhead_threshold: float = 60.0):
+                 front_threshold: float = 45.0, back_threshold: float = 45.0, overhead_threshold: float = 60.0,
+                 regions: Optional[list] = None):
         self.prompt = str(prompt).strip()
+        self.regions: list[str] = [str(r) for r in (regions or [])]
+        self.region_text: Optional[TextCond] = None
         self.negative = str(negative)
         self.view_setting = view_prompting_setting(view_dependent)
         self.thresholds = (float(front_threshold), float(back_threshold), float(overhead_threshold))
@@ -47,9 +53,11 @@ class PromptComponent:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PromptComponent":
+        from .layout import resolve_layout
+
         cam = cfg.camera
         return cls(cfg.prompt, cfg.negative_prompt, cam.view_dependent_prompting, cam.front_threshold,
-                   cam.back_threshold, cam.overhead_threshold)
+                   cam.back_threshold, cam.overhead_threshold, regions=[b.prompt for b in resolve_layout(cfg)])
 
     def uses_view_variants(self, prior: Any) -> bool:
         takes = bool(getattr(prior, "view_prompts", True))
@@ -61,6 +69,8 @@ class PromptComponent:
     def check(self, prior: Any) -> None:
         """The prior's own checks of the prompt (raises for a prompt it cannot express), before any work."""
         prior.check_prompt(self.prompt, self.negative)
+        for region in self.regions:
+            prior.check_prompt(region, self.negative)
 
     @torch.no_grad()
     def setup(self, prior: Any, device: torch.device) -> TextCond:
@@ -70,6 +80,8 @@ class PromptComponent:
         else:
             self.variants = [self.prompt]
         self.text = prior.encode_text(self.variants, [self.negative] * len(self.variants)).to(device)
+        if self.regions:
+            self.region_text = prior.encode_text(self.regions, [self.negative] * len(self.regions)).to(device)
         return self.text
 
     def variant_index(self, cameras: Cameras) -> Optional[torch.Tensor]:

@@ -206,7 +206,8 @@ class DreamSystem(pl.LightningModule):
         moved = host_to_device(fields, self.device)
         cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
         index = moved[7] if index is not None else None
-        return Batch(cameras, self.prompts.select(index, len(cams), host.prompts), self.layout, index)
+        return Batch(cameras, self.prompts.select(index, len(cams), host.prompts), self.layout, index,
+                     self.prompts.region_text)
 
     def is_log_step(self, step: int) -> bool:
         return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
@@ -230,8 +231,10 @@ class DreamSystem(pl.LightningModule):
         batch = self.sample_batch(step)
         cameras = batch.cameras
         background = self.background(len(cameras), self.noise_gen)
+        # a guidance may ask for a variant of the render (compositional SDS: one part alone)
+        options = self._guidance.render_options(step, batch) if hasattr(self._guidance, "render_options") else {}
         with timer("render"):
-            out = self.representation.render(cameras, background=background, step=step)
+            out = self.representation.render(cameras, background=background, step=step, **options)
         with timer("guidance"):
             terms = self._guidance(out, batch, step, generator=self.noise_gen)
         with timer("regularizers"):

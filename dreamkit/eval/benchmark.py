@@ -41,6 +41,13 @@ def _singles(n: int) -> list[str]:
 
 PROMPT_SETS = {"singles20": _singles(20), "asymmetric": [o.captions[0] for o in ASYMMETRIC_OBJECTS.values()]}
 PROMPT_SETS["singles4"] = PROMPT_SETS["singles20"][:4]
+#: two-object compositions for compositional guidance (gs_semantic.yaml against plain SDS), scored per part: every
+#: shape and colour of the world in both relations, no pair repeated
+PROMPT_SETS["compositions8"] = [
+    "a red cube on top of a blue sphere", "a green cone next to a yellow torus",
+    "a purple cylinder next to an orange pyramid", "a yellow cone on top of a green cylinder",
+    "a blue cube next to a pink capsule", "a cyan sphere on top of a red cylinder",
+    "an orange pyramid next to a blue sphere", "a green cube on top of a purple torus"]
 
 
 def resolve_prompts(spec: Sequence[str]) -> list[str]:
@@ -131,12 +138,59 @@ def score_mesh(mesh, scene) -> dict:
     if scene.kind == "asymmetric":
         row["fronts"], fractions = fronts_of_mesh(mesh, scene)
         row["front_px"] = _pixels_per_view(fractions)
+    if scene.kind == "composition":
+        row.update(score_parts(mesh, scene))
     row["extent"] = _extent(v)
     row["extent_truth"] = _extent(torch.as_tensor(gv, dtype=torch.float32))
     row["stray"] = stray_fraction(pts, gpts, torch.as_tensor(gv, dtype=torch.float32))
     if scene.kind == "single":
         row.update(verdict(row))
     return row
+
+
+def score_parts(mesh, scene) -> dict:
+    """Each part of a two-object composition scored on its own: every face of the export goes to the truth part
+    whose surface is nearest its centroid; each part's faces are then classified as a single object is (nearest
+    world shape, circular mean hue of its faces' colours). ``parts``: "shape/colour ✓|✗" per part, in the caption's
+    order; ``parts_ok``: how many parts have both the truth's shape and colour; ``shape_ok``/``colour_ok``: every
+    part's; ``ok``: both parts right. The same split applies to any fit (plain SDS included), so methods compare
+    on equal terms. Colours are area-weighted, so that the few faces of the neighbour's that touch a part do not
+    outvote it."""
+    from ..world.scenes import _scene_parts
+    from .world_metrics import circular_mean_hue, nearest_colour, nearest_shape, sample_surface
+
+    v = torch.as_tensor(mesh.verts, dtype=torch.float32)
+    f = torch.as_tensor(mesh.faces, dtype=torch.long)
+    truth = _scene_parts(scene)
+    centroids = v[f].mean(1)
+    distance = []
+    for k, part in enumerate(truth):
+        pts = sample_surface(torch.as_tensor(part.vertices, dtype=torch.float32),
+                             torch.as_tensor(part.faces, dtype=torch.long), 2048, seed=10 + k)
+        distance.append(torch.cat([torch.cdist(centroids[i:i + 4096], pts).min(1).values
+                                   for i in range(0, len(centroids), 4096)]))
+    owner = torch.stack(distance).argmin(0)
+    labels, right, shapes_ok, colours_ok = [], 0, True, True
+    colours = torch.as_tensor(mesh.vertex_colors) if mesh.vertex_colors is not None else None
+    for k, (shape, colour) in enumerate(zip(scene.shapes, scene.colours)):
+        faces = f[owner == k]
+        if len(faces) < 4:
+            labels.append(f"none (want {shape}/{colour}) ✗")
+            shapes_ok = colours_ok = False
+            continue
+        got_shape, _ = nearest_shape(v, faces)
+        got_colour = None
+        if colours is not None:  # each face's mean colour, weighted by its area
+            tri = v[faces]
+            area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
+            got_colour = nearest_colour(circular_mean_hue(colours.float()[faces].mean(1), area))
+        ok = got_shape == shape and got_colour == colour
+        shapes_ok &= got_shape == shape
+        colours_ok &= got_colour == colour
+        right += ok
+        labels.append(f"{got_shape}/{got_colour} {'✓' if ok else '✗'}")
+    return {"parts": " · ".join(labels), "parts_ok": right, "shape_ok": shapes_ok, "colour_ok": colours_ok,
+            "ok": right == len(scene.shapes)}
 
 
 #: a fit's surface point counts as stray when it lies farther than this fraction of the truth's largest extent from
@@ -373,6 +427,8 @@ def _fmt(value) -> str:
 def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Sequence[str], quiet: bool = False) -> None:
     columns = ["prompt", "kind", "ok", "nearest_shape", "shape_ok", "colour", "hue_error", "colour_ok", "size_ok",
                "sections_ok", "fronts", "fronts_fit", "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
+    if any(r.get("kind") == "composition" for r in rows):
+        columns[3:3] = ["parts", "parts_ok"]
     for r in rows:  # rows of an older table get the verdict from their columns
         if r.get("kind") == "single" and "ok" not in r and r.get("error") in (None, ""):
             r.update(verdict(r))
@@ -399,6 +455,12 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
         lines.append("- horizontal sections of the square-sectioned objects, largest/smallest radius by angle (the "
                      "truth's 1.36–1.38; a solid of revolution's 1.00; `sections` in results.csv): " + ", ".join(
                          f"{r['prompt']} {_fmt(r.get('sections'))}" for r in square))
+    comps = [r for r in rows if r["kind"] == "composition"]
+    if comps:
+        both_parts = sum(1 for r in comps if r.get("ok"))
+        parts = sum(int(r.get("parts_ok") or 0) for r in comps)
+        lines.append(f"- compositions with both parts' shape and colour right (each part scored on the export's "
+                     f"faces nearest it): **{both_parts}/{len(comps)}**; parts right: {parts}/{2 * len(comps)}")
     if asym:
         one = sum(1 for r in asym if r.get("fronts") == 1)
         one_fit = sum(1 for r in asym if r.get("fronts_fit") == 1)

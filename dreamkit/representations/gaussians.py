@@ -7,6 +7,8 @@ Parameters (raw, optimised) and their activations:
     opacity_logits [N]      opacities = sigmoid(opacity_logits)
     sh0 [N, 1, 3]           degree-0 SH colour coefficients
     shN [N, K-1, 3]         higher SH bands, K = (sh_degree + 1)²  (absent when sh_degree = 0)
+    group [N]               with ``init=layout`` only: the layout box each Gaussian started in (integer, frozen;
+                            densification copies it to the children, so a part keeps its Gaussians)
 """
 import math
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from .regularizers import alpha_regularizers
 class GaussianConfig:
     name: str = "gaussians"
     #: sphere (uniform in a ball) | points (a PLY point cloud, init_path) | mesh (points on a mesh surface, init_path)
+    #: | layout (a ball of init_radius × the box in each box of the recipe's ``layout``, each its own group)
     init: str = "sphere"
     init_path: Optional[str] = None
     num_points: int = 4096
@@ -61,12 +64,20 @@ class GaussianConfig:
 
 
 class GaussianModel(nn.Module):
-    loss_names: tuple[str, ...] = ("sparsity", "opaque")
+    loss_names: tuple[str, ...] = ("sparsity", "opaque", "containment")
 
-    def __init__(self, cfg: Any, generator: Optional[torch.Generator] = None):
+    def __init__(self, cfg: Any, generator: Optional[torch.Generator] = None, layout: Optional[list] = None):
+        """``layout``: the recipe's boxes (:func:`dreamkit.layout.resolve_layout`), needed by ``init=layout``."""
         super().__init__()
-        if cfg.init not in ("sphere", "points", "mesh"):
-            raise ConfigError(f"representation.init={cfg.init!r} — use sphere, points or mesh")
+        if cfg.init not in ("sphere", "points", "mesh", "layout"):
+            raise ConfigError(f"representation.init={cfg.init!r} — use sphere, points, mesh or layout")
+        if cfg.init == "layout" and not layout:
+            raise ConfigError("representation.init=layout needs the recipe's layout boxes — set layout=auto (a "
+                              "tiny-world composition prompt) or layout=[{prompt, box_min, box_max}, ...]")
+        self.layout = list(layout or []) if cfg.init == "layout" else []
+        if self.layout:
+            self.register_buffer("box_centres", torch.stack([b.centre for b in self.layout]), persistent=False)
+            self.register_buffer("box_halves", torch.stack([b.half for b in self.layout]), persistent=False)
         if not 0 <= cfg.sh_degree <= 3:
             raise ConfigError(f"representation.sh_degree={cfg.sh_degree} — use 0, 1, 2 or 3")
         if cfg.bound_radius < 0:
@@ -81,11 +92,15 @@ class GaussianModel(nn.Module):
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         means, colors = self._initial_points(generator)
         self._set_from_points(means, colors)
+        if self.layout:
+            self.params["group"] = nn.Parameter(self._initial_groups(), requires_grad=False)
 
     # -- initialisation -------------------------------------------------------------------------------------------
     def _initial_points(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         n = cfg.num_points
+        if cfg.init == "layout":
+            return self._layout_points(generator)
         if cfg.init == "sphere":
             direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
             radius = cfg.init_radius * torch.rand(n, 1, generator=generator) ** (1 / 3)
@@ -121,6 +136,26 @@ class GaussianModel(nn.Module):
             face_cols = torch.full((n, 3), 0.5).numpy()
         return torch.as_tensor(pts, dtype=torch.float32), torch.as_tensor(face_cols, dtype=torch.float32)
 
+    def _layout_points(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """num_points split evenly over the layout's boxes, each share uniform in an ellipsoid of init_radius × the
+        box's half-extents around its centre (init_radius ≤ 1 keeps every point in its own box)."""
+        cfg, boxes = self.cfg, self.layout
+        counts = [cfg.num_points // len(boxes) + (k < cfg.num_points % len(boxes)) for k in range(len(boxes))]
+        means = []
+        for box, count in zip(boxes, counts):
+            direction = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+            radius = torch.rand(count, 1, generator=generator) ** (1 / 3)
+            means.append(box.centre + direction * radius * box.half * min(float(cfg.init_radius), 1.0))
+        self._layout_counts = counts
+        means = torch.cat(means)
+        colors = torch.tensor(list(cfg.init_color), dtype=torch.float32).expand(len(means), 3).clone() \
+            if len(cfg.init_color) == 3 else torch.rand(len(means), 3, generator=generator)
+        return means, colors
+
+    def _initial_groups(self) -> torch.Tensor:
+        counts = self._layout_counts
+        return torch.cat([torch.full((c,), k, dtype=torch.long) for k, c in enumerate(counts)])
+
     def _set_from_points(self, means: torch.Tensor, colors: torch.Tensor) -> None:
         cfg = self.cfg
         n = means.shape[0]
@@ -143,7 +178,9 @@ class GaussianModel(nn.Module):
         """Reallocate parameters to checkpoint shapes (Gaussians are added and removed during training)."""
         for name, shape in shapes.items():
             if name in self.params and self.params[name].shape != shape:
-                self.params[name] = nn.Parameter(torch.zeros(shape, device=self.params[name].device))
+                old = self.params[name]
+                self.params[name] = nn.Parameter(torch.zeros(shape, dtype=old.dtype, device=old.device),
+                                                 requires_grad=old.requires_grad)
 
     # -- activations ----------------------------------------------------------------------------------------------
     @property
@@ -190,31 +227,68 @@ class GaussianModel(nn.Module):
                "opacity_logits": "lr_opacities", "sh0": "lr_sh0", "shN": "lr_shN"}
         return [{"name": f"gaussians.{name}", "params": [p], "lr_schedule": getattr(self.cfg, lrs[name]),
                  "lr_key": f"representation.{lrs[name]}", "eps": 1e-15}
-                for name, p in self.params.items()]
+                for name, p in self.params.items() if name in lrs]
+
+    @property
+    def num_groups(self) -> int:
+        """Parts of the layout (0 without one)."""
+        return len(self.layout)
 
     def render(self, cameras: Cameras, background: Optional[torch.Tensor] = None, step: Optional[int] = None,
-               **_: Any) -> RenderOutput:
-        """cameras [B] → RenderOutput with rgb [B,H,W,3], alpha/depth [B,H,W,1]; extras means2d [B,N,2], radii."""
+               part: Optional[int] = None, zoom: float = 1.0, **_: Any) -> RenderOutput:
+        """cameras [B] → RenderOutput with rgb [B,H,W,3], alpha/depth [B,H,W,1]; extras means2d [B,N,2], radii.
+
+        With a layout, also extras["groups"] [B,H,W,K]: each group's share of the alpha, rendered like colour (the
+        one-hot group id as K more channels of the same compositing; Σ_k = alpha). ``part=k`` renders group k alone,
+        moved so that its box's centre is at the origin (the object-alone render of Set-the-Scene / CompoNeRF, seen
+        by cameras that look at the origin, as the prior's objects are) and scaled by ``zoom`` about it (a part of a
+        scene is smaller than the objects the prior was shown alone); the other Gaussians get opacity 0."""
+        means, opacities, scales = self.means, self.opacities, self.scales
+        if part is not None:
+            if not self.layout or not 0 <= int(part) < len(self.layout):
+                raise ConfigError(f"render(part={part}): this representation has {len(self.layout)} layout group(s)")
+            mine = self.params["group"] == int(part)
+            means = (means - self.box_centres[int(part)]) * float(zoom)
+            scales = scales * float(zoom)
+            opacities = opacities * mine
         degree = self.active_sh_degree(step)
         if degree == 0:
             colors = (self.params["sh0"][:, 0] * 0.28209479177387814 + 0.5).clamp_min(0)
         else:
-            dirs = self.means[None] - cameras.positions[:, None]  # [B, N, 3]
+            dirs = means[None] - cameras.positions[:, None]  # [B, N, 3]
             dirs = torch.nn.functional.normalize(dirs, dim=-1)
             coeffs = self.sh_coeffs[None].expand(len(cameras), -1, -1, -1)
             colors = eval_sh(degree, coeffs, dirs)
+        k = len(self.layout) if part is None else 0
+        if k:
+            onehot = torch.nn.functional.one_hot(self.params["group"], k).to(colors.dtype)
+            colors = torch.cat([colors, onehot.expand(*colors.shape[:-1], k)], -1)
+            if background is not None:
+                background = torch.cat([background.expand(len(cameras), 3),
+                                        background.new_zeros(len(cameras), k)], -1)
         rgb, alpha, depth, meta = rasterize_gaussians(
-            self.means, self.quats, self.scales, self.opacities, colors, cameras.viewmats, cameras.K,
+            means, self.quats, scales, opacities, colors, cameras.viewmats, cameras.K,
             cameras.width, cameras.height, background=background, backend=self.cfg.backend,
             tile_size=self.cfg.tile_size or None,
         )
-        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
-                            extras={"means2d": meta.get("means2d"), "radii": meta.get("radii")})
+        extras = {"means2d": meta.get("means2d"), "radii": meta.get("radii")}
+        if k:
+            rgb, extras["groups"] = rgb[..., :3], rgb[..., 3:]
+        if part is not None:
+            extras["part"] = int(part)
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, extras=extras)
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
-        """loss_sparsity and loss_opaque of the render's alpha (:func:`alpha_regularizers`), as NeRF's; they count
-        only when the recipe gives them a weight (``loss.lambda_sparsity``, ``loss.lambda_opaque``)."""
-        return alpha_regularizers(out.alpha)
+        """loss_sparsity and loss_opaque of the render's alpha (:func:`alpha_regularizers`), as NeRF's, and with a
+        layout loss_containment (:func:`dreamkit.layout.containment_penalty`: each Gaussian's mean inside its
+        group's box); they count only when the recipe gives them a weight (``loss.lambda_sparsity``, ...)."""
+        terms = alpha_regularizers(out.alpha)
+        if self.layout:
+            from ..layout import containment_penalty
+
+            terms["loss_containment"] = containment_penalty(self.means, self.params["group"], self.box_centres,
+                                                            self.box_halves)
+        return terms
 
     def post_step(self, step: int, out: RenderOutput, optimizer: Optional[torch.optim.Optimizer],
                   cameras: Cameras, generator: Optional[torch.Generator] = None) -> dict:
