@@ -259,7 +259,7 @@ def test_alpha_regularizers_pull_opacity_down_and_the_recipe_accepts_them():
     """Gaussians share NeRF's alpha regularisers (values checked by hand in test_nerf.py): the sparsity term's
     gradient lowers every visible Gaussian's opacity, and the recipe's loss check knows both names."""
     m = make(num_points=50, init_radius=0.3, init_opacity=0.5)
-    assert set(m.loss_names) == {"sparsity", "opaque"}
+    assert set(m.loss_names) == {"sparsity", "opaque", "containment"}  # containment: with a layout only
     cams = orbit_cameras(2, 24, 24, elevation=20.0, distance=3.0, fovy=40.0)
     out = m.render(cams, torch.ones(3))
     losses = m.regularizers(out, 0)
