@@ -268,3 +268,28 @@ def test_alpha_regularizers_pull_opacity_down_and_the_recipe_accepts_them():
     visible = (out.extras["radii"] > 0).any(0)   # [N], seen by some camera
     assert bool(visible.all()) and bool((grad > 0).all())
     assert float(out.alpha.detach().max()) > 0.5
+
+
+def test_object_radius_scales_the_gaussians_toward_the_radius_keeping_their_shape():
+    """representation.object_radius: each step scales means (about the opaque Gaussians' centre) and scales alike by
+    at most ±rate, so the radius approaches the target geometrically and the shape (means relative to the centre,
+    and the ratio of every Gaussian's scales) is kept; transparent Gaussians do not count in the radius."""
+    m = make(num_points=2000, init_radius=1.0, init_opacity=0.5, object_radius=0.5, object_radius_rate=0.05)
+    with torch.no_grad():
+        m.params["means"].add_(torch.tensor([0.2, -0.1, 0.0]))  # off the origin: the centre is the object's own
+        m.params["opacity_logits"][:100] = -10.0  # transparent ones: ignored by the radius
+    centre0, r0 = m.object_radius()
+    assert abs(float(r0) - 0.99) < 0.03 and torch.allclose(centre0, torch.tensor([0.2, -0.1, 0.0]), atol=0.05)
+    rel0 = m.means.detach() - centre0
+    log_scales0 = m.params["log_scales"].detach().clone()
+    first = m.hold_object_radius()
+    assert first == pytest.approx(0.95)  # clamped at the rate
+    for _ in range(40):
+        m.hold_object_radius()
+    centre, r = m.object_radius()
+    assert float(r) == pytest.approx(0.5, rel=0.01)
+    assert torch.allclose(centre, centre0, atol=1e-4)
+    total = float(r) / float(r0)
+    assert torch.allclose(m.means.detach() - centre, rel0 * total, atol=1e-4)
+    assert torch.allclose(m.params["log_scales"].detach() - log_scales0,
+                          torch.full_like(log_scales0, math.log(total)), atol=1e-3)
