@@ -402,7 +402,8 @@ def test_verdict_wants_the_right_size_and_square_sections():
 
 def test_stray_fraction_counts_surface_outside_the_truth():
     """``stray``: none for the truth itself or a cube 15% too large (its corners stay within 15% of the extent), all of a
-    detached copy, and the share of points of a floater added to the truth."""
+    detached copy, and the share of points of a floater added to the truth; with the truth's faces, nothing inside
+    the truth's solid."""
     from dreamkit.eval.benchmark import stray_fraction
     from dreamkit.eval.world_metrics import sample_surface
     from dreamkit.world import parse_prompt
@@ -417,3 +418,9 @@ def test_stray_fraction_counts_surface_outside_the_truth():
     assert stray_fraction(far, truth, gv) == 1.0
     mixed = torch.cat([sample_surface(gv, gf, 3072, seed=1), far])
     assert stray_fraction(mixed, truth, gv) == pytest.approx(0.25)
+    assert stray_fraction(mixed, truth, gv, gf) == pytest.approx(0.25)
+    # a cube half the size inside the truth is far from its surface, but not outside the object: with the truth's
+    # faces it is not stray (a caved-in face), without them it is
+    inner = sample_surface((gv - centre) * 0.5 + centre, gf, 1024, seed=1)
+    assert stray_fraction(inner, truth, gv) == 1.0
+    assert stray_fraction(inner, truth, gv, gf) == 0.0

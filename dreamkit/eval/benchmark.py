@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -142,7 +142,7 @@ def score_mesh(mesh, scene) -> dict:
         row.update(score_parts(mesh, scene))
     row["extent"] = _extent(v)
     row["extent_truth"] = _extent(torch.as_tensor(gv, dtype=torch.float32))
-    row["stray"] = stray_fraction(pts, gpts, torch.as_tensor(gv, dtype=torch.float32))
+    row["stray"] = stray_fraction(pts, gpts, torch.as_tensor(gv, dtype=torch.float32), gf)
     if scene.kind == "single":
         row.update(verdict(row))
     return row
@@ -198,14 +198,22 @@ def score_parts(mesh, scene) -> dict:
 STRAY_DISTANCE = 0.15
 
 
-def stray_fraction(points: torch.Tensor, truth_points: torch.Tensor, truth_verts: torch.Tensor) -> float:
+def stray_fraction(points: torch.Tensor, truth_points: torch.Tensor, truth_verts: torch.Tensor,
+                   truth_faces: Optional[torch.Tensor] = None) -> float:
     """The share of a fit's surface samples ``points`` [P, 3] farther than ``STRAY_DISTANCE`` × the truth's largest
-    extent from the truth's surface samples ``truth_points`` (``stray``): parts outside the object — a draped
-    bottom, a lid, a floater — that the extents and Chamfer average away."""
+    extent from the truth's surface samples ``truth_points`` (``stray``) and outside the truth's solid (winding
+    number < 0.5; with ``truth_faces``): parts outside the object — a draped bottom, a lid, a floater — that the
+    extents and Chamfer average away. A face caved in toward the inside is not outside the object and does not
+    count (it lowers the Chamfer and the IoU instead)."""
+    from .world_metrics import winding_number
+
     limit = STRAY_DISTANCE * float((truth_verts.max(0).values - truth_verts.min(0).values).max())
     nearest = torch.cat([torch.cdist(points[i:i + 4096], truth_points).min(dim=1).values
                          for i in range(0, len(points), 4096)])
-    return float((nearest > limit).float().mean())
+    far = nearest > limit
+    if truth_faces is not None and bool(far.any()):
+        far[far.clone()] = winding_number(truth_verts.float(), truth_faces, points[far]) < 0.5
+    return float(far.float().mean())
 
 
 def fronts_of_mesh(mesh, scene) -> tuple[int, list[float]]:
