@@ -3,10 +3,10 @@
 Everything happens in the training thread, between steps, so the viewer never races the optimizer or
 densification and never changes what a step computes:
 
-* after each step the callback renders for the browser tabs whose camera moved or whose picture shows an older
-  step — but only once the time since its last render is long enough that rendering stays within
-  ``viewer_budget`` of the wall time (render for r seconds, then wait r·(1 − b)/b); training keeps ≥ 1 − b of its
-  steps/s whatever the render costs;
+* after each step the callback renders for the browser tabs whose camera moved, and every ``REFRESH_EVERY``
+  seconds for those whose picture shows an older step — but only once the time since its last render is long
+  enough that rendering stays within ``viewer_budget`` of the wall time (render for r seconds, then wait
+  r·(1 − b)/b); training keeps ≥ 1 − b of its steps/s whatever the render costs;
 * renders use the representation's own ``render`` (``DreamSystem.render_views``: the export member, the solid
   background, no gradients) inside ``torch.random.fork_rng``, so a viewed run draws the same random numbers as an
   unviewed one (resume stays exact);
@@ -28,8 +28,12 @@ import torch
 
 from .server import ViewerServer, ViewerStatus
 
-#: seconds between status-panel updates (text and loss plot)
-STATUS_EVERY = 0.5
+#: seconds between status-panel updates, and between loss-plot updates (each makes the browser draw again)
+STATUS_EVERY = 1.0
+PLOT_EVERY = 5.0
+#: a tab whose camera did not move gets a picture of newer training at most this often (seconds); a camera move is
+#: answered as soon as the budget allows
+REFRESH_EVERY = 5.0
 #: seconds of steps that the steps/s shown is measured over
 RATE_WINDOW = 20.0
 
@@ -75,7 +79,10 @@ class LiveViewer(pl.Callback):
         self._marks: collections.deque = collections.deque()  # (time, step) for steps/s
         self._excluded = 0.0             # seconds paused or exporting: not training time
         self._next_render = 0.0
+        self._next_refresh = 0.0
         self._next_status = 0.0
+        self._next_plot = 0.0
+        self._train_start = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -83,7 +90,8 @@ class LiveViewer(pl.Callback):
         title = f"{self.cfg.prompt} — {self.cfg.name}"
         self.server = ViewerServer(title, str(self.cfg.viewer_host), int(self.cfg.viewer_port), resolution,
                                    self.eval_camera, buttons=("pause", "resume", "export"))
-        self._marks.append((time.perf_counter(), int(trainer.global_step)))
+        self._train_start = time.perf_counter()
+        self._marks.append((self._train_start, int(trainer.global_step)))
         print(f"viewer: {self.server.url}  (renders {resolution} px, at most {self.budget:.0%} of the time)",
               flush=True)
         self._update_status(trainer, force=True)
@@ -100,6 +108,9 @@ class LiveViewer(pl.Callback):
         if trainer is not None:
             self._update_status(trainer, force=True, state="finished" if trainer.global_step >= self.max_steps
                                 else "stopped")
+        wall = max(time.perf_counter() - self._train_start - self._excluded, 1e-9)
+        print(f"viewer: {self.server.renders} render(s) in {self.server.render_seconds:.1f} s "
+              f"({self.server.render_seconds / wall:.1%} of the training time)", flush=True)
         self.server.close()
         self.server = None
 
@@ -115,10 +126,15 @@ class LiveViewer(pl.Callback):
         while len(self._marks) > 2 and now - self._marks[0][0] > RATE_WINDOW:
             self._marks.popleft()
         self._handle_requests(trainer, pl_module)
-        if now >= self._next_render and self.server.pending(step):
-            spent = self.server.render_pending(self._renderer(pl_module, step), step)
-            # rendering takes at most `budget` of the time: after r seconds of it, r·(1 − b)/b without
-            self._next_render = time.perf_counter() + spent * (1 - self.budget) / self.budget
+        if now >= self._next_render:
+            # tabs whose camera moved; and, every REFRESH_EVERY s, those that show an older step
+            stale = now >= self._next_refresh
+            if self.server.pending(step, moved_only=not stale):
+                spent = self.server.render_pending(self._renderer(pl_module, step), step, moved_only=not stale)
+                # rendering takes at most `budget` of the time: after r seconds of it, r·(1 − b)/b without
+                self._next_render = time.perf_counter() + spent * (1 - self.budget) / self.budget
+                if stale:
+                    self._next_refresh = now + REFRESH_EVERY
         self._update_status(trainer)
         if self.paused:
             self._pause_loop(trainer, pl_module)
@@ -218,6 +234,7 @@ class LiveViewer(pl.Callback):
         self.server.show(ViewerStatus(step=step, max_steps=self.max_steps, steps_per_s=rate, eta_s=eta,
                                       loss=self.losses[-1][1] if self.losses else None,
                                       state=state or ("paused" if self.paused else "training"), notes=self.notes))
-        if self.losses:
+        if self.losses and (force or now >= self._next_plot):
+            self._next_plot = now + PLOT_EVERY
             steps, values = zip(*self.losses)
             self.server.plot(steps, values)

@@ -202,16 +202,17 @@ class ViewerServer:
             out, self._requests = self._requests, set()
         return out
 
-    def pending(self, step: int) -> list[_Client]:
-        """Tabs whose picture is out of date: their camera moved, or the model is at another step than shown."""
+    def pending(self, step: int, moved_only: bool = False) -> list[_Client]:
+        """Tabs whose picture is out of date: their camera moved, or (unless ``moved_only``) the model is at another
+        step than shown."""
         with self._lock:
-            return [c for c in self._clients.values() if c.dirty or c.step != step]
+            return [c for c in self._clients.values() if c.dirty or (c.step != step and not moved_only)]
 
-    def render_pending(self, render: Callable[[Cameras], torch.Tensor], step: int) -> float:
-        """Render a new picture for every out-of-date tab with ``render(cameras) -> [H, W, 3] in [0, 1]`` and send
-        it as that tab's background; returns the seconds spent."""
+    def render_pending(self, render: Callable[[Cameras], torch.Tensor], step: int, moved_only: bool = False) -> float:
+        """Render a new picture for every out-of-date tab (:meth:`pending`) with ``render(cameras) -> [H, W, 3] in
+        [0, 1]`` and send it as that tab's background; returns the seconds spent."""
         t0 = time.perf_counter()
-        for client in self.pending(step):
+        for client in self.pending(step, moved_only):
             camera = client.handle.camera
             try:
                 with self._lock:
@@ -238,8 +239,10 @@ class ViewerServer:
             eta = f" · ETA {_duration(status.eta_s)}" if status.eta_s is not None else ""
             lines.append(f"**{status.steps_per_s:.2f}** steps/s{eta}")
         lines.append(f"renders {self.renders} · {self.resolution} px · {self.clients} viewer(s)")
-        self._status.content = "  \n".join(lines)
-        self._notes.content = "  \n".join(_md(n) for n in status.notes[-4:])
+        for handle, content in ((self._status, "  \n".join(lines)),
+                                (self._notes, "  \n".join(_md(n) for n in status.notes[-4:]))):
+            if handle.content != content:  # an unchanged panel costs the browser nothing
+                handle.content = content
 
     def set_paused(self, paused: bool) -> None:
         if "pause" in self._buttons:
