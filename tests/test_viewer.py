@@ -171,13 +171,13 @@ def viser():
 def test_fit_with_viewer_in_a_browser(chromium, viser, tmp_path):
     """`dreamkit fit ... viewer=true`: the page connects and shows the step advancing; Pause stops the steps (the
     step does not move for 2 s); a camera drag while paused brings a new picture (the server's render count rises
-    and the middle of the view changes, while the step stays); Resume lets the steps go on; SIGINT then ends the fit
-    as usual (checkpoint, exit 130)."""
+    and the middle of the view changes, while the step stays); Export now writes the step's exports; Resume lets the
+    steps go on; SIGINT then ends the fit as usual (checkpoint, exit 130)."""
     proc, url, lines = _start(["fit", "--config", "gs_oracle.yaml", "viewer=true", "viewer_port=0",
                                "viewer_resolution=64", f"output_dir={tmp_path}", "trainer.max_steps=100000",
                                "trainer.progress=false", "trainer.val_every=0", "trainer.checkpoint_every=0",
                                "representation.num_points=500", "camera.width=32", "camera.height=32",
-                               "prior.resolution=32", "export.formats=[]", "export.turntable=false"])
+                               "prior.resolution=32", "export.formats=[ply]", "export.turntable=false"])
     page = chromium.new_page(viewport={"width": 1000, "height": 700})
     try:
         page.goto(url)
@@ -197,6 +197,12 @@ def test_fit_with_viewer_in_a_browser(chromium, viser, tmp_path):
         page.wait_for_timeout(500)
         after = _centre(page)
         assert np.abs(after - before).mean() > 2.0, "the view did not change after the camera move"
+        # Export now (while paused): the run's exports of this step in exports/step_NNNNNN/
+        page.get_by_role("button", name="Export now").click()
+        page.wait_for_function("document.body.innerText.includes('wrote gaussians.ply')", timeout=30_000)
+        (run,) = [p for p in tmp_path.glob("*/*") if p.is_dir() and not p.is_symlink()]
+        assert (run / "exports" / f"step_{paused['step']:06d}" / "gaussians.ply").is_file()
+        assert _status(page)["step"] == paused["step"]
         page.get_by_role("button", name="Resume").click()
         _wait(page, lambda s: s["state"] == "training" and s["step"] > paused["step"], what="steps after Resume")
     finally:
@@ -229,3 +235,30 @@ def test_view_a_finished_run_in_a_browser(chromium, viser, red_run):
         page.close()
         proc.terminate()
         proc.wait(30)
+
+
+def test_view_reloads_a_newer_checkpoint_and_keeps_the_last_good_one(red_run, tmp_path):
+    """`dreamkit view` of a run still training: a newer checkpoint is loaded when it appears; one that cannot be
+    read (being written, damaged) keeps the model shown; both through the safe loader."""
+    import shutil
+
+    from dreamkit.checkpoint import load_checkpoint
+    from dreamkit.run import load_run
+    from dreamkit.viewer.view import _LoadedRun
+
+    run = tmp_path / "run"
+    shutil.copytree(red_run, run, ignore=shutil.ignore_patterns("report*"))
+    run_dir, cfg, ckpt = load_run(run)
+    loaded = _LoadedRun(run_dir, cfg, ckpt, torch.device("cpu"))
+    assert loaded.refresh() and loaded.step == 20
+    assert not loaded.refresh()                      # unchanged: not read again
+    state = load_checkpoint(ckpt)
+    state["global_step"] = 25
+    state["state_dict"]["representation.params.sh0"] = state["state_dict"]["representation.params.sh0"] * 0
+    torch.save(state, ckpt.with_name("new.ckpt"))
+    os.replace(ckpt.with_name("new.ckpt"), ckpt)     # as AtomicCheckpoint does
+    assert loaded.refresh() and loaded.step == 25
+    ckpt.write_bytes(b"torn")
+    assert not loaded.refresh() and loaded.step == 25 and loaded.model is not None
+    image = loaded.render(cameras_from_viser((0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 3.0), math.radians(40), 1.0, 32))
+    assert image.shape == (32, 32, 3)

@@ -186,7 +186,7 @@ class LiveViewer(pl.Callback):
         self._update_status(trainer, force=True)
         modes = {name: m.training for name, m in pl_module.named_modules()}
         try:
-            with torch.no_grad(), untouched_rng(pl_module.device):
+            with untouched_rng(pl_module.device):  # gradients stay on: some exporters differentiate the field
                 written = export_run(self.run_dir, formats, system=pl_module, out_dir=out)
             self._note(f"step {step}: wrote " + ", ".join(p.name for p in written) + f" in exports/{out.name}")
         except DreamkitError as err:
