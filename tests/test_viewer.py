@@ -91,6 +91,8 @@ def test_missing_viser_is_one_line_before_anything_is_written(tmp_path, monkeypa
     assert not any(tmp_path.iterdir())
     assert main(["view", str(tmp_path / "nope")]) == 2
     assert "run folder not found" in capsys.readouterr().err
+    assert main(["view", str(tmp_path), "--resolution", "8"]) == 2
+    assert "--resolution 8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("item", ["viewer_port=70000", "viewer_budget=0", "viewer_resolution=8", "viewer=maybe"])

@@ -405,7 +405,7 @@ def build_eval_gallery(eval_dir: Path, dest: Path) -> None:
         verdict = ""
         if singles and any(r.get("ok") for r in singles):
             right = sum(1 for r in singles if r.get("ok") == "True")
-            verdict = f"<p>verdict ✓ on <b>{right}/{len(singles)}</b> single objects</p>"
+            verdict = f"<p>verdict (ok): <b>{right}/{len(singles)}</b> single objects right</p>"
         sections.append(f'<section id="results"><h2>Results</h2>{verdict}<table><tr>{head}</tr>{body}</table>'
                         "</section>")
     sheet = eval_dir / "contact_sheet.png"

@@ -82,6 +82,10 @@ def view_run(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, res
     from ..run import export_run, load_run
     from .live import viewer_resolution
 
+    if not 0 <= int(port) <= 65535:
+        raise DreamkitError(f"--port {port}: use a port in 1 … 65535 (0 = any free port)")
+    if int(resolution) != 0 and not 16 <= int(resolution) <= 4096:
+        raise DreamkitError(f"--resolution {resolution}: use 16 … 4096 pixels (0 = auto)")
     run_dir, cfg, ckpt = load_run(run_dir)
     import_viser()  # a missing extra fails before any loading
     device = _device_for(cfg)
