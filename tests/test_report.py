@@ -166,3 +166,19 @@ def test_report_false_skips_the_page(tmp_path):
 
     _write_run_page(OmegaConf.create({"report": False}), tmp_path)
     assert not (tmp_path / "report").exists()
+
+
+def test_metrics_of_a_resumed_run_are_merged(tmp_path):
+    """A resumed fit logs beside the first part (logs/resume-N/); its points replace the first part's from its
+    first step on (the killed process had logged steps after its last checkpoint); blanks and text are skipped."""
+    from dreamkit.report.metrics import read_metrics
+
+    logs = tmp_path / "logs"
+    (logs / "resume-1").mkdir(parents=True)
+    (logs / "metrics.csv").write_text("epoch,step,train/loss,val/psnr\n0,10,4.0,\n0,20,3.0,\n0,30,9.0,\n,30,,12.5\n"
+                                      "0,40,nan,\n")
+    (logs / "resume-1" / "metrics.csv").write_text("epoch,step,train/loss\n0,30,2.0\n0,40,1.0\n0,50,oops\n")
+    metrics = read_metrics(tmp_path)
+    assert metrics["train/loss"] == ([10, 20, 30, 40], [4.0, 3.0, 2.0, 1.0])
+    assert "val/psnr" not in metrics  # its only point was at step 30, after which the resumed part replaces all
+    assert read_metrics(tmp_path / "nothing") == {}
