@@ -204,7 +204,7 @@ def load_grid(path: str, extra_overrides: Sequence[str] = ()) -> Grid:
     the first runs). ``extra_overrides`` apply to every cell (last)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    from .config import load_config, load_recipe, load_yaml, parse_overrides
+    from .config import PRESENTATION_KEYS, load_config, load_recipe, load_yaml, parse_overrides
     from .eval.benchmark import PROMPT_SETS
 
     grid_path = resolve_grid_path(path)
@@ -304,7 +304,7 @@ def load_grid(path: str, extra_overrides: Sequence[str] = ()) -> Grid:
                     raise ConfigError(f"{where} ({where_cell}): {err}") from None
                 plain = OmegaConf.to_container(cfg, resolve=True)
                 plain.pop("output_dir", None)
-                digest = _short_hash(plain)
+                digest = _short_hash({k: v for k, v in plain.items() if k not in PRESENTATION_KEYS})
                 cid = "-".join([_slug("_".join(values.values()), 40) or "base", f"s{seed}", _slug(prompt), digest])
                 kind = "2d" if cfg.representation.name == "image" else "3d"
                 cells.append(Cell(cid, label, values, int(seed), prompt, plain, kind, dict(metrics)))

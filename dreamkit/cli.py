@@ -1,9 +1,12 @@
-"""The ``dreamkit`` command: fit | export | render | sample | eval | bench | ablate | list.
+"""The ``dreamkit`` command: fit | export | render | view | report | sample | eval | bench | ablate | list.
 
     dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
+    dreamkit fit --config gs_sds.yaml viewer=true      # live viewer in the browser (pip install -e ".[viewer]")
     dreamkit fit resume=outputs/gs_sds/a_red_cube@20261129-101500
     dreamkit export outputs/gs_sds/a_red_cube@20261129-101500 --format ply
     dreamkit render outputs/gs_sds/a_red_cube@20261129-101500
+    dreamkit view outputs/gs_sds/latest
+    dreamkit report outputs/eval/gs_sds
     dreamkit bench --recipe gs_oracle --json bench.json
     dreamkit list
 
@@ -40,15 +43,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
         run_dir, saved, _ = load_run(resume)
         cfg = load_config(None, overrides, base=saved)
         check_prior_config(cfg.prior)
-        fit(cfg, resume_dir=run_dir, export=not args.no_export)
+        _write_run_page(cfg, fit(cfg, resume_dir=run_dir, export=not args.no_export))
         return 0
     if not args.config:
         raise DreamkitError("dreamkit fit needs --config <file or shipped name> (see `dreamkit list`), "
                             "or resume=<run folder>")
     cfg = load_config(args.config, overrides)
     check_prior_config(cfg.prior)
-    fit(cfg, export=not args.no_export)
+    _write_run_page(cfg, fit(cfg, export=not args.no_export))
     return 0
+
+
+def _write_run_page(cfg, run_dir: Path) -> None:
+    """A finished fit's page (``report: true``): from the files the fit wrote, nothing rendered again. A failure
+    here does not fail the fit; it says how to write the page later."""
+    if not cfg.get("report", True):
+        return
+    from .report import write_report
+
+    try:
+        print(f"wrote {write_report(run_dir)}", flush=True)
+    except (DreamkitError, OSError, ValueError) as err:
+        print(f"warning: the run page was not written ({err}) — dreamkit report {run_dir}", file=sys.stderr,
+              flush=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -66,6 +83,23 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     render_run(Path(args.run_dir), frames=args.frames, resolution=args.resolution,
                output=Path(args.output) if args.output else None, overrides=list(args.overrides))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer.view import view_run
+
+    try:
+        view_run(Path(args.run_dir), host=args.host, port=args.port, resolution=args.resolution)
+    except KeyboardInterrupt:
+        print("viewer stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(Path(args.folder), out=args.output)}", flush=True)
     return 0
 
 
@@ -305,6 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="MP4 path (default <run>/exports/turntable.mp4, numbered if it exists)")
     p.add_argument("overrides", nargs="*", help="export.* overrides (e.g. export.turntable_elevation=30)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("view", help="live viewer of a run in the browser (its newest checkpoint, reloaded as it trains)",
+                       description="Serve a viser page that renders the run's newest checkpoint from the camera you "
+                                   "drag, with its logged loss and an Export now button; a newer checkpoint (a run "
+                                   "still training) is loaded when it appears. While fitting, viewer=true does the "
+                                   'same with Pause and Resume. Needs pip install -e ".[viewer]" (docs/viewer.md).')
+    p.add_argument("run_dir")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; a busy one → the next free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 lets other machines connect)")
+    p.add_argument("--resolution", type=int, default=0,
+                   help="longer side of the renders in pixels (default: 128 on the CPU, 512 on CUDA)")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("report", help="an HTML page of a run (GLB viewer, turntable, plots, config), or a gallery",
+                       description="Write a self-contained HTML folder that opens offline: for a run folder its "
+                                   "exported GLB in <model-viewer>, turntable, renders, loss and metric plots, eval "
+                                   "scores and resolved config; for an eval folder (dreamkit eval --out DIR) or any "
+                                   "folder of runs a gallery with a card per prompt linking to each run's page. An "
+                                   "earlier report is replaced only if nobody changed it (docs/report.md).")
+    p.add_argument("folder", help="run folder, eval folder or a folder holding run folders (e.g. outputs/)")
+    p.add_argument("--output", "-o", help="report folder (default <folder>/report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sample", help="a grid of samples from a prior (tiny, oracle, Stable Diffusion, ...)")
     p.add_argument("items", nargs="+", help='prompts ("a red torus"), and key=value overrides with --config')

@@ -174,6 +174,24 @@ class DreamkitConfig:
     loss: Dict[str, Any] = field(default_factory=lambda: {"lambda_sds": 1.0})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    #: serve the live viewer while fitting (viser, `pip install -e ".[viewer]"`; docs/viewer.md): renders from the
+    #: browser's camera, loss, steps/s, Pause / Resume / Export now
+    viewer: bool = False
+    #: the viewer's port (a busy one → the next free one; 0 = any free port) and host (0.0.0.0 = every interface:
+    #: anyone who reaches it can pause and export the run)
+    viewer_port: int = 8080
+    viewer_host: str = "127.0.0.1"
+    #: longer side of the viewer's renders in pixels (0 = auto: 128 on the CPU, 512 on CUDA)
+    viewer_resolution: int = 0
+    #: the share of the fit's wall time the viewer may spend rendering (training keeps ≥ 1 − this of its steps/s)
+    viewer_budget: float = 0.1
+    #: `dreamkit fit` writes the run page <run>/report/index.html when it ends (dreamkit report; docs/report.md)
+    report: bool = True
+
+
+#: top-level keys that change how a fit is watched or reported, never what it computes (left out of the identity of
+#: an ablation cell, so adding them kept the ids of finished cells)
+PRESENTATION_KEYS = ("viewer", "viewer_port", "viewer_host", "viewer_resolution", "viewer_budget", "report")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -447,6 +465,13 @@ def validate_values(cfg: DictConfig) -> None:
     view_prompting_setting(cfg.camera.view_dependent_prompting)  # auto | true | false, before any work
     positive("export.turntable_frames", cfg.export.turntable_frames)
     positive("export.turntable_resolution", cfg.export.turntable_resolution)
+    if not 0 <= int(cfg.viewer_port) <= 65535:
+        raise ConfigError(f"viewer_port={cfg.viewer_port} — use a port in 1 … 65535 (0 = any free port)")
+    if int(cfg.viewer_resolution) != 0 and not 16 <= int(cfg.viewer_resolution) <= 4096:
+        raise ConfigError(f"viewer_resolution={cfg.viewer_resolution} — use 16 … 4096 pixels (0 = auto)")
+    if not 0 < float(cfg.viewer_budget) <= 1:
+        raise ConfigError(f"viewer_budget={cfg.viewer_budget} — the share of time the viewer may render, in (0, 1] "
+                          "(e.g. 0.1)")
     if not str(cfg.prompt).strip():
         raise ConfigError('prompt is empty — pass one, e.g. prompt="a red cube"')
     from .layout import resolve_layout

@@ -145,6 +145,10 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     from .system import DreamSystem, eval_cameras, resolve_device
 
     _quiet_lightning()
+    if cfg.get("viewer"):  # a missing optional extra fails before anything is loaded or written
+        from .viewer.server import import_viser
+
+        import_viser()
     start_step = 0
     if resume_dir is not None:
         # the checkpoint is read and checked before anything touches the run folder (or loads a prior)
@@ -186,6 +190,12 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         ValidationRenders(run_dir / "renders", int(cfg.trainer.val_every), max_steps, eval_cams, targets),
         stopper,
     ]
+    viewer = None
+    if cfg.get("viewer"):  # before GracefulStop: a signal that ends a pause is handled at the same step
+        from .viewer.live import LiveViewer
+
+        viewer = LiveViewer(cfg, run_dir, max_steps, eval_cams[0:1], stop_requested=lambda: stopper.signum is not None)
+        callbacks.insert(callbacks.index(stopper), viewer)
     use_rich = bool(cfg.trainer.progress) and sys.stdout.isatty()
     if use_rich:
         callbacks.append(_fit_progress_bar())
@@ -227,6 +237,8 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         trainer.fit(system, train_dataloaders=loader, ckpt_path=ckpt_path, **safe)  # checked by _check_resume too
     finally:
         stopper.restore()
+        if viewer is not None:
+            viewer.close()
     elapsed = time.perf_counter() - t0
     trained = trainer.global_step - start_step
     if stopper.signum is not None and trainer.global_step < max_steps:

@@ -27,6 +27,9 @@ def test_wheel_ships_configs_and_assets(tmp_path):
     assert "dreamkit/_shipped/configs/gs_sds.yaml" in names
     assert "dreamkit/_shipped/configs/gs_oracle.yaml" in names
     assert "dreamkit/_shipped/assets/meshes/house.ply" in names
+    # the run page's vendored <model-viewer> and its license travel in the package (no npm for pip users)
+    assert {"dreamkit/report/assets/model-viewer-umd.min.js", "dreamkit/report/assets/NOTICE",
+            "dreamkit/report/assets/LICENSE.model-viewer"} <= set(names)
     # installed from the wheel, `--config gs_sds.yaml` and asset lookup resolve inside the package
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
