@@ -1,4 +1,4 @@
-"""Typed values that cross component boundaries (see the data flow in README 'Architecture')."""
+"""Typed values that cross component boundaries (see the data flow in docs/architecture.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

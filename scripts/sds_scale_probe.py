@@ -11,7 +11,7 @@ that had exactly the truth's shape. dE/ds < 0: SDS grows it; > 0: shrinks it. Th
 the size SDS prefers along this one direction (1 = the truth's). Noise, timesteps, cameras and lights are common
 random numbers across scales, so the curve is smooth in s.
 
-Why: the multi-view recipe's fits come out 15–50% too large (README, "Results"); this tells
+Why: the multi-view recipe's fits come out 15–50% too large (docs/results.md); this tells
 whether the prior's SDS field itself points that way at the truth, or whether the fit's path does it
 (`benchmarks/2026-12-03/mv_size/`). ``scale_curve`` is tested on the oracle prior, whose SDS gradient vanishes
 exactly at its target, so that the crossing must be 1 (tests/test_sds_scale_probe.py).

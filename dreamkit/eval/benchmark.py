@@ -378,7 +378,7 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
              jobs: int = 1) -> Path:
     """Fit and score every prompt; ``jobs`` > 1 runs that many fits at once in worker processes, each with an
     equal share of the CPU threads (on 2 cores, two one-thread fits at a time ran singles20 in 27 min; one
-    two-thread fit at a time takes about 40: README, "The world benchmark").
+    two-thread fit at a time takes about 40: docs/tiny_world.md, "The world benchmark").
     Rows, tables and the contact sheet keep the prompts' order whatever order the fits finish in."""
     from ..config import load_config
     from ..imageio_utils import save_image_grid
