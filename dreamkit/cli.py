@@ -172,6 +172,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     oracle; independent samples for single-view priors)."""
     import re
 
+    if args.output and Path(args.output).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise DreamkitError(f"--output {args.output}: the sample grid is an image — give a path ending in .png "
+                            "(or .jpg), e.g. --output samples/grid.png")
+
     import torch
 
     from .config import load_config

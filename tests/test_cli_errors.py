@@ -16,6 +16,9 @@ CASES = {
     "unknown lambda": (["fit", "--config", "gs_oracle.yaml", "loss.lambda_sdss=1"], "lambda_sds"),
     "oracle cannot express prompt": (["fit", "--config", "gs_oracle.yaml", "prompt=a purple dragon"], "a house"),
     "missing run": (["export", "/no/such/run"], "run folder not found"),
+    # argparse takes --out for --output; a folder-like path used to crash in the image writer
+    "sample grid not an image": (["sample", "a red cube", "--prior", "tiny-t2i", "--out", "/tmp/dk_no_such_dir/x"],
+                                 "give a path ending in .png"),
 }
 
 
