@@ -1,3 +1,12 @@
+"""What a prior's denoiser makes of the truth: mean x̂₀ (CFG 10, 16 noise draws) of a world scene's renders.
+
+    python scripts/x0_at_truth.py PRIOR OUT.png ["a red cube"]
+
+Renders the scene at 8 cameras (elevation −10…60 and −30, azimuth 0…280, distance 2.75, fovy 40; random lights as
+the world's data), then for t = 100, 300, 500, 700, 900 adds noise and averages the classifier-free-guided x̂₀ over
+16 draws. Rows: the renders, then one row per t. Used to ask whether a camera-aware prior asks for a part that a fit
+grows (call 3's stem: it does not; benchmarks/2026-12-05/red_cube_size_prior/).
+"""
 import sys, torch, numpy as np, imageio.v3 as iio
 from dreamkit.config import CameraConfig
 from dreamkit.priors.pixel import PixelDiffusionPrior
