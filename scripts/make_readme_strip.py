@@ -19,15 +19,16 @@ FRAME = 96  # side of one contact-sheet frame (dreamkit.eval.benchmark: render_t
 # (contact sheet, row, column = azimuth index k of k·45°, label). Rows follow each folder's results.md.
 ASYM = "benchmarks/2026-12-03/eval_asym_mv_1000/seed0/contact_sheet.png"  # gs_sds_mv.yaml, asymmetric, seed 0
 SINGLES = "benchmarks/2026-12-03/eval_singles20_mv_seed1/contact_sheet.png"  # gs_sds_mv.yaml, singles20, seed=1
+COMPOSED = "benchmarks/2026-12-05/semantic_compositions8/alt_s0/contact_sheet.png"  # gs_semantic.yaml, seed 0
 TILES = [
     (ASYM, 0, 1, "a house"),
     (ASYM, 1, 1, "a snowman"),
     (ASYM, 2, 0, "a mug"),
     (ASYM, 3, 1, "a car"),
     (SINGLES, 3, 1, "a yellow cone"),
-    (SINGLES, 4, 1, "a purple torus"),
     (SINGLES, 5, 0, "an orange pyramid"),
-    (SINGLES, 7, 1, "a pink ring"),
+    (COMPOSED, 7, 0, "cube on a torus"),
+    (COMPOSED, 4, 0, "cube by a capsule"),
 ]
 
 
