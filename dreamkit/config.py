@@ -185,13 +185,18 @@ class DreamkitConfig:
     viewer_resolution: int = 0
     #: the share of the fit's wall time the viewer may spend rendering (training keeps ≥ 1 − this of its steps/s)
     viewer_budget: float = 0.1
+    #: a view whose camera did not move gets a picture of newer training every this many seconds (a camera move is
+    #: answered at once). Each picture makes the browser draw the page again: in a browser without a GPU (software
+    #: WebGL) that is the viewer's main cost to a fit on the same CPU (docs/viewer.md)
+    viewer_refresh: float = 15.0
     #: `dreamkit fit` writes the run page <run>/report/index.html when it ends (dreamkit report; docs/report.md)
     report: bool = True
 
 
 #: top-level keys that change how a fit is watched or reported, never what it computes (left out of the identity of
 #: an ablation cell, so adding them kept the ids of finished cells)
-PRESENTATION_KEYS = ("viewer", "viewer_port", "viewer_host", "viewer_resolution", "viewer_budget", "report")
+PRESENTATION_KEYS = ("viewer", "viewer_port", "viewer_host", "viewer_resolution", "viewer_budget", "viewer_refresh",
+                     "report")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -469,6 +474,8 @@ def validate_values(cfg: DictConfig) -> None:
         raise ConfigError(f"viewer_port={cfg.viewer_port} — use a port in 1 … 65535 (0 = any free port)")
     if int(cfg.viewer_resolution) != 0 and not 16 <= int(cfg.viewer_resolution) <= 4096:
         raise ConfigError(f"viewer_resolution={cfg.viewer_resolution} — use 16 … 4096 pixels (0 = auto)")
+    if not float(cfg.viewer_refresh) > 0:
+        raise ConfigError(f"viewer_refresh={cfg.viewer_refresh} — seconds between pictures of an unmoved view, > 0")
     if not 0 < float(cfg.viewer_budget) <= 1:
         raise ConfigError(f"viewer_budget={cfg.viewer_budget} — the share of time the viewer may render, in (0, 1] "
                           "(e.g. 0.1)")

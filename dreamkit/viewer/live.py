@@ -3,7 +3,7 @@
 Everything happens in the training thread, between steps, so the viewer never races the optimizer or
 densification and never changes what a step computes:
 
-* after each step the callback renders for the browser tabs whose camera moved, and every ``REFRESH_EVERY``
+* after each step the callback renders for the browser tabs whose camera moved, and every ``viewer_refresh``
   seconds for those whose picture shows an older step — but only once the time since its last render is long
   enough that rendering stays within ``viewer_budget`` of the wall time (render for r seconds, then wait
   r·(1 − b)/b); training keeps ≥ 1 − b of its steps/s whatever the render costs;
@@ -31,9 +31,6 @@ from .server import ViewerServer, ViewerStatus
 #: seconds between status-panel updates, and between loss-plot updates (each makes the browser draw again)
 STATUS_EVERY = 1.0
 PLOT_EVERY = 5.0
-#: a tab whose camera did not move gets a picture of newer training at most this often (seconds); a camera move is
-#: answered as soon as the budget allows
-REFRESH_EVERY = 5.0
 #: seconds of steps that the steps/s shown is measured over
 RATE_WINDOW = 20.0
 
@@ -72,6 +69,9 @@ class LiveViewer(pl.Callback):
         self.eval_camera = eval_camera
         self.stop_requested = stop_requested
         self.budget = float(cfg.viewer_budget)
+        #: a tab whose camera did not move gets a picture of newer training at most this often (seconds,
+        #: ``viewer_refresh``); a camera move is answered as soon as the budget allows
+        self.refresh_every = float(cfg.get("viewer_refresh", 15.0))
         self.server: Optional[ViewerServer] = None
         self.paused = False
         self.losses: list[tuple[int, float]] = []
@@ -127,14 +127,14 @@ class LiveViewer(pl.Callback):
             self._marks.popleft()
         self._handle_requests(trainer, pl_module)
         if now >= self._next_render:
-            # tabs whose camera moved; and, every REFRESH_EVERY s, those that show an older step
+            # tabs whose camera moved; and, every refresh_every s, those that show an older step
             stale = now >= self._next_refresh
             if self.server.pending(step, moved_only=not stale):
                 spent = self.server.render_pending(self._renderer(pl_module, step), step, moved_only=not stale)
                 # rendering takes at most `budget` of the time: after r seconds of it, r·(1 − b)/b without
                 self._next_render = time.perf_counter() + spent * (1 - self.budget) / self.budget
                 if stale:
-                    self._next_refresh = now + REFRESH_EVERY
+                    self._next_refresh = now + self.refresh_every
         self._update_status(trainer)
         if self.paused:
             self._pause_loop(trainer, pl_module)
