@@ -1,5 +1,6 @@
 """World-benchmark metrics against known answers, and `dreamkit eval` end to end with the oracle prior."""
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +425,53 @@ def test_stray_fraction_counts_surface_outside_the_truth():
     inner = sample_surface((gv - centre) * 0.5 + centre, gf, 1024, seed=1)
     assert stray_fraction(inner, truth, gv) == 1.0
     assert stray_fraction(inner, truth, gv, gf) == 0.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_eval_workers_die_with_a_killed_parent(tmp_path):
+    """`dreamkit eval --jobs N` starts its fits in a process pool whose workers ask for SIGTERM when the parent dies
+    (``die_with_parent``): killing the parent (SIGKILL, no clean-up at all) must not leave a worker running."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pidfile = tmp_path / "worker.pid"
+    script = f"""
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from dreamkit.eval.benchmark import die_with_parent
+
+def work():
+    open({str(pidfile)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent) as pool:
+        pool.submit(work).result()
+"""
+    (tmp_path / "parent.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], cwd=tmp_path)
+    try:
+        deadline = time.time() + 60
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.time() < deadline, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pidfile.read_text())
+        os.kill(worker, 0)  # alive
+        parent.kill()
+        parent.wait(10)
+        deadline = time.time() + 10
+        while True:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            # a zombie (dead, not yet reaped by init) counts as gone
+            stat = open(f"/proc/{worker}/stat").read().split()[2] if os.path.exists(f"/proc/{worker}/stat") else "Z"
+            if stat == "Z":
+                break
+            assert time.time() < deadline, "the worker outlived its killed parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
