@@ -232,7 +232,7 @@ class DreamSystem(pl.LightningModule):
         cameras = batch.cameras
         background = self.background(len(cameras), self.noise_gen)
         # a guidance may ask for a variant of the render (compositional SDS: one part alone)
-        options = self._guidance.render_options(step, batch) if hasattr(self._guidance, "render_options") else {}
+        options = self._guidance.render_options(step, batch)
         with timer("render"):
             out = self.representation.render(cameras, background=background, step=step, **options)
         with timer("guidance"):

@@ -158,7 +158,8 @@ def score_parts(mesh, scene) -> dict:
     on equal terms. Colours are area-weighted, so that the few faces of the neighbour's that touch a part do not
     outvote it."""
     from ..world.scenes import _scene_parts
-    from .world_metrics import circular_mean_hue, nearest_colour, nearest_shape, sample_surface
+    from .world_metrics import (circular_mean_hue, nearest_colour, nearest_distances, nearest_shape, sample_surface,
+                                triangle_areas)
 
     v = torch.as_tensor(mesh.verts, dtype=torch.float32)
     f = torch.as_tensor(mesh.faces, dtype=torch.long)
@@ -168,8 +169,7 @@ def score_parts(mesh, scene) -> dict:
     for k, part in enumerate(truth):
         pts = sample_surface(torch.as_tensor(part.vertices, dtype=torch.float32),
                              torch.as_tensor(part.faces, dtype=torch.long), 2048, seed=10 + k)
-        distance.append(torch.cat([torch.cdist(centroids[i:i + 4096], pts).min(1).values
-                                   for i in range(0, len(centroids), 4096)]))
+        distance.append(nearest_distances(centroids, pts))
     owner = torch.stack(distance).argmin(0)
     labels, right, shapes_ok, colours_ok = [], 0, True, True
     colours = torch.as_tensor(mesh.vertex_colors) if mesh.vertex_colors is not None else None
@@ -182,9 +182,7 @@ def score_parts(mesh, scene) -> dict:
         got_shape, _ = nearest_shape(v, faces)
         got_colour = None
         if colours is not None:  # each face's mean colour, weighted by its area
-            tri = v[faces]
-            area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
-            got_colour = nearest_colour(circular_mean_hue(colours.float()[faces].mean(1), area))
+            got_colour = nearest_colour(circular_mean_hue(colours.float()[faces].mean(1), triangle_areas(v[faces])))
         ok = got_shape == shape and got_colour == colour
         shapes_ok &= got_shape == shape
         colours_ok &= got_colour == colour
@@ -206,12 +204,10 @@ def stray_fraction(points: torch.Tensor, truth_points: torch.Tensor, truth_verts
     number < 0.5; with ``truth_faces``): parts outside the object — a draped bottom, a lid, a floater — that the
     extents and Chamfer average away. A face caved in toward the inside is not outside the object and does not
     count (it lowers the Chamfer and the IoU instead)."""
-    from .world_metrics import winding_number
+    from .world_metrics import nearest_distances, winding_number
 
     limit = STRAY_DISTANCE * float((truth_verts.max(0).values - truth_verts.min(0).values).max())
-    nearest = torch.cat([torch.cdist(points[i:i + 4096], truth_points).min(dim=1).values
-                         for i in range(0, len(points), 4096)])
-    far = nearest > limit
+    far = nearest_distances(points, truth_points) > limit
     if truth_faces is not None and bool(far.any()):
         far[far.clone()] = winding_number(truth_verts.float(), truth_faces, points[far]) < 0.5
     return float(far.float().mean())

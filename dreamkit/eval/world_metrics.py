@@ -22,11 +22,16 @@ WORLD_SHADE_RANGE = (0.25, 1.2)
 
 # -- geometry ------------------------------------------------------------------------------------------------------
 
+def triangle_areas(tri: torch.Tensor) -> torch.Tensor:
+    """[F, 3, 3] triangles (``verts[faces]``) → [F] twice their areas (|e1 × e2|; a weight, so the ½ is left out)."""
+    return torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
+
+
 def sample_surface(verts: torch.Tensor, faces: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """[n, 3] points uniformly on the surface (area-weighted faces, uniform barycentrics)."""
     gen = torch.Generator().manual_seed(seed)
     tri = verts[faces].double()
-    area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
+    area = triangle_areas(tri)
     idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=gen)
     u, v = torch.rand(n, generator=gen, dtype=torch.float64), torch.rand(n, generator=gen, dtype=torch.float64)
     flip = u + v > 1
@@ -43,10 +48,18 @@ def normalize_points(points: torch.Tensor, reference: Optional[torch.Tensor] = N
     return (points - centre) / radius
 
 
+def nearest_distances(points: torch.Tensor, targets: torch.Tensor, chunk: int = 4096,
+                      compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> torch.Tensor:
+    """[P] distance from each of ``points`` [P, 3] to the nearest of ``targets`` [T, 3], ``chunk`` points at a time
+    (``compute_mode`` as torch.cdist's; ``donot_use_mm_for_euclid_dist`` is exact for nearby points)."""
+    return torch.cat([torch.cdist(points[i:i + chunk], targets, compute_mode=compute_mode).min(dim=1).values
+                      for i in range(0, len(points), chunk)])
+
+
 def chamfer(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> float:
     """Symmetric Chamfer distance: mean nearest-neighbour distance a→b plus b→a (not squared)."""
     def one_way(x, y):
-        return torch.cat([torch.cdist(x[i:i + chunk], y, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values for i in range(0, len(x), chunk)]).mean()
+        return nearest_distances(x, y, chunk, "donot_use_mm_for_euclid_dist").mean()
     return float(one_way(a, b) + one_way(b, a))
 
 

@@ -107,6 +107,11 @@ class ScoreDistillation(nn.Module):
     def parameter_groups(self) -> list[dict]:
         return []
 
+    def render_options(self, step: int, batch: Batch) -> dict:
+        """Keyword arguments the system passes to the representation's ``render`` this step (a variant of the
+        render a member needs, e.g. compositional SDS's one part alone); none by default."""
+        return {}
+
     # -- timesteps -----------------------------------------------------------------------------------------------
     def timestep_range(self, step: int) -> tuple[int, int]:
         n = self.prior.num_train_timesteps

@@ -111,14 +111,8 @@ class GaussianModel(nn.Module):
         if cfg.init == "layout":
             return self._layout_points(generator)
         if cfg.init == "sphere":
-            direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
-            radius = cfg.init_radius * torch.rand(n, 1, generator=generator) ** (1 / 3)
-            means = direction * radius
-            if len(cfg.init_color) == 3:
-                colors = torch.tensor(list(cfg.init_color), dtype=torch.float32).expand(n, 3).clone()
-            else:
-                colors = torch.rand(n, 3, generator=generator)
-            return means, colors
+            means = uniform_ball(n, generator, cfg.init_radius)
+            return means, self._initial_colors(n, generator)
         if not cfg.init_path:
             raise ConfigError(f"representation.init={cfg.init} needs representation.init_path=<file>")
         from ..assets import asset_path
@@ -145,25 +139,28 @@ class GaussianModel(nn.Module):
             face_cols = torch.full((n, 3), 0.5).numpy()
         return torch.as_tensor(pts, dtype=torch.float32), torch.as_tensor(face_cols, dtype=torch.float32)
 
+    def _initial_colors(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``init_color`` for every point, or random colours when it is not an RGB triple."""
+        if len(self.cfg.init_color) == 3:
+            return torch.tensor(list(self.cfg.init_color), dtype=torch.float32).expand(n, 3).clone()
+        return torch.rand(n, 3, generator=generator)
+
+    def _layout_counts(self) -> list[int]:
+        """num_points split evenly over the layout's boxes (the first ones take the remainder)."""
+        n, k = self.cfg.num_points, len(self.layout)
+        return [n // k + (i < n % k) for i in range(k)]
+
     def _layout_points(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """num_points split evenly over the layout's boxes, each share uniform in an ellipsoid of init_radius × the
-        box's half-extents around its centre (init_radius ≤ 1 keeps every point in its own box)."""
-        cfg, boxes = self.cfg, self.layout
-        counts = [cfg.num_points // len(boxes) + (k < cfg.num_points % len(boxes)) for k in range(len(boxes))]
-        means = []
-        for box, count in zip(boxes, counts):
-            direction = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
-            radius = torch.rand(count, 1, generator=generator) ** (1 / 3)
-            means.append(box.centre + direction * radius * box.half * min(float(cfg.init_radius), 1.0))
-        self._layout_counts = counts
-        means = torch.cat(means)
-        colors = torch.tensor(list(cfg.init_color), dtype=torch.float32).expand(len(means), 3).clone() \
-            if len(cfg.init_color) == 3 else torch.rand(len(means), 3, generator=generator)
-        return means, colors
+        """Each box's share of num_points uniform in an ellipsoid of init_radius × the box's half-extents around its
+        centre (init_radius ≤ 1 keeps every point in its own box)."""
+        shrink = min(float(self.cfg.init_radius), 1.0)
+        means = torch.cat([box.centre + uniform_ball(count, generator) * box.half * shrink
+                           for box, count in zip(self.layout, self._layout_counts())])
+        return means, self._initial_colors(len(means), generator)
 
     def _initial_groups(self) -> torch.Tensor:
-        counts = self._layout_counts
-        return torch.cat([torch.full((c,), k, dtype=torch.long) for k, c in enumerate(counts)])
+        """Each point's box, in the order :meth:`_layout_points` made them."""
+        return torch.cat([torch.full((c,), k, dtype=torch.long) for k, c in enumerate(self._layout_counts())])
 
     def _set_from_points(self, means: torch.Tensor, colors: torch.Tensor) -> None:
         cfg = self.cfg
@@ -237,11 +234,6 @@ class GaussianModel(nn.Module):
         return [{"name": f"gaussians.{name}", "params": [p], "lr_schedule": getattr(self.cfg, lrs[name]),
                  "lr_key": f"representation.{lrs[name]}", "eps": 1e-15}
                 for name, p in self.params.items() if name in lrs]
-
-    @property
-    def num_groups(self) -> int:
-        """Parts of the layout (0 without one)."""
-        return len(self.layout)
 
     def render(self, cameras: Cameras, background: Optional[torch.Tensor] = None, step: Optional[int] = None,
                part: Optional[int] = None, zoom: float = 1.0, **_: Any) -> RenderOutput:
@@ -346,6 +338,12 @@ class GaussianModel(nn.Module):
 
     def load_extra_state_dict(self, state: dict) -> None:
         self.strategy.load_state_dict(state.get("strategy", {}))
+
+
+def uniform_ball(n: int, generator: torch.Generator, radius: float = 1.0) -> torch.Tensor:
+    """[n, 3] points uniform in a ball of ``radius`` around the origin (a random direction, distance ∝ u^(1/3))."""
+    direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+    return direction * (radius * torch.rand(n, 1, generator=generator) ** (1 / 3))
 
 
 def knn_mean_distance(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
