@@ -141,16 +141,22 @@ class SemanticSDSGuidance(ScoreDistillation):
             part = self.phase(step, parts)
             cond = batch.text.cond if part is None else region_conds[part]
             eps_c, eps_u = self.predictions(x_t, t, [cond, batch.text.uncond], batch)
-            return (eps_u + scale * (eps_c - eps_u)).to(x.dtype) - noise, {}
+            return sds_bracket(eps_u, eps_c, scale, noise, x.dtype), {}
         eps_u, eps_g, *eps_k = self.predictions(x_t, t, [batch.text.uncond, batch.text.cond, *region_conds], batch)
-        r_global = (eps_u + scale * (eps_g - eps_u)).to(x.dtype) - noise
-        r_parts = [(eps_u + scale * (e - eps_u)).to(x.dtype) - noise for e in eps_k]
+        r_global = sds_bracket(eps_u, eps_g, scale, noise, x.dtype)
+        r_parts = [sds_bracket(eps_u, e, scale, noise, x.dtype) for e in eps_k]
         masks = self.region_masks(tuple(x.shape[-2:])).to(x.dtype)
         w_g = float(value_at(self.cfg.global_weight, step, "guidance.global_weight"))
         w_r = float(value_at(self.cfg.region_weight, step, "guidance.region_weight"))
         r = combine_region_residuals(r_global, r_parts, masks, w_g, w_r, self.cfg.normalisation)
         coverage = masks.flatten(2).mean(-1).mean(0)  # [K] share of the image each part's prompt acts on
         return r, {f"part{k}_coverage": coverage[k] for k in range(parts)}
+
+
+def sds_bracket(eps_u: torch.Tensor, eps_c: torch.Tensor, scale: float, noise: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+    """SDS's r = ε̂_u + s·(ε̂_c − ε̂_u) − ε for one prompt's prediction ε̂_c (in ``dtype``)."""
+    return (eps_u + scale * (eps_c - eps_u)).to(dtype) - noise
 
 
 def semantic_masks(groups: torch.Tensor, alpha: torch.Tensor, threshold: float = 0.5,
