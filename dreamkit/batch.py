@@ -59,6 +59,18 @@ class Layout:
 
 
 @dataclass
+class Shard:
+    """This rank's part of a batch shared by several processes (``trainer.devices`` > 1; dreamkit.distributed): the
+    positions ``index`` [b] of its images in the whole batch of ``size`` images, and the generator that every rank
+    holds in the same state, from which the whole batch's timesteps and noise are drawn before each rank keeps its
+    rows, so that the ranks together draw what one process would."""
+
+    index: torch.Tensor
+    size: int
+    generator: Optional[torch.Generator]
+
+
+@dataclass
 class Batch:
     """One step's cameras [B] (their ``time`` are the frames' times), the text variant of each image, the layout."""
 
@@ -69,6 +81,8 @@ class Batch:
     prompt_index: Optional[torch.Tensor] = None
     #: the layout's per-region prompts (K of them, in the order of the recipe's boxes), None without a layout
     regions: Optional[TextCond] = None
+    #: this rank's part of the whole batch when one fit runs in several processes; None in a one-process fit
+    shard: Optional[Shard] = None
 
     def __len__(self) -> int:
         return len(self.cameras)

@@ -13,6 +13,10 @@ import torch
 
 from .imageio_utils import save_image_grid
 
+#: set by a process that runs fits on behalf of another (a ``dreamkit batch`` / ``eval --jobs`` worker,
+#: dreamkit.engine) to stop the fit it is running as Ctrl-C would: checkpoint, then stop
+STOP_REQUESTED = threading.Event()
+
 
 class AtomicCheckpoint(pl.Callback):
     """Every N steps (and at the end) write ``ckpts/last.ckpt`` atomically: save to a temporary file, fsync, rename.
@@ -31,6 +35,10 @@ class AtomicCheckpoint(pl.Callback):
         keeps the previous checkpoint, and raises DreamkitError naming the folder and the cause."""
         final = self.ckpt_dir / "last.ckpt"
         tmp = self.ckpt_dir / f".last.ckpt.tmp-{os.getpid()}"
+        if not trainer.is_global_zero:  # a fit in several processes: every rank takes part, rank zero writes
+            trainer.save_checkpoint(str(tmp))
+            self.last_saved_step = int(trainer.global_step)
+            return final
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(str(tmp))
@@ -68,6 +76,8 @@ class ValidationRenders(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
+        if not trainer.is_global_zero:  # rank zero renders (a fit in several processes)
+            return
         if (self.every > 0 and step % self.every == 0) or step >= self.max_steps:
             images = pl_module.render_views(self.cameras, step=step)
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +111,7 @@ class TextProgress(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every and step < self.max_steps:
+        if (step % self.every and step < self.max_steps) or not trainer.is_global_zero:
             return
         elapsed = time.perf_counter() - self.t0
         done = max(step - self.step0, 1)
@@ -159,6 +169,13 @@ class GracefulStop(pl.Callback):
         self.install()  # after Lightning registered its SIGTERM handler at the start of fit
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signum is None and STOP_REQUESTED.is_set():
+            self.signum = signal.SIGINT
+        if trainer.world_size > 1:  # every rank stops at the same step (checkpointing is collective)
+            from .distributed import reduce_any
+
+            if reduce_any(self.signum is not None) and self.signum is None:
+                self.signum = signal.SIGTERM  # another rank was asked to stop
         if self.signum is None:
             return
         if self.checkpoint.last_saved_step != trainer.global_step:

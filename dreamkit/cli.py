@@ -57,7 +57,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _write_run_page(cfg, run_dir: Path) -> None:
     """A finished fit's page (``report: true``): from the files the fit wrote, nothing rendered again. A failure
     here does not fail the fit; it says how to write the page later."""
-    if not cfg.get("report", True):
+    from .distributed import is_lead_process
+
+    if not cfg.get("report", True) or not is_lead_process():  # rank zero writes (a fit in several processes)
         return
     from .report import write_report
 

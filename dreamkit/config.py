@@ -85,6 +85,17 @@ class TrainerConfig:
     #: let cuDNN time its convolution algorithms for each new input shape and keep the fastest (a step's shapes never
     #: change): auto = on CUDA. Not bit-reproducible across machines (cuDNN may pick other algorithms).
     cudnn_benchmark: Any = "auto"
+    #: processes (one per GPU, or CPU processes) that share one fit: each renders its share of every step's batch
+    #: (camera.batch_size must split evenly), gradients are averaged over them (docs/scaling.md)
+    devices: int = 1
+    #: auto (ddp when devices × num_nodes > 1) | ddp
+    strategy: str = "auto"
+    #: machines taking part in the fit (each starts the same command; docs/scaling.md)
+    num_nodes: int = 1
+    #: sum each Gaussian's gradient over the batch's images exactly (float64; CPU torch rasterizer, sh_degree 0), so
+    #: that a fit gives the same numbers however its batch is split over processes (for W = 1, 2, 4, ... processes).
+    #: Off: float32 sums, whose rounding differs with the split and which SDS's dynamics amplify (docs/scaling.md)
+    exact_batch_sum: bool = False
 
 
 @dataclass
@@ -457,6 +468,9 @@ def validate_values(cfg: DictConfig) -> None:
     positive("trainer.val_every", cfg.trainer.val_every, allow_zero=True)
     positive("trainer.checkpoint_every", cfg.trainer.checkpoint_every, allow_zero=True)
     positive("trainer.grad_clip", cfg.trainer.grad_clip, allow_zero=True)
+    positive("trainer.devices", cfg.trainer.devices)
+    positive("trainer.num_nodes", cfg.trainer.num_nodes)
+    _check_distributed(cfg)
     positive("camera.width", cfg.camera.width)
     positive("camera.height", cfg.camera.height)
     positive("camera.batch_size", cfg.camera.batch_size)
@@ -505,6 +519,33 @@ def validate_values(cfg: DictConfig) -> None:
         if fmt not in EXPORT_FORMATS:
             raise ConfigError(f"export.formats: unknown format {fmt!r} — {_closest(str(fmt), list(EXPORT_FORMATS))}")
     _check_ranges(cfg)
+
+
+#: trainer.strategy values
+STRATEGIES = ("auto", "ddp")
+
+
+def _check_distributed(cfg: DictConfig) -> None:
+    """trainer.strategy known, and a batch that splits into whole groups per rank and particle."""
+    strategy = str(cfg.trainer.strategy)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy={strategy!r} — use auto or ddp (auto: ddp when trainer.devices × "
+                          "trainer.num_nodes > 1)")
+    if cfg.trainer.exact_batch_sum and (cfg.representation.get("name") != "gaussians"
+                                        or int(cfg.representation.get("sh_degree", 0) or 0) > 0):
+        raise ConfigError("trainer.exact_batch_sum=true works with representation.name=gaussians and "
+                          "representation.sh_degree=0 (the torch rasterizer's per-image sums) — drop it or change them")
+    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    if world == 1:
+        return
+    if cfg.get("viewer"):
+        raise ConfigError(f"viewer=true watches a fit in one process and trainer.devices × trainer.num_nodes = {world}"
+                          " — drop viewer=true (watch the run with `dreamkit view <run folder>`) or use one device")
+    share, views = int(cfg.camera.batch_size), int(cfg.camera.views)
+    if share % world or (share // world) % views:
+        raise ConfigError(f"camera.batch_size={share} does not split over {world} processes (trainer.devices × "
+                          f"trainer.num_nodes) in whole groups of camera.views={views} — use a batch_size that is a "
+                          f"multiple of {world * views}")
 
 
 #: the largest image side a run accepts (SDS priors work at ≤ 1024; larger is a typo, not a wish)

@@ -134,17 +134,52 @@ class _Steps(torch.utils.data.Dataset):
         return i
 
 
-def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True) -> Path:
-    """Train; returns the run folder. ``resume_dir`` continues that run from ``ckpts/last.ckpt``."""
+#: the environment variable through which rank zero of a fit in several processes names its run folder to the ranks
+#: that Lightning's launcher starts (they run the same command again, and must not make folders of their own)
+RUN_DIR_ENV = "DREAMKIT_RUN_DIR"
+
+
+def _check_launch(cfg: DictConfig) -> None:
+    """A fit in several processes (``trainer.devices`` × ``trainer.num_nodes`` > 1) whose other ranks Lightning's
+    launcher starts by running this process's command again: that command must be ``dreamkit fit`` (from Python or a
+    test runner it would run the caller again). Processes that a cluster started (torchrun, SLURM) are fine."""
+    from .distributed import world_size_of
+
+    if world_size_of(cfg) == 1 or "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ:
+        return
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if Path(sys.argv[0]).name == "dreamkit" or (spec is not None and spec.name.split(".")[0] == "dreamkit"):
+        return
+    raise DreamkitError(f"trainer.devices={cfg.trainer.devices} (× trainer.num_nodes={cfg.trainer.num_nodes}): the "
+                        "other processes of the fit are started by running the same command again, so run it as "
+                        "`dreamkit fit ...` (not from Python, a notebook or a batch worker), or set trainer.devices=1")
+
+
+def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True, prior: Any = None) -> Path:
+    """Train; returns the run folder. ``resume_dir`` continues that run from ``ckpts/last.ckpt``. ``prior``: an
+    already built prior for ``cfg.prior`` on ``cfg.device`` (a worker that runs many fits loads it once; frozen priors
+    hold no state a fit changes), instead of building one.
+
+    With ``trainer.devices`` × ``trainer.num_nodes`` > 1 the fit runs in that many processes (Lightning's DDP,
+    dreamkit.distributed): rank zero makes the run folder and writes checkpoints, renders and exports; the others
+    return the run folder when training ends."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from .callbacks import AtomicCheckpoint, GracefulStop, TextProgress, ValidationRenders
+    from .distributed import die_with_parent, launched_by_lightning, make_ddp_strategy, rank_info, world_size_of
     from .priors.configs import build_prior
     from .components import configure_device
     from .system import DreamSystem, eval_cameras, resolve_device
 
     _quiet_lightning()
+    _check_launch(cfg)
+    world = world_size_of(cfg)
+    rank = rank_info(cfg) if world > 1 else None
+    lead = rank is None or rank.is_zero  # the process that writes
+    if launched_by_lightning():  # a rank Lightning started: it must not outlive the command that started it
+        die_with_parent()
     if cfg.get("viewer"):  # a missing optional extra fails before anything is loaded or written
         from .viewer.server import import_viser
 
@@ -154,10 +189,13 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         # the checkpoint is read and checked before anything touches the run folder (or loads a prior)
         start_step = _check_resume(Path(resume_dir), cfg)
     device = resolve_device(str(cfg.device))
+    if rank is not None and device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)  # one GPU per process of the node
     configure_device(cfg, device)
     # everything that can fail on bad input happens before the run folder exists
     pl.seed_everything(int(cfg.seed), verbose=False)
-    prior = build_prior(cfg.prior, device)
+    if prior is None:
+        prior = build_prior(cfg.prior, device)
     system = DreamSystem(cfg)
     system.attach_prior(prior)
     system.prompts.check(prior)  # e.g. a prompt the prior cannot express
@@ -167,15 +205,18 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         ckpt_path = str(run_dir / "ckpts" / "last.ckpt")
-    else:
+    elif lead:
         check_memory_budget(cfg, device)
         run_dir = make_run_dir(cfg)
+    else:  # rank zero's folder (a rank on another machine never writes to it)
+        run_dir = Path(os.environ.get(RUN_DIR_ENV) or Path(str(cfg.output_dir)) / f"rank{rank.rank}-not-written")
     system.run_dir = run_dir
-    # the config goes to disk first (atomically), so a failed start still documents itself
-    tmp = run_dir / f".{CONFIG_NAME}.tmp"
-    OmegaConf.save(cfg, tmp, resolve=True)
-    os.replace(tmp, run_dir / CONFIG_NAME)
-    print(f"run folder: {run_dir}", flush=True)
+    if lead:
+        # the config goes to disk first (atomically), so a failed start still documents itself
+        tmp = run_dir / f".{CONFIG_NAME}.tmp"
+        OmegaConf.save(cfg, tmp, resolve=True)
+        os.replace(tmp, run_dir / CONFIG_NAME)
+        print(f"run folder: {run_dir}" + (f" ({world} processes)" if world > 1 else ""), flush=True)
 
     max_steps = int(cfg.trainer.max_steps)
     eval_cams = eval_cameras(cfg)
@@ -196,7 +237,7 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
 
         viewer = LiveViewer(cfg, run_dir, max_steps, eval_cams[0:1], stop_requested=lambda: stopper.signum is not None)
         callbacks.insert(callbacks.index(stopper), viewer)
-    use_rich = bool(cfg.trainer.progress) and sys.stdout.isatty()
+    use_rich = bool(cfg.trainer.progress) and sys.stdout.isatty() and lead
     if use_rich:
         callbacks.append(_fit_progress_bar())
     else:
@@ -210,9 +251,13 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         version = f"resume-{n}"
     loggers = [CSVLogger(str(run_dir), name="logs", version=version),
                TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)]
+    placement: dict[str, Any] = {"accelerator": "gpu" if device.type == "cuda" else "cpu",
+                                 "devices": [device.index or 0] if device.type == "cuda" else 1}
+    if world > 1:  # Lightning starts the other ranks and the process group; dreamkit averages the gradients
+        placement.update(devices=int(cfg.trainer.devices), num_nodes=int(cfg.trainer.num_nodes),
+                         strategy=make_ddp_strategy(cfg, device), use_distributed_sampler=False)
     trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
+        **placement,
         max_steps=max_steps,
         max_epochs=-1,
         logger=loggers,
@@ -227,9 +272,12 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         benchmark=False,
     )
     loader = torch.utils.data.DataLoader(_Steps(max_steps), batch_size=1, shuffle=False, num_workers=0)
-    if resume_dir is not None:
+    if resume_dir is not None and lead:
         print(f"resuming from step {start_step} of {max_steps} ({ckpt_path})", flush=True)
     t0 = time.perf_counter()
+    named = world > 1 and lead and RUN_DIR_ENV not in os.environ
+    if named:  # the ranks Lightning starts inherit the environment: they learn the run folder from it
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         import inspect
 
@@ -237,9 +285,13 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True)
         trainer.fit(system, train_dataloaders=loader, ckpt_path=ckpt_path, **safe)  # checked by _check_resume too
     finally:
         stopper.restore()
+        if named:
+            os.environ.pop(RUN_DIR_ENV, None)
         if viewer is not None:
             viewer.close()
     elapsed = time.perf_counter() - t0
+    if not lead:  # rank zero reports, exports and writes the run page
+        return run_dir
     trained = trainer.global_step - start_step
     if stopper.signum is not None and trainer.global_step < max_steps:
         import signal as _signal

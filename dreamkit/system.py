@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .batch import Batch, BatchSampler, Layout
+from .batch import Batch, BatchSampler, Layout, Shard
 from .cameras import Cameras
 from .config import to_plain
 from .errors import ConfigError
@@ -100,6 +100,12 @@ class DreamSystem(pl.LightningModule):
         self.strategy_gen_seed = seed + 2
         self.noise_gen: Optional[torch.Generator] = None
         self.strategy_gen: Optional[torch.Generator] = None
+        # one fit in several processes (dreamkit.distributed): this rank, their number, the rank's own stream and
+        # its images of every batch; set in setup(), when the process group exists
+        self.rank, self.world = 0, 1
+        self.rank_gen: Optional[torch.Generator] = None
+        self._shard_host: Optional[torch.Tensor] = None
+        self._shard_device: Optional[torch.Tensor] = None
         self.prompts = PromptComponent.from_config(cfg)
         self.layout = Layout(views=int(cfg.camera.views), particles=int(cfg.get("particles", 1) or 1))
         self.sampler = BatchSampler(cfg.camera, self.layout, self.camera_gen, self.prompts)
@@ -165,7 +171,30 @@ class DreamSystem(pl.LightningModule):
         if self.noise_gen is None or self.noise_gen.device != device:
             self.noise_gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed) + 3)
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
+        self._setup_ranks(device)
         self.prompts.setup(self._prior, device)
+
+    def _setup_ranks(self, device: torch.device) -> None:
+        """Under a process group of W > 1 ranks: this rank's images of every batch and its own random stream (the
+        batch's shared draws stay on ``noise_gen``, in the same state on every rank). One process: nothing."""
+        from .distributed import rank_seed, shard_index
+
+        dist = torch.distributed
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank, self.world = (dist.get_rank(), world) if world > 1 else (0, 1)
+        if world == 1:
+            self.rank_gen, self._shard_host, self._shard_device = None, None, None
+            return
+        index = shard_index(int(self.cfg.camera.batch_size), self.layout.particles, self.rank, world)
+        self._shard_host, self._shard_device = index, index.to(device)
+        if self.rank_gen is None or self.rank_gen.device != device:
+            self.rank_gen = torch.Generator(device=device).manual_seed(rank_seed(int(self.cfg.seed), self.rank))
+
+    @property
+    def own_gen(self) -> Optional[torch.Generator]:
+        """The generator of what a rank draws for itself alone (a guidance's draws beyond the batch's timesteps and
+        noise): the batch's own ``noise_gen`` in a one-process fit, so nothing changes there."""
+        return self.rank_gen if self.world > 1 else self.noise_gen
 
     @property
     def text_cond(self) -> Optional[TextCond]:
@@ -199,15 +228,23 @@ class DreamSystem(pl.LightningModule):
         """The step's :class:`~dreamkit.batch.Batch` on the device: cameras and their prompt-variant index drawn on
         the host, then sent in one asynchronous copy (no synchronisation on CUDA), the text gathered there."""
         host = self.sampler.sample(step)
-        cams, index = host.cameras, host.prompt_index
+        cams, index, prompts = host.cameras, host.prompt_index, host.prompts
+        shard = None
+        if self.world > 1:  # every rank draws the whole batch (the same cameras) and keeps its own images
+            rows = self._shard_host
+            full = len(cams)
+            cams = cams[rows]
+            index = index[rows] if index is not None else None
+            prompts = [prompts[i] for i in rows.tolist()] if prompts else prompts
+            shard = Shard(self._shard_device, full, self.noise_gen)
         fields = [cams.c2w, cams.K, cams.elevation, cams.azimuth, cams.distance, cams.fovy, cams.time]
         if index is not None:
             fields.append(index)
         moved = host_to_device(fields, self.device)
         cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
         index = moved[7] if index is not None else None
-        return Batch(cameras, self.prompts.select(index, len(cams), host.prompts), self.layout, index,
-                     self.prompts.region_text)
+        return Batch(cameras, self.prompts.select(index, len(cams), prompts), self.layout, index,
+                     self.prompts.region_text, shard=shard)
 
     def is_log_step(self, step: int) -> bool:
         return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
@@ -230,13 +267,18 @@ class DreamSystem(pl.LightningModule):
             spec.set_learning_rates(step, opt)
         batch = self.sample_batch(step)
         cameras = batch.cameras
-        background = self.background(len(cameras), self.noise_gen)
+        if batch.shard is None:
+            background = self.background(len(cameras), self.noise_gen)
+        else:  # the whole batch's backgrounds, this rank's rows
+            background = self.background(batch.shard.size, self.noise_gen)[batch.shard.index]
         # a guidance may ask for a variant of the render (compositional SDS: one part alone)
         options = self._guidance.render_options(step, batch)
+        if self.cfg.trainer.exact_batch_sum:  # per-image gradient sums in float64 (dreamkit.distributed)
+            options = {**options, "exact_sum": True}
         with timer("render"):
             out = self.representation.render(cameras, background=background, step=step, **options)
         with timer("guidance"):
-            terms = self._guidance(out, batch, step, generator=self.noise_gen)
+            terms = self._guidance(out, batch, step, generator=self.own_gen)
         with timer("regularizers"):
             terms.update(self.representation.regularizers(out, step))
         total = None
@@ -254,6 +296,9 @@ class DreamSystem(pl.LightningModule):
                 total.backward()
             else:
                 backward(total)
+        if self.world > 1:
+            with timer("all_reduce"):
+                total = self._average_over_ranks(total, terms)
         finite = self._count_nonfinite(total.detach())
         if finite is False:  # CPU: the step is skipped exactly (no update, no densification statistics)
             for opt in raw:
@@ -276,6 +321,19 @@ class DreamSystem(pl.LightningModule):
             else:
                 info = self.representation.post_step(step, out, raw[0], cameras, generator=self.strategy_gen) or {}
         return StepResult(loss=total.detach(), terms=terms, info=info, cameras=cameras)
+
+    def _average_over_ranks(self, total: torch.Tensor, terms: dict[str, Any]) -> torch.Tensor:
+        """Average the gradients of every trainable parameter over the ranks (each rank's loss is a mean over its own
+        images, so the mean is the gradient of the whole batch's loss) and the step's loss and scalar terms (what is
+        logged and checked for NaN is the whole batch's). Returns the averaged loss; ``terms`` are updated."""
+        from .distributed import average_gradients
+
+        names = [k for k, v in terms.items() if torch.is_tensor(v) and v.dim() == 0]
+        params = [p for p in self.parameters() if p.requires_grad]
+        means = average_gradients(params, [total] + [terms[k] for k in names])
+        for k, v in zip(names, means[1:]):
+            terms[k] = v
+        return means[0]
 
     def _count_nonfinite(self, loss: torch.Tensor) -> Optional[bool]:
         """Track steps whose loss is NaN or infinite: ``nonfinite_total`` and ``nonfinite_run`` (consecutive).
@@ -347,7 +405,15 @@ class DreamSystem(pl.LightningModule):
 
     # -- checkpoint state beyond parameters -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # called on every rank (Lightning's save_checkpoint is collective); rank zero writes the file
+        ranks = None
+        if self.world > 1:
+            from .distributed import gather_states
+
+            ranks = {"world": self.world, "rank_gen": gather_states(self.rank_gen.get_state()),
+                     "torch_rng": gather_states(torch.get_rng_state())}
         checkpoint["dreamkit"] = {
+            "ranks": ranks,
             "camera_gen": self.camera_gen.get_state(),
             "noise_gen": self.noise_gen.get_state() if self.noise_gen is not None else None,
             "strategy_gen": self.strategy_gen.get_state() if self.strategy_gen is not None else None,
@@ -369,9 +435,21 @@ class DreamSystem(pl.LightningModule):
         self._restore_generators(extra)
 
     def _restore_generators(self, extra: dict) -> None:
+        ranks = extra.get("ranks")
+        saved_world = int(ranks["world"]) if ranks else 1
+        if saved_world != self.world:
+            from .errors import DreamkitError
+
+            where = f" {self.run_dir}" if self.run_dir else ""
+            raise DreamkitError(f"the checkpoint of{where} was written by a fit in {saved_world} process(es) and this "
+                                f"one runs in {self.world}: resume it with trainer.devices × trainer.num_nodes = "
+                                f"{saved_world} (each process's random stream is saved for its rank)")
+        if ranks:
+            self.rank_gen.set_state(ranks["rank_gen"][self.rank])
+            torch.set_rng_state(ranks["torch_rng"][self.rank])
         if extra.get("camera_gen") is not None:
             self.camera_gen.set_state(extra["camera_gen"])
-        if extra.get("torch_rng") is not None:
+        if extra.get("torch_rng") is not None and not ranks:
             torch.set_rng_state(extra["torch_rng"])
         if extra.get("noise_gen") is not None or extra.get("strategy_gen") is not None:
             if self.noise_gen is None or self.strategy_gen is None:  # resume would silently diverge otherwise

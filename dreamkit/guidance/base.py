@@ -174,12 +174,19 @@ class ScoreDistillation(nn.Module):
         with self.timer("encode"):
             x = images if encoded else self.prior.encode(images)  # encoded: images are already x
         size = x.shape[0]
+        shard = batch.shard
         if t is None:
-            t = self.sample_timesteps(size, step, generator, x.device, batch.layout)
+            if shard is None:
+                t = self.sample_timesteps(size, step, generator, x.device, batch.layout)
+            else:  # the whole batch's draw, this rank's rows (dreamkit.distributed)
+                t = self.sample_timesteps(shard.size, step, shard.generator, x.device, batch.layout)[shard.index]
         abar = self.prior.alphas_cumprod.to(x.device)[t].view(-1, *([1] * (x.dim() - 1)))
         with torch.no_grad():
-            if noise is None:
+            if noise is None and shard is None:
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            elif noise is None:
+                noise = torch.randn((shard.size, *x.shape[1:]), generator=shard.generator, device=x.device,
+                                    dtype=x.dtype)[shard.index]
             x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
             residual, extra = self.residual(x.detach(), x_t, t, noise, batch, step, generator)
             grad = self.weight(t).view_as(abar) * residual

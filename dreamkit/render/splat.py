@@ -123,6 +123,7 @@ def rasterize_gaussians(
     eps2d: float = 0.3,
     tile_size: Optional[int] = None,
     backend: str = "auto",
+    exact_sum: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Render N Gaussians into B pinhole cameras (OpenCV axes: x right, y down, z forward).
 
@@ -140,6 +141,9 @@ def rasterize_gaussians(
         eps2d: added to the diagonal of every projected 2D covariance (pixels²), a low-pass filter.
         tile_size: tile edge in pixels; None picks :func:`default_tile_size` (torch) or 16 (gsplat).
         backend: "auto" (gsplat for CUDA tensors when it imports, the torch twin otherwise), "torch" or "gsplat".
+        exact_sum: torch twin only. Sum each Gaussian's gradient over the B images exactly (float64, see
+            :class:`_PerImage`), so that the gradients do not depend on how a batch is split over processes
+            (``trainer.exact_batch_sum``, docs/scaling.md); off: autograd's float32 sums, as always.
 
     Returns:
         rgb: [B, H, W, D] ``Σ_i w_i c_i + T·background``, with ``w_i = α_i Π_{j<i}(1 - α_j)`` front to back and
@@ -162,6 +166,14 @@ def rasterize_gaussians(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
         near_plane, far_plane, eps2d, tile_size if tile_size is not None else 16,
     )
+    if exact_sum:
+        if backend == "gsplat" or means.is_cuda:
+            raise ValueError("exact_sum is a feature of the torch rasterizer on the CPU (trainer.exact_batch_sum)")
+        return _rasterize_torch(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, background,
+            near_plane, far_plane, eps2d, tile_size if tile_size is not None else default_tile_size(width, height),
+            exact_sum=True,
+        )
     if backend == "gsplat":
         return _rasterize_gsplat(*gsplat_args)
     if backend == "auto" and means.is_cuda and _GSPLAT_RUNS is not False and gsplat_available():
@@ -271,12 +283,16 @@ def project_gaussians(
         ``conics`` [B, N, 3] (a, b, c) of Σ_2d⁻¹ = [[a, b], [b, c]]; ``valid`` [B, N] bool (inside the depth range
         with a positive-definite Σ_2d). Entries that are not valid hold finite placeholders.
     """
-    R = _quat_to_rotmat(quats)  # [N, 3, 3]
-    M = R * scales[:, None, :]  # R·diag(s), so Σ_world = M Mᵀ
+    R = _quat_to_rotmat(quats)  # [N, 3, 3] ([B, N, 3, 3] for per-image copies)
+    M = R * scales[..., None, :]  # R·diag(s), so Σ_world = M Mᵀ
     Rv = viewmats[:, :3, :3]  # [B, 3, 3]
     tv = viewmats[:, :3, 3]  # [B, 3]
-    p_cam = torch.einsum("bij,nj->bni", Rv, means) + tv[:, None, :]  # [B, N, 3]
-    W = torch.einsum("bij,njk->bnik", Rv, M)  # [B, N, 3, 3], Σ_cam = W Wᵀ
+    if means.dim() == 3:  # per-image copies [B, N, ...] (exact_sum): every product stays within its image
+        p_cam = torch.einsum("bij,bnj->bni", Rv, means) + tv[:, None, :]
+        W = torch.einsum("bij,bnjk->bnik", Rv, M)
+    else:
+        p_cam = torch.einsum("bij,nj->bni", Rv, means) + tv[:, None, :]  # [B, N, 3]
+        W = torch.einsum("bij,njk->bnik", Rv, M)  # [B, N, 3, 3], Σ_cam = W Wᵀ
     x, y, z = p_cam.unbind(-1)
     in_range = (z > near_plane) & (z < far_plane)
     # Placeholder depth for culled entries, so that nothing divides by ~0 (0·inf would poison the gradients).
@@ -326,9 +342,36 @@ def support_extents(cov2d: Tensor, opacities: Tensor) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class _PerImage(torch.autograd.Function):
+    """B per-image copies [B, ...] of each input [...] whose backward sums the B images' gradients in float64.
+
+    A sum of a few float32 numbers in float64 is exact (barring exponents more than 29 bits apart), so the result
+    does not depend on the order of the terms: a batch split over W processes, each summing its own images and then
+    adding the W partial sums (all-reduced in float64), rounds to the same float32 gradient as one process summing all
+    B images. Under a process group of W > 1 ranks the backward all-reduces the partial sums itself; rank zero then
+    returns W × the mean and the others zeros, so the system's ordinary averaging of gradients over the ranks
+    (dreamkit.distributed.average_gradients) yields the mean exactly (W a power of two: every scaling is exact)."""
+
+    @staticmethod
+    def forward(ctx, batch: int, *tensors: Tensor):
+        return tuple(t.unsqueeze(0).expand(batch, *t.shape).contiguous() for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        totals = [g.double().sum(0) for g in grads]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flat = torch.cat([t.reshape(-1) for t in totals])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            if dist.get_rank() != 0:  # rank zero carries the sum over all images, W × their mean
+                flat.zero_()
+            totals = [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in totals]), totals)]
+        return (None, *(t.to(g.dtype) for t, g in zip(totals, grads)))
+
+
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, near_plane, far_plane, eps2d,
-    tile_size,
+    tile_size, exact_sum: bool = False,
 ):
     B, N = viewmats.shape[0], means.shape[0]
     dtype, device = means.dtype, means.device
@@ -338,6 +381,10 @@ def _rasterize_torch(
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+    if colors.dim() == 2 and exact_sum:
+        means, quats, scales, opacities, colors = _PerImage.apply(B, means, quats, scales, opacities, colors)
+    elif exact_sum:
+        raise ValueError("exact_sum needs colors [N, D] shared by the images (sh_degree 0)")
     if colors.dim() == 2:
         colors = colors.unsqueeze(0).expand(B, N, D)
     if colors.shape != (B, N, D):
@@ -353,11 +400,11 @@ def _rasterize_torch(
     depths = proj["depths"]
 
     with torch.no_grad():
-        opac_bn = opacities.detach().expand(B, N)
+        opac_bn = opacities.detach().expand(B, N)  # (already [B, N] with exact_sum)
         rx, ry = support_extents(proj["cov2d"].detach(), opac_bn)
         layout = _bin_into_tiles(
             means2d.detach(), rx, ry, depths.detach(), proj["valid"] & (opac_bn >= ALPHA_THRESHOLD),
-            width, height, S, tiles_x, tiles_y, near_plane,
+            width, height, S, tiles_x, tiles_y, near_plane, stable=exact_sum,
         )
         radii = torch.maximum(torch.ceil(rx), torch.ceil(ry)).to(torch.int32) * layout.visible
 
@@ -397,6 +444,7 @@ def _rasterize_torch(
         "tile_size": S,
         "backend": "torch",
         "n_pairs": layout.n_pairs,
+        "exact_sum": exact_sum,
     }
     return rgb, 1.0 - trans_img, feat_img[..., D:D + 1], meta
 
@@ -410,12 +458,25 @@ class _TileLayout(NamedTuple):
     visible: Tensor  # [B, N] bool: touches at least one pixel centre
     n_pairs: int
     chunk_len: int  # L, slots per chunk
+    #: chunks of each image (their sum is n), when the running sums over chunks restart at every image so that an
+    #: image's numbers do not depend on the images before it (exact_sum); None: one running sum over all chunks
+    image_chunks: Optional[list] = None
+
+
+def _running_sum(values: Tensor, layout: "_TileLayout") -> Tensor:
+    """Inclusive cumulative sum over the chunks (dim 0): one pass over all of them, or restarted at every image
+    (``layout.image_chunks``: then each image's sums are computed as they would be with that image alone)."""
+    if layout.image_chunks is None:
+        return values.cumsum(0)
+    return torch.cat([part.cumsum(0) for part in values.split(layout.image_chunks)])
 
 
 def _bin_into_tiles(
-    means2d, rx, ry, depths, candidate, width, height, S, tiles_x, tiles_y, near_plane=0.0
+    means2d, rx, ry, depths, candidate, width, height, S, tiles_x, tiles_y, near_plane=0.0, stable=False
 ) -> _TileLayout:
-    """Enumerate (camera, tile, Gaussian) intersections and lay them out in per-tile chunks, front to back."""
+    """Enumerate (camera, tile, Gaussian) intersections and lay them out in per-tile chunks, front to back.
+    ``stable``: Gaussians of one image at the same depth keep their index order whatever the other images hold (an
+    unstable sort may order such ties differently when other images' entries are in the array: exact_sum)."""
     B, N = depths.shape
     device = depths.device
     L = _CHUNK_LEN
@@ -439,7 +500,7 @@ def _bin_into_tiles(
     visible_depth = depths.reshape(-1).index_select(0, entry)
     if depths.dtype in (torch.float32, torch.float64) and near_plane >= 0:
         visible_depth = visible_depth.view(torch.int32 if depths.dtype == torch.float32 else torch.int64)
-    entry = entry.index_select(0, torch.argsort(visible_depth))
+    entry = entry.index_select(0, torch.argsort(visible_depth, stable=stable) if stable else torch.argsort(visible_depth))
     E = entry.numel()
     # Integer work below is int32 (half the memory traffic of int64) except the sort key.
     i32 = torch.int32
@@ -480,7 +541,8 @@ def _bin_into_tiles(
     in_image = chunk_tile % (tiles_x * tiles_y)
     chunk_origin = torch.stack([(in_image % tiles_x) * S, torch.div(in_image, tiles_x, rounding_mode="floor") * S], -1)
     tile_last = first_chunk + chunks_per_tile - 1
-    return _TileLayout(slot_entry, chunk_tile, chunk_origin, first_chunk, tile_last, visible, P, L)
+    image_chunks = chunks_per_tile.view(B, -1).sum(1).tolist() if stable else None
+    return _TileLayout(slot_entry, chunk_tile, chunk_origin, first_chunk, tile_last, visible, P, L, image_chunks)
 
 
 def _pixel_basis(S: int, dtype, device) -> Tensor:
@@ -528,7 +590,7 @@ class _TileComposite(torch.autograd.Function):
         ratio = torch.sub(1.0, alpha)
         weights = torch.cumprod(ratio, dim=1)
         log_chunk = torch.log(weights[:, -1].double()).clamp_(min=-1e4)  # [n, S²]; an underflowed product reads 0
-        cum = log_chunk.cumsum(0)
+        cum = _running_sum(log_chunk, layout)
         before = cum - log_chunk  # Σ over every earlier chunk (all tiles)
         if n > 0:
             before -= before.index_select(0, layout.tile_first.index_select(0, layout.chunk_tile))  # restart per tile
@@ -570,7 +632,7 @@ class _TileComposite(torch.autograd.Function):
         # totals of this chunk and of the tile's later chunks.
         behind = ws.cumsum(dim=1)
         chunk_tot = behind[:, -1].double()
-        cum = chunk_tot.cumsum(0)
+        cum = _running_sum(chunk_tot, layout)
         rest = cum.index_select(0, layout.tile_last.index_select(0, layout.chunk_tile)) - cum + chunk_tot
         rest = rest.to(dtype) + (trans_tiles * grad_trans).index_select(0, layout.chunk_tile)
         torch.sub(rest.unsqueeze(1), behind, out=behind)

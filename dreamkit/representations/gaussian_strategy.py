@@ -42,6 +42,12 @@ class DensifyConfig:
     revised_opacity: bool = False
 
 
+def _distributed() -> bool:
+    """A process group of more than one rank is running (dreamkit.distributed)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _replace_param(optimizer: Optional[torch.optim.Optimizer], params: nn.ParameterDict, name: str,
                    new_value: torch.Tensor, state_fn: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
     """Swap ``params[name]`` for a new Parameter and carry its optimizer state through ``state_fn``."""
@@ -90,8 +96,11 @@ class DensifyStrategy:
             cached = self._grad_scale_cache = (key, scale)
         return cached[1]
 
-    def _accumulate(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> None:
-        """means2d.grad [B, N, 2] (pixels) → accumulate per-Gaussian NDC gradient norms where visible."""
+    def _accumulate(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int,
+                    exact: bool = False) -> None:
+        """means2d.grad [B, N, 2] (pixels) → accumulate per-Gaussian NDC gradient norms where visible. ``exact``:
+        the sums over the images in float64 (``trainer.exact_batch_sum``: the same numbers however the batch is split
+        over processes)."""
         grad = means2d.grad
         if grad is None:
             return
@@ -103,6 +112,22 @@ class DensifyStrategy:
         if self.grad2d is None or self.grad2d.shape[0] != n:
             self.grad2d = torch.zeros(n, device=grad.device)
             self.count = torch.zeros(n, device=grad.device)
+        if exact:
+            from ..distributed import all_reduce_sum
+
+            stats = all_reduce_sum(torch.stack([(norms * visible).double().sum(0), visible.double().sum(0)]))
+            self.grad2d += stats[0].to(self.grad2d.dtype)
+            self.count += stats[1].to(self.count.dtype)
+            return
+        if _distributed():
+            # one fit in several processes: each rank saw its share of the batch's images; the sums over all of
+            # them make every rank's statistics (and so its clone/split/prune decisions) the same
+            from ..distributed import all_reduce_sum
+
+            stats = all_reduce_sum(torch.stack([(norms * visible).sum(0), visible.sum(0).to(norms.dtype)]))
+            self.grad2d += stats[0]
+            self.count += stats[1].to(self.count.dtype)
+            return
         self.grad2d += (norms * visible).sum(0)
         self.count += visible.sum(0).to(self.count.dtype)
 
@@ -116,7 +141,7 @@ class DensifyStrategy:
             return info
         means2d = extras.get("means2d")
         if means2d is not None:
-            self._accumulate(means2d, extras["radii"], width, height)
+            self._accumulate(means2d, extras["radii"], width, height, exact=bool(extras.get("exact_sum")))
         if step >= cfg.refine_start and step % cfg.refine_every == 0 and step > 0:
             info.update(self._grow(model, optimizer, generator))
             info.update(self._prune(model, optimizer, step))

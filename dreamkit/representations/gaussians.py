@@ -236,7 +236,7 @@ class GaussianModel(nn.Module):
                 for name, p in self.params.items() if name in lrs]
 
     def render(self, cameras: Cameras, background: Optional[torch.Tensor] = None, step: Optional[int] = None,
-               part: Optional[int] = None, zoom: float = 1.0, **_: Any) -> RenderOutput:
+               part: Optional[int] = None, zoom: float = 1.0, exact_sum: bool = False, **_: Any) -> RenderOutput:
         """cameras [B] → RenderOutput with rgb [B,H,W,3], alpha/depth [B,H,W,1]; extras means2d [B,N,2], radii.
 
         With a layout, also extras["groups"] [B,H,W,K]: each group's share of the alpha, rendered like colour (the
@@ -270,9 +270,9 @@ class GaussianModel(nn.Module):
         rgb, alpha, depth, meta = rasterize_gaussians(
             means, self.quats, scales, opacities, colors, cameras.viewmats, cameras.K,
             cameras.width, cameras.height, background=background, backend=self.cfg.backend,
-            tile_size=self.cfg.tile_size or None,
+            tile_size=self.cfg.tile_size or None, exact_sum=exact_sum,
         )
-        extras = {"means2d": meta.get("means2d"), "radii": meta.get("radii")}
+        extras = {"means2d": meta.get("means2d"), "radii": meta.get("radii"), "exact_sum": exact_sum}
         if k:
             rgb, extras["groups"] = rgb[..., :3], rgb[..., 3:]
         if part is not None:
