@@ -313,21 +313,15 @@ def load_grid(path: str, extra_overrides: Sequence[str] = ()) -> Grid:
 
 
 # ------------------------------------------------------------------------------------------------ running a cell
-_PRIORS: dict[str, Any] = {}
 _TRUTH: dict[tuple, Any] = {}
 
 
 def _cached_prior(prior_cfg: Any, device: torch.device):
-    """Frozen priors hold no state a run changes: one per (config, device) in this process."""
-    from omegaconf import OmegaConf
+    """Frozen priors hold no state a run changes: one per (config, device) in this process (the engine's workers
+    too: dreamkit.priors.configs.cached_prior)."""
+    from .priors.configs import cached_prior
 
-    from .priors.configs import build_prior, check_prior_config
-
-    key = json.dumps([OmegaConf.to_container(prior_cfg, resolve=True), str(device)], sort_keys=True, default=str)
-    if key not in _PRIORS:
-        check_prior_config(prior_cfg)
-        _PRIORS[key] = build_prior(prior_cfg, device)
-    return _PRIORS[key]
+    return cached_prior(prior_cfg, device)
 
 
 def _crn_seed(seed: int, step: int) -> int:
@@ -514,6 +508,7 @@ def _resumable_run(runs: Path, max_steps: int) -> tuple[Optional[Path], int]:
 def _run_fit_cell(cell: Cell, cfg: Any, work: Path) -> dict:
     """A 3D cell: ``dreamkit fit`` (continued from its checkpoint when an earlier attempt was killed), then the world
     benchmark's scores (:func:`dreamkit.eval.benchmark._score_run`) and the saturation of its turntable frames."""
+    from .components import resolve_device
     from .eval.benchmark import _score_run
     from .run import fit, slugify
     from .world import parse_prompt
@@ -530,9 +525,9 @@ def _run_fit_cell(cell: Cell, cfg: Any, work: Path) -> dict:
         run_dir = run
     elif run is not None:
         print(f"  continuing {run} from step {done}", flush=True)
-        run_dir = fit(cfg, resume_dir=run, export=False)
+        run_dir = fit(cfg, resume_dir=run, export=False, prior=_cached_prior(cfg.prior, resolve_device(cfg.device)))
     else:
-        run_dir = fit(cfg, export=False)
+        run_dir = fit(cfg, export=False, prior=_cached_prior(cfg.prior, resolve_device(str(cfg.device))))
     fit_s = time.perf_counter() - t0
     row: dict = {"particle": 0, "run_dir": str(run_dir)}
     frames = None
@@ -723,9 +718,16 @@ class _Progress:
 
 
 def run_grid(grid: Grid, out_dir: Path, limit: Optional[int] = None, retry_failed: bool = False,
-             command: str = "", runner: Callable[[Cell, Path], dict] = run_cell, stream=None) -> Path:
-    """Run the pending cells of ``grid`` one at a time (``limit``: at most that many), recording each result as it
-    finishes, then write the tables, plots and image grid. Finished cells are kept and skipped."""
+             command: str = "", runner: Callable[[Cell, Path], dict] = run_cell, stream=None, jobs: int = 1,
+             address: Optional[str] = None) -> Path:
+    """Run the pending cells of ``grid`` (``limit``: at most that many), recording each result as it finishes, then
+    write the tables, plots and image grid. Finished cells are kept and skipped. ``jobs`` > 1 (or ``address``, a Ray
+    cluster) runs that many cells at once on the engine's workers (:mod:`dreamkit.engine`; each keeps its priors),
+    else one at a time in this process."""
+    from collections import deque
+
+    from .engine import Engine, Task, graceful_signals
+
     stream = stream or sys.stdout
     out_dir = Path(out_dir)
     (out_dir / "cells").mkdir(parents=True, exist_ok=True)
@@ -745,18 +747,45 @@ def run_grid(grid: Grid, out_dir: Path, limit: Optional[int] = None, retry_faile
               file=stream, flush=True)
     if limit is not None:
         pending = pending[:max(0, int(limit))]
+    parallel = int(jobs) > 1 or address is not None
+    engine = Engine(jobs=int(jobs), address=address, cpus_per_job=1.0)
+    cells = {cell.id: cell for cell in pending}
+    queue = deque(Task(cell.id, runner, (cell, out_dir), meta={"index": i},
+                       log=str(out_dir / "cells" / f"{cell.id}.log") if parallel else None)
+                  for i, cell in enumerate(pending))
+    interrupted: list = []
+
+    def start(task: Task) -> None:
+        progress.start(task.meta["index"], cells[task.key])
+
+    def finish(outcome) -> None:
+        cell = cells[outcome.key]
+        if outcome.status in ("interrupted", "lost", "busy"):  # not a result: the cell runs again next time
+            interrupted.append(outcome)
+            engine.stop()
+            return
+        result = outcome.value if outcome.status == "ok" else {
+            "id": cell.id, "label": cell.label, "axes": dict(cell.axes), "seed": cell.seed, "prompt": cell.prompt,
+            "kind": cell.kind, "rows": [{"particle": 0}], "error": outcome.error, "wall_s": outcome.seconds,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_result(out_dir, result)
+        results[cell.id] = result
+        note = f" — error: {result['error']}" if result.get("error") else ""
+        progress.finish(cell, float(result.get("wall_s", 0.0)), note)
+        write_tables(grid, out_dir, results, command, plots=False)
+
     progress = _Progress(total, len(results), len(pending), stream)
     try:
-        for i, cell in enumerate(pending):
-            progress.start(i, cell)
-            result = runner(cell, out_dir)
-            write_result(out_dir, result)
-            results[cell.id] = result
-            note = f" — error: {result['error']}" if result.get("error") else ""
-            progress.finish(cell, float(result.get("wall_s", 0.0)), note)
-            write_tables(grid, out_dir, results, command, plots=False)
+        with engine, graceful_signals(engine, "grid"):
+            if parallel:
+                print(f"{len(pending)} cells, {engine.size} at a time", file=stream, flush=True)
+            engine.run(queue, start, finish)
     finally:
         progress.close()
+    if interrupted:
+        from .errors import Interrupted
+
+        raise Interrupted(f"interrupted ({interrupted[0].error or interrupted[0].status})", 2)
     write_tables(grid, out_dir, results, command, plots=True)
     left = total - len(results)
     tail = f"; {left} cell(s) not run yet (run the same command again)" if left else ""

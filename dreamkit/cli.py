@@ -1,4 +1,4 @@
-"""The ``dreamkit`` command: fit | export | render | view | report | sample | eval | bench | ablate | list.
+"""The ``dreamkit`` command: fit | export | render | view | report | sample | eval | batch | bench | ablate | list.
 
     dreamkit fit --config gs_sds.yaml prompt="a red cube" trainer.max_steps=600 seed=3
     dreamkit fit --config gs_sds.yaml viewer=true      # live viewer in the browser (pip install -e ".[viewer]")
@@ -256,7 +256,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise DreamkitError("dreamkit eval needs --config RECIPE (or --rescore EVAL_DIR to score finished runs again)")
-    run_eval(args.config, args.prompts, out, args.overrides, jobs=args.jobs)
+    run_eval(args.config, args.prompts, out, args.overrides, jobs=args.jobs, address=args.address)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Many prompts, each a fit, on the engine (Ray); resumable (``dreamkit.batchfit``; docs/scaling.md)."""
+    import shlex
+
+    from .batchfit import run_batch
+
+    command = " ".join(["dreamkit batch --config", shlex.quote(args.config), "--prompts",
+                        *(shlex.quote(p) for p in args.prompts), *(shlex.quote(o) for o in args.overrides)])
+    run_batch(args.config, args.prompts, Path(args.out) if args.out else None, list(args.overrides),
+              address=args.address, jobs=args.jobs, cpus_per_fit=args.cpus_per_fit, gpus_per_fit=args.gpus_per_fit,
+              max_retries=args.max_retries, command=command)
     return 0
 
 
@@ -289,7 +303,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     command = " ".join(["dreamkit ablate --grid", shlex.quote(str(args.grid)), "--out", shlex.quote(str(out)),
                         *(shlex.quote(o) for o in args.overrides)])
     try:
-        run_grid(grid, out, limit=args.limit, retry_failed=args.retry_failed, command=command)
+        run_grid(grid, out, limit=args.limit, retry_failed=args.retry_failed, command=command, jobs=args.jobs,
+                 address=args.address)
     except (KeyboardInterrupt, Interrupted) as err:  # Ctrl-C, or a 3D cell's fit stopped by SIGINT / SIGTERM
         signum = err.exit_code - 128 if isinstance(err, Interrupted) else 2
         raise Interrupted(f"interrupted — finished cells are kept in {out}/cells; run the same command again to "
@@ -395,9 +410,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt-set names (singles20, singles4, asymmetric) and/or world prompts")
     p.add_argument("--out", "-o", help="results folder (default outputs/eval/<recipe>, numbered if it exists)")
     p.add_argument("--jobs", "-j", type=int, default=1,
-                   help="fits at once, in worker processes that share the CPU threads equally")
+                   help="fits at once, on Ray workers that share the CPU threads equally (needs the scale extra: "
+                        'pip install -e ".[scale]"); 1: one after another in this process')
+    p.add_argument("--address", help="an existing Ray cluster (ray start --head; e.g. auto or HOST:6379)")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every fit")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("batch", help="many prompts, each a fit, on Ray (this machine or a cluster); resumable",
+                       description="Fit every prompt with the recipe on Ray workers that each load the prior once "
+                                   "(a local Ray instance, or --address). The batch folder keeps a manifest: the "
+                                   "same command again skips finished prompts, resumes interrupted fits from their "
+                                   "checkpoints and retries failed ones. Writes results.csv, results.md and "
+                                   "contact_sheet.png (docs/scaling.md). Needs pip install -e \".[scale]\" "
+                                   "unless --jobs 1.")
+    p.add_argument("--config", "-c", required=True, help="recipe (gs_sds.yaml, ...)")
+    p.add_argument("--prompts", "-p", nargs="+", required=True,
+                   help="a prompt set (singles20, singles4, asymmetric, compositions8), a file with one prompt a "
+                        "line, and/or prompts")
+    p.add_argument("--out", "-o", help="batch folder (default outputs/batch/<recipe>-<prompts>); reused to resume")
+    p.add_argument("--address", help="an existing Ray cluster (ray start --head; e.g. auto or HOST:6379); default: "
+                                     "a Ray instance on this machine")
+    p.add_argument("--jobs", "-j", type=int, default=None,
+                   help="fits at once (default: as many as the CPUs/GPUs hold at --cpus-per-fit/--gpus-per-fit); "
+                        "1 without --address: one after another in this process, without Ray")
+    p.add_argument("--cpus-per-fit", type=float, default=1.0, help="CPUs each fit asks Ray for (its torch threads)")
+    p.add_argument("--gpus-per-fit", type=float, default=0.0,
+                   help="GPUs each fit asks Ray for, e.g. 0.25: four fits share a GPU (default 0: CPU fits)")
+    p.add_argument("--max-retries", type=int, default=1, help="times a failed fit is tried again (default 1)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every fit")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("bench", help="steps/s of recipes' training step, its split, and the prior-alone limit",
                        description="Time each recipe's real training step (warm-up, then timed steps) without "
@@ -433,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="run at most this many pending cells")
     p.add_argument("--dry-run", action="store_true", help="check every cell's config and list the cells; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run again the cells that finished with an error")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="cells at once on Ray workers (pip install -e \".[scale]\"); 1: one at a time in this process")
+    p.add_argument("--address", help="an existing Ray cluster to run the cells on (ray start --head)")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every cell (last)")
     p.set_defaults(func=cmd_ablate)
 

@@ -428,9 +428,10 @@ def test_stray_fraction_counts_surface_outside_the_truth():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
-def test_eval_workers_die_with_a_killed_parent(tmp_path):
-    """`dreamkit eval --jobs N` starts its fits in a process pool whose workers ask for SIGTERM when the parent dies
-    (``die_with_parent``): killing the parent (SIGKILL, no clean-up at all) must not leave a worker running."""
+def test_child_processes_die_with_a_killed_parent(tmp_path):
+    """The ranks that Lightning's launcher starts for a fit in several processes (trainer.devices > 1) ask for
+    SIGTERM when their parent dies (``die_with_parent``): killing the parent (SIGKILL, no clean-up at all) must not
+    leave a child running. (A 2-process fit killed for real: tests/test_scale.py.)"""
     import os
     import signal
     import subprocess
@@ -440,7 +441,7 @@ def test_eval_workers_die_with_a_killed_parent(tmp_path):
     script = f"""
 import multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor
-from dreamkit.eval.benchmark import die_with_parent
+from dreamkit.distributed import die_with_parent
 
 def work():
     open({str(pidfile)!r}, "w").write(str(os.getpid()))

@@ -17,8 +17,8 @@ frames per prompt).
 from __future__ import annotations
 
 import csv
-import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -349,22 +349,33 @@ def rescore_eval(eval_dir: Path, out_dir: Path, overrides: Sequence[str] = ()) -
     return out_dir
 
 
+def point_oracle_at_truth(cfg, scene, folder: Path) -> None:
+    """With the oracle prior, make the world scene's ground truth its target (exported into ``folder``): the fit then
+    has a known answer. Other priors: nothing."""
+    from ..run import slugify
+
+    if cfg.prior.type != "oracle" or scene is None:
+        return
+    gt_path = scene.export(Path(folder) / f"{slugify(str(cfg.prompt))}.ply")
+    cfg.prior.targets = [{"mesh": str(gt_path), "label": str(cfg.prompt)}]
+
+
 def _fit_and_score(config: str, prompt: str, out_dir: Path, overrides: Sequence[str], threads: int = 0):
     """One eval row: fit ``prompt`` with the recipe, export and score it. Returns (row, turntable frames [8,H,W,3]).
-    ``threads`` > 0 sets torch's CPU threads (worker processes of ``--jobs``)."""
+    ``threads`` > 0 sets torch's CPU threads. The prior is built once per process (:func:`cached_prior`)."""
+    from ..components import resolve_device
     from ..config import load_config
-    from ..run import fit, slugify
+    from ..priors.configs import cached_prior
+    from ..run import fit
 
     if threads > 0:
         torch.set_num_threads(threads)
     scene = parse_prompt(prompt)
     items = list(overrides) + [f"prompt={prompt!r}", f"output_dir={out_dir / 'runs'}"]
     cfg = load_config(config, items)
-    if cfg.prior.type == "oracle":  # the ground truth is the oracle's target: a known answer
-        gt_path = scene.export(out_dir / "gt" / f"{slugify(prompt)}.ply")
-        cfg.prior.targets = [{"mesh": str(gt_path), "label": prompt}]
+    point_oracle_at_truth(cfg, scene, out_dir / "gt")  # the ground truth is the oracle's target: a known answer
     t0 = time.perf_counter()
-    run_dir = fit(cfg, export=False)
+    run_dir = fit(cfg, export=False, prior=cached_prior(cfg.prior, resolve_device(str(cfg.device))))
     seconds = time.perf_counter() - t0
     row = {"prompt": prompt, "kind": scene.kind, "fit_s": round(seconds, 1), "run_dir": str(run_dir)}
     frames = _score_run(run_dir, scene, row)
@@ -372,19 +383,27 @@ def _fit_and_score(config: str, prompt: str, out_dir: Path, overrides: Sequence[
 
 
 def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequence[str] = (),
-             jobs: int = 1) -> Path:
-    """Fit and score every prompt; ``jobs`` > 1 runs that many fits at once in worker processes, each with an
-    equal share of the CPU threads (on 2 cores, two one-thread fits at a time ran singles20 in 27 min; one
-    two-thread fit at a time takes about 40: docs/tiny_world.md, "The world benchmark").
-    Rows, tables and the contact sheet keep the prompts' order whatever order the fits finish in."""
+             jobs: int = 1, address: Optional[str] = None) -> Path:
+    """Fit and score every prompt; ``jobs`` > 1 runs that many fits at once on Ray workers (:mod:`dreamkit.engine`;
+    each loads the prior once), each with an equal share of the CPU threads (on 2 cores, two one-thread fits at a
+    time ran singles20 in 27 min; one two-thread fit at a time takes about 40: docs/tiny_world.md, "The world
+    benchmark"). ``address``: an existing Ray cluster. Rows, tables and the contact sheet keep the prompts' order
+    whatever order the fits finish in."""
+    import os
+
     from ..config import load_config
+    from ..distributed import world_size_of
+    from ..engine import Engine, Task, graceful_signals
     from ..imageio_utils import save_image_grid
 
     prompts = resolve_prompts(prompts)
     jobs = int(jobs)
     if jobs < 1:
         raise DreamkitError(f"--jobs {jobs}: use 1 or more parallel fits")
-    load_config(config, list(overrides) + [f"prompt={prompts[0]!r}"])  # a bad recipe or override fails before work
+    first = load_config(config, list(overrides) + [f"prompt={prompts[0]!r}"])  # bad input fails before work
+    if world_size_of(first) > 1:
+        raise DreamkitError("dreamkit eval runs each fit in one process: drop trainer.devices / trainer.num_nodes "
+                            "(to use several GPUs, run fits side by side with --jobs)")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DreamkitError(f"{out_dir} exists and is not empty — pass another --out (results are never overwritten)")
@@ -402,40 +421,43 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
         save_image_grid(torch.cat([done[k][1] for k in order]), out_dir / "contact_sheet.png", columns=8)
         _write_tables([done[k][0] for k in order], out_dir, config, overrides, quiet=len(done) < len(prompts))
 
-    if jobs == 1:
-        for i, prompt in enumerate(prompts):
-            print(f"[{i + 1}/{len(prompts)}] {prompt}", flush=True)
-            record(i, _fit_and_score(config, prompt, out_dir, overrides))
-        return out_dir
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    parallel = jobs > 1 or address is not None
+    threads = max(1, (os.cpu_count() or 1) // jobs) if parallel else 0
+    queue = deque(Task(str(i), _fit_and_score, (config, p, out_dir, list(overrides), threads),
+                       log=str(out_dir / "logs" / f"{i:03d}.log") if parallel else None, meta={"index": i})
+                  for i, p in enumerate(prompts))
+    failed: list[str] = []
+    engine = Engine(jobs=jobs, address=address, cpus_per_job=threads if parallel else 1, threads=threads)
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    print(f"{len(prompts)} prompts, {jobs} fits at a time, {threads} thread(s) each", flush=True)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=die_with_parent) as pool:
-        futures = {pool.submit(_fit_and_score, config, p, out_dir, list(overrides), threads): i
-                   for i, p in enumerate(prompts)}
-        for future in as_completed(futures):
-            record(futures[future], future.result())
+    def start(task: Task) -> None:
+        if not parallel:
+            i = task.meta["index"]
+            print(f"[{i + 1}/{len(prompts)}] {prompts[i]}", flush=True)
+
+    def finish(outcome) -> None:
+        i = outcome.meta["index"]
+        if outcome.status == "ok":
+            record(i, outcome.value)
+            return
+        engine.stop()  # an eval is all its prompts: stop at the first failure (the others finish or checkpoint)
+        if outcome.status != "interrupted":
+            log = f" (log: {out_dir / 'logs' / f'{i:03d}.log'})" if parallel else ""
+            failed.append(f"{prompts[i]!r}: {outcome.error}{log}")
+
+    with engine, graceful_signals(engine, "eval") as signals:
+        if parallel:
+            print(f"{len(prompts)} prompts, {engine.size} fits at a time, {threads} thread(s) each", flush=True)
+        engine.run(queue, start, finish)
+    if failed:
+        raise DreamkitError(f"the fit of {failed[0]} — {len(done)} of {len(prompts)} prompts finished, in "
+                            f"{out_dir}")
+    if len(done) < len(prompts):
+        from ..errors import Interrupted
+
+        signum = (signals or {}).get("signum") or 2
+        raise Interrupted(f"interrupted — {len(done)} of {len(prompts)} prompts finished, their rows are in "
+                          f"{out_dir}/results.md (an eval does not resume: run it again with another --out)", signum)
     return out_dir
-
-
-def die_with_parent() -> None:
-    """Worker-process initializer: on Linux, ask the kernel for SIGTERM when the parent dies (prctl
-    PR_SET_PDEATHSIG), so that a killed ``dreamkit eval --jobs N`` does not leave its fits running; a fit stops on
-    SIGTERM as on Ctrl-C (checkpoint, exit 143). Elsewhere a no-op."""
-    import signal
-
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _fmt(value) -> str:

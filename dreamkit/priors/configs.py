@@ -73,6 +73,32 @@ def _build_prior(cfg: Any, device: torch.device):
     return component_class("prior", cfg.type, "prior.type").from_config(cfg, device)
 
 
+#: priors kept by :func:`cached_prior`, newest last (a worker that runs many fits loads each prior once)
+_CACHE: "Dict[str, Any]" = {}
+#: how many different priors a process keeps (the oracle's differ per prompt: its targets are in its config)
+CACHE_SIZE = 4
+
+
+def cached_prior(cfg: Any, device: torch.device):
+    """The prior of ``cfg`` on ``device``, built once per process and reused (frozen priors hold no state a fit
+    changes); the least recently used of more than :data:`CACHE_SIZE` is dropped."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    key = json.dumps([plain, str(device)], sort_keys=True, default=str)
+    if key in _CACHE:
+        _CACHE[key] = _CACHE.pop(key)  # most recently used last
+        return _CACHE[key]
+    check_prior_config(cfg)
+    prior = build_prior(cfg, device)
+    _CACHE[key] = prior
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    return prior
+
+
 def check_prior_config(cfg: Any) -> None:
     """Fail before any work when the prior's files are missing (folder of a checkpoint, target meshes): the
     registered class of ``prior.type`` checks its own section (``check_config``)."""
