@@ -373,13 +373,15 @@ def write_results(out: Path, manifest: dict) -> list[dict]:
 
 
 def run_batch(recipe: str, prompt_spec: Sequence[str], out: Optional[Path] = None, overrides: Sequence[str] = (),
-              address: Optional[str] = None, jobs: Optional[int] = None, cpus_per_fit: float = 1.0,
+              address: Optional[str] = None, jobs: Optional[int] = None, cpus_per_fit: Optional[float] = None,
               gpus_per_fit: float = 0.0, max_retries: int = 1, command: str = "", stream=None) -> Path:
     """Fit every prompt (see the module docstring); returns the batch folder."""
     from .distributed import world_size_of
     from .engine import Engine, Task, graceful_signals
 
     stream = stream or sys.stdout
+    threads = max(1, int(cpus_per_fit)) if cpus_per_fit is not None else None
+    cpus_per_fit = 1.0 if cpus_per_fit is None else float(cpus_per_fit)
     if int(max_retries) < 0:
         raise DreamkitError(f"--max-retries {max_retries}: use 0 (never retry) or more")
     prompts, label = resolve_prompt_list(prompt_spec)
@@ -389,7 +391,8 @@ def run_batch(recipe: str, prompt_spec: Sequence[str], out: Optional[Path] = Non
                             "(share GPUs between fits with --gpus-per-fit 0.25)")
     out = Path(out) if out else Path("outputs") / "batch" / f"{Path(recipe).stem}-{label}"
     out.mkdir(parents=True, exist_ok=True)
-    engine = Engine(jobs=jobs, address=address, cpus_per_job=cpus_per_fit, gpus_per_job=gpus_per_fit)
+    engine = Engine(jobs=jobs, address=address, cpus_per_job=cpus_per_fit, gpus_per_job=gpus_per_fit,
+                    threads=threads)
     with driver_lock(out):
         path = out / MANIFEST
         ids = [prompt_id(i, p) for i, p in enumerate(prompts)]
@@ -479,15 +482,16 @@ def run_batch(recipe: str, prompt_spec: Sequence[str], out: Optional[Path] = Non
             if outcome.status == "ok":
                 write_results(out, manifest)
 
+        signals = None
         try:
-            with engine, graceful_signals(engine, "batch") as signals:
-                progress = _Progress(len(prompts), done, engine.size, stream)
-                if queue:
+            if queue:  # (nothing to run: no Ray started)
+                with engine, graceful_signals(engine, "batch") as signals:
+                    progress = _Progress(len(prompts), done, engine.size, stream)
                     where = f"Ray at {address}" if address else ("Ray on this machine" if engine.parallel
                                                                   else "this process, one after another")
                     print(f"running on {where}: {engine.size if engine.parallel else 1} fit(s) at a time",
                           file=stream, flush=True)
-                engine.run(queue, start, finish)
+                    engine.run(queue, start, finish)
         except KeyboardInterrupt:  # a second Ctrl-C: the workers die with the local Ray instance
             for entry in manifest["prompts"]:
                 if entry["state"] == "running":

@@ -133,6 +133,8 @@ class GracefulStop(pl.Callback):
     The handlers are installed when training starts, over Lightning's own (which would exit 0 on SIGTERM, and 1 with
     no checkpoint on Ctrl-C), and the previous handlers come back when :meth:`restore` is called. A second signal
     while the checkpoint is being written ends the process at once (the last complete checkpoint stays).
+    :data:`STOP_REQUESTED` (a batch worker asked to stop) counts as Ctrl-C. In a fit of several processes every rank
+    stops at the same step (the decision is all-reduced each step; checkpointing is collective).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)

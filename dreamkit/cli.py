@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", type=int, default=None,
                    help="fits at once (default: as many as the CPUs/GPUs hold at --cpus-per-fit/--gpus-per-fit); "
                         "1 without --address: one after another in this process, without Ray")
-    p.add_argument("--cpus-per-fit", type=float, default=1.0, help="CPUs each fit asks Ray for (its torch threads)")
+    p.add_argument("--cpus-per-fit", type=float, default=None,
+                   help="CPUs each fit asks Ray for, and its torch threads (default 1; with --jobs 1: torch's own)")
     p.add_argument("--gpus-per-fit", type=float, default=0.0,
                    help="GPUs each fit asks Ray for, e.g. 0.25: four fits share a GPU (default 0: CPU fits)")
     p.add_argument("--max-retries", type=int, default=1, help="times a failed fit is tried again (default 1)")

@@ -143,7 +143,7 @@ class Engine:
     Use as a context manager; :meth:`run` takes a deque that ``on_outcome`` may append to (retries)."""
 
     def __init__(self, jobs: Optional[int] = None, address: Optional[str] = None, cpus_per_job: float = 1.0,
-                 gpus_per_job: float = 0.0, threads: int = 0):
+                 gpus_per_job: float = 0.0, threads: Optional[int] = None):
         if jobs is not None and int(jobs) < 1:
             raise DreamkitError(f"--jobs {jobs}: use 1 or more fits at a time")
         if cpus_per_job <= 0:
@@ -154,8 +154,8 @@ class Engine:
         self.address = address
         self.cpus_per_job = float(cpus_per_job)
         self.gpus_per_job = float(gpus_per_job)
-        #: torch threads per worker (0: as many as its CPUs)
-        self.threads = int(threads) or max(1, int(self.cpus_per_job))
+        #: torch threads of a task (None: a worker's CPUs on Ray; in this process, torch's own setting)
+        self.threads = threads
         self.parallel = not (self.jobs == 1 and address is None)
         self.stopping = False
         self._ray = None
@@ -199,6 +199,9 @@ class Engine:
                 import math
 
                 kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil((self.jobs or 1) * self.cpus_per_job))
+                # Ray lowers its workers' priority (nice 15) by default; here the workers are the work, and a fit
+                # on them should get the CPU a `dreamkit fit` would (the raylet reads this when it starts)
+                os.environ.setdefault("RAY_worker_niceness", "0")
             try:
                 ray.init(**kwargs)
             except ConnectionError as err:
@@ -226,7 +229,7 @@ class Engine:
                                                           max_concurrency=2, max_restarts=0)
 
     def _new_worker(self):
-        actor = self._actor_cls.remote(self.threads)
+        actor = self._actor_cls.remote(self.threads or max(1, int(self.cpus_per_job)))
         self.workers.append(actor)
         return actor
 
@@ -239,6 +242,10 @@ class Engine:
         """Run the tasks of ``queue`` (which ``on_outcome`` may extend) until it is empty or :meth:`stop` is called
         and the busy tasks have come back."""
         if not self.parallel:
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(int(self.threads))
             while queue and not self.stopping:
                 task = queue.popleft()
                 on_start(task)

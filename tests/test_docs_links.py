@@ -67,7 +67,7 @@ def test_readme_is_a_short_front_door_with_the_ci_commands():
     first_screen = "\n".join(readme[:40])
     assert "docs/img/strip.png" in first_screen
     setup = ('python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && '
-             'pip install -e ".[dev,viewer]" && npm ci')
+             'pip install -e ".[dev,viewer,scale]" && npm ci')
     test = ". .venv/bin/activate && python -m pytest -q"
     assert setup in first_screen and test in first_screen
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").replace(" -q ", " ")

@@ -73,7 +73,7 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
             *FAST, "trainer.max_steps=200", "trainer.checkpoint_every=20", "export.mesh_resolution=32"]
     # 1. Ctrl-C once a prompt is done and another is halfway: the running fits checkpoint, the driver exits 130
     driver = _dreamkit(args)
-    first = _wait(lambda: _running_with_checkpoint(out, 1), 240, "a prompt done and one halfway", driver)
+    _wait(lambda: _running_with_checkpoint(out, 1), 240, "a prompt done and one halfway", driver)
     driver.send_signal(signal.SIGINT)
     log1, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, log1
@@ -81,11 +81,11 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
     assert not [e for e in after_int["prompts"] if e["state"] == "running"], after_int
     done1 = {e["id"]: e for e in after_int["prompts"] if e["state"] == "done"}
     assert done1 and len(done1) < len(PROMPTS)
-    stamps = {pid: (out / "runs" / pid).glob("*/*/ckpts/last.ckpt").__next__().stat().st_mtime_ns for pid in done1}
-    # a second driver on the same folder is refused while one runs
+    stamps = {pid: next((out / "runs" / pid).glob("*/*/ckpts/last.ckpt")).stat().st_mtime_ns for pid in done1}
     # 2. run again, and kill the driver outright (SIGKILL: no clean-up) when another prompt is halfway
     driver = _dreamkit(args)
     _wait(lambda: _running_with_checkpoint(out, len(done1) + 1), 240, "another prompt halfway", driver)
+    # a second driver on the same folder is refused while one runs
     blocked = subprocess.run([sys.executable, "-m", "dreamkit", *args], env=ENV, capture_output=True, text=True,
                              timeout=120)
     assert blocked.returncode == 2 and "another dreamkit batch (pid" in blocked.stderr, blocked.stderr
@@ -123,9 +123,10 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
         fresh = log.count("run folder:") - log.count("resuming from step")
         assert fresh == 1 + (len(list(abandoned.iterdir())) if abandoned.is_dir() else 0), (entry, log[-3000:])
     # nothing left to do: the same command runs nothing
-    again = subprocess.run([sys.executable, "-m", "dreamkit", *args, "--jobs", "1"], env=ENV, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run([sys.executable, "-m", "dreamkit", *args], env=ENV, capture_output=True, text=True,
+                           timeout=120)
     assert again.returncode == 0 and "4 done earlier (skipped)" in again.stdout and "0 to run" in again.stdout
+    assert "running on" not in again.stdout  # no Ray started for nothing
 
 
 def test_batch_refuses_bad_input_and_foreign_folders(tmp_path, capsys, monkeypatch):

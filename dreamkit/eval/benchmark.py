@@ -427,7 +427,8 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
                        log=str(out_dir / "logs" / f"{i:03d}.log") if parallel else None, meta={"index": i})
                   for i, p in enumerate(prompts))
     failed: list[str] = []
-    engine = Engine(jobs=jobs, address=address, cpus_per_job=threads if parallel else 1, threads=threads)
+    engine = Engine(jobs=jobs, address=address, cpus_per_job=threads if parallel else 1,
+                    threads=threads if parallel else None)
 
     def start(task: Task) -> None:
         if not parallel:
