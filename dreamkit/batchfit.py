@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Optional, Sequence
