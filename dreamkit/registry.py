@@ -16,6 +16,10 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "gaussians": ("dreamkit.representations.gaussians:GaussianModel",
                       "dreamkit.representations.gaussians:GaussianConfig",
                       "3D Gaussian splatting; gsplat on CUDA, tile-binned PyTorch twin on CPU; densify/prune strategy"),
+        "deformable_gaussians": ("dreamkit.representations.deformable:DeformableGaussianModel",
+                                 "dreamkit.representations.deformable:DeformableGaussianConfig",
+                                 "4D: canonical 3D Gaussians + a HexPlane deformation field (Δposition, rotation, "
+                                 "scale over time τ)"),
         "nerf": ("dreamkit.representations.nerf:NeRFModel", "dreamkit.representations.nerf:NeRFConfig",
                  "hash-grid NeRF, volume-rendered with an occupancy grid (nerfacc on CUDA, PyTorch twin on CPU)"),
         "triplane": ("dreamkit.representations.triplane:TriplaneModel",

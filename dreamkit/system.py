@@ -101,7 +101,8 @@ class DreamSystem(pl.LightningModule):
         self.noise_gen: Optional[torch.Generator] = None
         self.strategy_gen: Optional[torch.Generator] = None
         self.prompts = PromptComponent.from_config(cfg)
-        self.layout = Layout(views=int(cfg.camera.views), particles=int(cfg.get("particles", 1) or 1))
+        self.layout = Layout(views=int(cfg.camera.views), frames=int(cfg.camera.get("frames", 1)),
+                             particles=int(cfg.get("particles", 1) or 1))
         self.sampler = BatchSampler(cfg.camera, self.layout, self.camera_gen, self.prompts)
         self._prior = None
         self._guidance = None
@@ -128,6 +129,14 @@ class DreamSystem(pl.LightningModule):
             raise ConfigError(f"this prior denoises groups of {views} view(s) but camera.views={cam.views} and "
                               f"camera.batch_size={cam.batch_size} — set camera.views={views} and a batch_size that "
                               f"is a multiple of it")
+        frames = int(getattr(prior, "frames", 1) or 1)
+        if frames > 1 and self.layout.frames != frames:
+            raise ConfigError(f"this prior denoises clips of {frames} frames but camera.frames={cam.get('frames', 1)} "
+                              f"— set camera.frames={frames} and a batch_size that is a multiple of "
+                              f"{frames * views}")
+        if frames == 1 and self.layout.frames > 1:
+            raise ConfigError(f"camera.frames={self.layout.frames} but this prior denoises single images — set "
+                              "camera.frames=1 (each image gets its own time from camera.time_range)")
         self.prompts.uses_view_variants(prior)  # camera.view_dependent_prompting=true on a prior without view text
         for member in self._members():  # a representation in the prior's own space (the 2D image) sizes itself
             if hasattr(member, "bind_prior"):
