@@ -1,0 +1,437 @@
+"""4D: motions of the tiny world, clip sampling, the 4D oracle, video SDS and motion amplification, deformable
+Gaussians, and the animated exports (GLB morph targets read back by pygltflib and checked by the Khronos validator,
+played by <model-viewer> in Chromium; the PLY sequence read by plyfile); a short 4D fit resumes exactly."""
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dreamkit.batch import Batch, Layout
+from dreamkit.cameras import CameraSampler, orbit_cameras
+from dreamkit.errors import ConfigError, DreamkitError
+from dreamkit.export.mesh import Mesh
+from dreamkit.guidance.base import amplify_motion
+from dreamkit.priors.oracle import OraclePrior
+from dreamkit.render.raster import render_mesh_colors
+from dreamkit.representations.deformable import (DeformableGaussianConfig, DeformableGaussianModel,
+                                                 symmetric_kl_diag)
+from dreamkit.representations.gaussians import GaussianModel
+from dreamkit.world.meshes import load_colored_mesh
+from dreamkit.world.motion import MOTIONS, Motion, motion_named, split_motion_caption, transform_points
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# motions
+
+def test_motions_by_hand():
+    tau = torch.tensor([0.0, 0.5, 1.0])
+    right = Motion("moving right").centre(tau)
+    assert torch.allclose(right[:, 0], torch.tensor([-0.5, 0.0, 0.5])) and right[:, 1:].abs().max() == 0
+    assert torch.allclose(Motion("moving left").centre(tau)[:, 0], torch.tensor([0.5, 0.0, -0.5]))
+    assert torch.allclose(Motion("moving up").centre(tau)[:, 1], torch.tensor([-0.5, 0.0, 0.5]))
+    assert torch.allclose(Motion("bouncing").centre(tau)[:, 1], torch.tensor([-0.25, 0.25, -0.25]), atol=1e-6)
+    yaw = Motion("spinning").yaw_degrees(tau)  # atan2: 180° comes back as ±180°
+    assert torch.allclose(yaw[:2], torch.tensor([0.0, 90.0]), atol=1e-4) and abs(abs(float(yaw[2])) - 180) < 1e-4
+    assert torch.allclose(Motion("growing").scale(tau), torch.tensor([0.6, 0.9, 1.2]))
+    assert torch.allclose(Motion("shrinking").scale(tau), torch.tensor([1.2, 0.9, 0.6]))
+    # spinning by 90° takes +X (the camera's right at azimuth 0) to −Z (away from that camera)
+    p = transform_points(torch.tensor([[1.0, 0.0, 0.0]]), Motion("spinning"), 0.5)[0, 0]
+    assert torch.allclose(p, torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
+    still = transform_points(torch.randn(5, 3), Motion("still"), tau)
+    assert torch.equal(still[0], still[2])
+    assert split_motion_caption("A red cube bouncing.") == ("a red cube", Motion("bouncing"))
+    assert split_motion_caption("a blue torus moving left")[1].name == "moving left"
+    assert split_motion_caption("a red cube")[1].name == "still"
+    with pytest.raises(DreamkitError, match="bouncing"):
+        motion_named("wobbling")
+    assert len(MOTIONS) == 9
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# clips
+
+def test_clip_cameras_share_a_camera_and_step_time_by_one_frame():
+    sampler = CameraSampler(torch.Generator().manual_seed(0))
+    F = 4
+    cams = sampler.sample(12, 16, 16, (0, 30), (-180, 180), (2.5, 3), (40, 40), time_range=(0.0, 1.0), frames=F)
+    times = cams.time.view(-1, F)
+    assert ((times[:, 0] >= 0) & (times[:, 0] < 1 / F)).all()
+    assert torch.allclose(times - times[:, :1], torch.arange(F).float() / F)
+    c2w = cams.c2w.view(-1, F, 4, 4)
+    assert torch.equal(c2w, c2w[:, :1].expand_as(c2w))  # one still camera per clip
+    moving = CameraSampler(torch.Generator().manual_seed(0)).sample(
+        12, 16, 16, (0, 30), (-180, 180), (2.5, 3), (40, 40), time_range=(0.0, 1.0), frames=F, azimuth_step=5.0)
+    az = torch.remainder(moving.azimuth.view(-1, F) - moving.azimuth.view(-1, F)[:, :1] + 180, 360) - 180
+    assert torch.allclose(az, torch.arange(F).float() * 5, atol=1e-3)
+    with pytest.raises(ValueError, match="multiple"):
+        sampler.sample(6, 16, 16, (0, 30), (-180, 180), (2.5, 3), (40, 40), frames=4)
+
+
+def test_static_sampling_is_unchanged_by_the_clip_code():
+    """frames=1 and time_range [0, 0] draw exactly what the sampler drew before 4D (the same stream)."""
+    a = CameraSampler(torch.Generator().manual_seed(3)).sample(8, 16, 16, (0, 30), (-180, 180), (2.5, 3), (35, 45))
+    b = CameraSampler(torch.Generator().manual_seed(3)).sample(8, 16, 16, (0, 30), (-180, 180), (2.5, 3), (35, 45),
+                                                              frames=1)
+    assert torch.equal(a.c2w, b.c2w) and torch.equal(a.time, torch.zeros(8))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the 4D oracle
+
+def _oracle(motion="bouncing", frames=1, targets=None):
+    targets = targets or [{"mesh": "meshes/house.ply", "label": "a house", "motion": motion}]
+    return OraclePrior(targets=targets, resolution=24, frames=frames, ssaa=1)
+
+
+def test_oracle_target_moves_with_the_cameras_time():
+    prior = _oracle("moving right")
+    cams = orbit_cameras(2, 24, 24, elevation=10, distance=2.75, fovy=40)
+    cams.time = torch.tensor([0.2, 0.9])
+    got = prior.target_images(cams)
+    verts, faces, colors = load_colored_mesh("meshes/house.ply")
+    for i, tau in enumerate([0.2, 0.9]):
+        moved = transform_points(verts, Motion("moving right"), tau)[0]
+        rgb, _, _ = render_mesh_colors(moved, faces, cams[i:i + 1], face_colors=colors, background=prior.background,
+                                       ssaa=1, **prior.shading)
+        assert torch.equal(got[i], rgb[0].permute(2, 0, 1))
+    still = _oracle("still").target_images(cams)
+    assert torch.equal(still[0], _oracle("still").target_images(cams[0:1])[0])
+    assert (got - still).abs().max() > 0.2
+
+
+def test_clip_oracle_posterior_is_the_clips():
+    """Two targets (one still, one moving): with frames=F the posterior weights over targets come from the squared
+    distances summed over each clip's frames (worked here by hand), shared by the clip's frames."""
+    targets = [{"mesh": "meshes/house.ply", "label": "a house", "motion": "still"},
+               {"mesh": "meshes/house.ply", "label": "a house moving", "motion": "moving right"}]
+    F = 3
+    prior = _oracle(frames=F, targets=targets)
+    cams = orbit_cameras(F, 24, 24, elevation=10, distance=2.75, fovy=40)
+    cams.c2w = cams.c2w[:1].expand(F, 4, 4).clone()
+    cams.time = torch.tensor([0.1, 0.4, 0.7])
+    gen = torch.Generator().manual_seed(0)
+    x_t = torch.randn(F, 3, 24, 24, generator=gen)
+    t = torch.full((F,), 600)
+    cond = prior.encode_text(["a house"] * F).uncond  # both targets, equal weights
+    x0 = prior.predict_x0(x_t, t, cond, cams)
+    renders = prior.render_targets(cams)  # [F, 2, 3, r, r]
+    abar = prior.alphas_cumprod[600].double()
+    d = (x_t[:, None].double() - abar.sqrt() * renders.double()).flatten(2).square().sum(-1).sum(0)  # [2]
+    w = torch.softmax(-d / (2 * (1 - abar)), 0)
+    expected = torch.einsum("k,fkchw->fchw", w, renders.double()).float()
+    assert torch.allclose(x0, expected, atol=1e-5)
+    per_frame = _oracle(frames=1, targets=targets).predict_x0(x_t, t, cond, cams)
+    assert not torch.allclose(per_frame, expected, atol=1e-3)  # the clip's posterior is not each frame's
+    with pytest.raises(DreamkitError, match="one timestep"):
+        prior.predict_x0(x_t, torch.tensor([600, 600, 500]), cond, cams)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# video SDS
+
+def _distill(frames, amp, prior_frames, seed=0):
+    from dreamkit.guidance.sds import SDSConfig, SDSGuidance
+
+    prior = _oracle("bouncing", frames=prior_frames)
+    cfg = OmegaConf.structured(SDSConfig(guidance_scale=1.0, motion_amp=amp))
+    guidance = SDSGuidance(cfg, prior, 100)
+    cams = CameraSampler(torch.Generator().manual_seed(1)).sample(
+        8, 24, 24, (0, 30), (-180, 180), (2.5, 3), (40, 40), time_range=(0.0, 1.0), frames=frames)
+    images = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    text = prior.encode_text(["a house"])
+    batch = Batch(cams, text.__class__(text.cond.expand(8, -1), text.uncond.expand(8, -1), ["a house"] * 8),
+                  Layout(frames=frames))
+    out = guidance.distill(images, batch, 10, torch.Generator().manual_seed(seed))
+    out["loss_sds"].backward()
+    return out, images.grad
+
+
+def test_video_sds_with_one_frame_is_image_sds_bitwise():
+    image_out, image_grad = _distill(frames=1, amp=1.0, prior_frames=1)
+    video_out, video_grad = _distill(frames=1, amp=30.0, prior_frames=1)  # amplification has nothing to amplify
+    assert torch.equal(image_grad, video_grad) and torch.equal(image_out["loss_sds"], video_out["loss_sds"])
+
+
+def test_timestep_is_constant_within_a_clip():
+    from dreamkit.guidance.sds import SDSConfig, SDSGuidance
+
+    guidance = SDSGuidance(OmegaConf.structured(SDSConfig()), _oracle(frames=4), 100)
+    t = guidance.sample_timesteps(32, 5, torch.Generator().manual_seed(0), torch.device("cpu"), Layout(frames=4))
+    clips = t.view(-1, 4)
+    assert (clips == clips[:, :1]).all() and len(torch.unique(clips[:, 0])) > 1
+
+
+def test_motion_amplification_keeps_the_mean_and_scales_deviations():
+    r = torch.randn(12, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    for amp in (1.0, 30.0, 0.0):
+        out = amplify_motion(r, 4, amp)
+        clips, got = r.view(3, 4, 3, 5, 5), out.view(3, 4, 3, 5, 5)
+        assert torch.allclose(got.mean(1), clips.mean(1), atol=1e-5)
+        assert torch.allclose(got - got.mean(1, keepdim=True), amp * (clips - clips.mean(1, keepdim=True)),
+                              atol=1e-4)
+    assert torch.equal(amplify_motion(r, 4, 1.0), r) or torch.allclose(amplify_motion(r, 4, 1.0), r, atol=1e-6)
+    # through the loss: the gradient's frame mean is kept and its deviations scale by ω (one weight per clip)
+    _, g1 = _distill(frames=4, amp=1.0, prior_frames=4)
+    _, g5 = _distill(frames=4, amp=5.0, prior_frames=4)
+    c1, c5 = g1.view(2, 4, -1), g5.view(2, 4, -1)
+    assert torch.allclose(c5.mean(1), c1.mean(1), atol=1e-6)
+    assert torch.allclose(c5 - c5.mean(1, keepdim=True), 5 * (c1 - c1.mean(1, keepdim=True)), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# deformable Gaussians
+
+def _deformable(**kw) -> DeformableGaussianModel:
+    cfg = OmegaConf.structured(DeformableGaussianConfig(num_points=400, init_opacity=0.5, init_radius=0.5,
+                                                        deform_resolution=8, deform_time_resolution=6, **kw))
+    return DeformableGaussianModel(cfg, torch.Generator().manual_seed(0))
+
+
+def _moving(model: DeformableGaussianModel) -> DeformableGaussianModel:
+    """Give the field a motion: time planes that vary along τ and random heads."""
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for plane in model.deformation.planes:
+            plane.add_(0.3 * torch.randn(plane.shape, generator=gen))
+        for head in model.deformation.heads.values():
+            head.weight.copy_(0.2 * torch.randn(head.weight.shape, generator=gen))
+    return model
+
+
+def test_deformation_is_the_identity_at_init():
+    model = _deformable()
+    moved = model.deformed(torch.tensor([0.0, 0.3, 1.0]))
+    for i in range(3):
+        assert torch.equal(moved["means"][i], model.means)
+        assert torch.equal(moved["quats"][i], model.quats)
+    cams = orbit_cameras(3, 32, 32, elevation=15, distance=2.75, fovy=40)
+    static = cams[0:3]
+    cams.time = torch.tensor([0.9, 0.2, 0.9])
+    bg = torch.ones(3, 3)
+    ref = GaussianModel.render(model, static, background=bg).rgb
+    assert (model.render(cams, background=bg).rgb - ref).abs().max() < 1e-5
+
+
+def test_deformed_render_matches_each_time_alone_and_gathers_gradients_in_camera_order():
+    model = _moving(_deformable())
+    cams = orbit_cameras(4, 32, 32, elevation=15, distance=2.75, fovy=40)
+    cams.time = torch.tensor([0.7, 0.1, 0.7, 0.4])
+    bg = torch.ones(4, 3)
+    out = model.render(cams, background=bg)
+    weights = torch.rand(out.rgb.shape, generator=torch.Generator().manual_seed(1))
+    (out.rgb * weights).sum().backward()
+    grads = out.extras["means2d"].grad
+    assert grads.shape == (4, model.num_gaussians, 2)
+    assert (out.rgb[0] - out.rgb[2]).abs().max() > 0.01  # same time, other camera
+    for i in range(4):
+        model.zero_grad()
+        one = model.render(cams[i:i + 1], background=bg[i:i + 1])
+        assert torch.allclose(one.rgb[0], out.rgb[i], atol=1e-5)
+        (one.rgb * weights[i:i + 1]).sum().backward()
+        assert torch.allclose(one.extras["means2d"].grad[0], grads[i], atol=1e-5)
+    assert (out.rgb[1] - model.render(cams[1:2].__class__.cat([cams[1:2]]), background=bg[1:2]).rgb[0]).abs().max() \
+        < 1e-5
+
+
+def test_a_step_moves_the_field_and_its_regularizers_behave():
+    model = _deformable()
+    opt = torch.optim.Adam([p for g in model.parameter_groups() for p in g["params"]], lr=1e-2)
+    cams = orbit_cameras(2, 24, 24, elevation=15, distance=2.75, fovy=40)
+    cams.time = torch.tensor([0.5, 0.8])
+    for _ in range(3):
+        out = model.render(cams, background=torch.ones(2, 3))
+        loss = (out.rgb - torch.tensor([1.0, 0.0, 0.0])).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    d = model.displacement(model.means.detach(), torch.tensor([0.0, 0.5]))
+    assert d[0].abs().max() == 0 and d[1].abs().max() > 0  # τ = 0 is the canonical scene, always
+    terms = model.regularizers(model.render(cams, background=torch.ones(2, 3)), 0)
+    assert {"loss_deform_tv", "loss_deform_smooth", "loss_motion_kl"} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_symmetric_kl_by_hand():
+    mu, var = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 1.0, 2.0])
+    assert symmetric_kl_diag(mu, var, mu, var) == 0
+    shift = torch.tensor([0.3, 0.0, 0.0])
+    expected = 0.5 * (0.3 ** 2) * (2 / 0.5)
+    assert math.isclose(float(symmetric_kl_diag(mu + shift, var, mu, var)), expected, rel_tol=1e-6)
+    # a cloud that a 90° turn about y maps to itself (an isotropic spread in x, z): zero; translated: positive
+    pts = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-0.5, 0.5) for z in (-1.0, 1.0)])
+    turned = transform_points(pts, Motion("spinning"), 0.5)[0]
+    kl = symmetric_kl_diag(turned.mean(0), turned.var(0), pts.mean(0), pts.var(0))
+    assert float(kl) < 1e-10
+    assert float(symmetric_kl_diag((pts + shift).mean(0), pts.var(0), pts.mean(0), pts.var(0))) > 0.01
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# animated exports
+
+def _glb_json_and_bin(path):
+    data = path.read_bytes()
+    (json_len,) = struct.unpack("<I", data[12:16])
+    import json
+
+    doc = json.loads(data[20:20 + json_len])
+    off = 20 + json_len
+    (bin_len,) = struct.unpack("<I", data[off:off + 4])
+    return doc, data[off + 8:off + 8 + bin_len]
+
+
+def test_animated_glb_reads_back_with_the_fields_motion(tmp_path):
+    """The morph targets and the animation, read back by pygltflib (a reader we did not write), hold the
+    deformation field's displacement of the mesh's vertices at each keyframe; the Khronos validator reports no
+    error."""
+    pygltflib = pytest.importorskip("pygltflib")
+    from dreamkit.export.gltf import animation_morph, write_glb
+    from test_export_mesh import validate_glb
+
+    model = _moving(_deformable())
+    verts = np.random.default_rng(0).uniform(-0.4, 0.4, (30, 3)).astype(np.float32)
+    mesh = Mesh(verts, np.arange(30).reshape(10, 3), vertex_colors=np.full((30, 3), 0.5, np.float32))
+    export_cfg = OmegaConf.create({"animation_keyframes": 5, "animation_seconds": 3.0})
+    path = write_glb(mesh, tmp_path / "anim.glb", morph=animation_morph(model, mesh, export_cfg))
+    gltf = pygltflib.GLTF2().load(str(path))
+    blob = gltf.binary_blob()
+
+    def read(index):
+        acc = gltf.accessors[index]
+        view = gltf.bufferViews[acc.bufferView]
+        width = {"SCALAR": 1, "VEC3": 3}[acc.type]
+        start = view.byteOffset + (acc.byteOffset or 0)
+        return np.frombuffer(blob[start:start + acc.count * width * 4], np.float32).reshape(acc.count, width)
+
+    prim = gltf.meshes[0].primitives[0]
+    assert len(prim.targets) == 5
+    (anim,) = gltf.animations
+    sampler = anim.samplers[anim.channels[0].sampler]
+    assert anim.channels[0].target.path == "weights" and sampler.interpolation == "LINEAR"
+    assert np.allclose(read(sampler.input)[:, 0], np.linspace(0, 3.0, 5))
+    assert np.array_equal(read(sampler.output).reshape(5, 5), np.eye(5))
+    taus = torch.linspace(0, 1, 5)
+    expected = model.displacement(torch.as_tensor(verts), taus).detach().numpy()
+    for k, target in enumerate(prim.targets):
+        got = read(target["POSITION"])
+        assert np.allclose(got, expected[k], atol=1e-6)
+    assert np.abs(expected[-1]).max() > 0.01 and np.abs(expected[0]).max() == 0
+    report = validate_glb(path)
+    assert report["issues"]["numErrors"] == 0, report["issues"]["messages"]
+    assert report["info"]["animationCount"] == 1 and report["info"]["hasMorphTargets"]
+
+
+def test_ply_sequence_holds_the_gaussians_at_each_keyframe(tmp_path):
+    from plyfile import PlyData
+
+    from dreamkit.export.ply import export_gaussians_ply
+
+    model = _moving(_deformable())
+    cfg = OmegaConf.create({"animation_keyframes": 3})
+    path = export_gaussians_ply(model, tmp_path / "gaussians.ply", export_cfg=cfg)
+    frames = sorted((tmp_path / "gaussians_frames").glob("frame_*.ply"))
+    assert [f.name for f in frames] == ["frame_000.ply", "frame_001.ply", "frame_002.ply"]
+    for k, f in enumerate(frames):
+        v = PlyData.read(str(f))["vertex"]
+        xyz = np.stack([v["x"], v["y"], v["z"]], -1)
+        assert np.allclose(xyz, model.at_time(k / 2).means.numpy(), atol=1e-6)
+    v = PlyData.read(str(path))["vertex"]
+    assert np.allclose(np.stack([v["x"], v["y"], v["z"]], -1), model.means.detach().numpy())
+    assert not np.allclose(model.at_time(1.0).means.numpy(), model.means.detach().numpy(), atol=1e-3)
+
+
+def test_animated_glb_plays_in_model_viewer(tmp_path, chromium):
+    """A box moving right by 1 over 2 s, written by our GLB writer, played by <model-viewer> (Google's, in Chromium):
+    it lists the animation, and a frame at 1.5 s shows the red box right of where it is at 0 s."""
+    from dreamkit.export.gltf import write_glb
+    from dreamkit.report.build import ASSETS, MODEL_VIEWER
+    import base64
+    import shutil
+
+    import trimesh
+
+    box = trimesh.creation.box((0.5, 0.5, 0.5))
+    verts = np.asarray(box.vertices, np.float32)
+    mesh = Mesh(verts, np.asarray(box.faces), vertex_colors=np.tile([[0.9, 0.1, 0.1]], (len(verts), 1)),
+                unlit=True)
+    disp = np.zeros((3, len(verts), 3), np.float32)
+    disp[1, :, 0], disp[2, :, 0] = 0.5, 1.0
+    path = write_glb(mesh, tmp_path / "box.glb", morph=(np.array([0.0, 1.0, 2.0]), disp))
+    shutil.copyfile(ASSETS / MODEL_VIEWER, tmp_path / MODEL_VIEWER)
+    src = "data:model/gltf-binary;base64," + base64.b64encode(path.read_bytes()).decode()
+    (tmp_path / "index.html").write_text(
+        f'<!doctype html><script src="{MODEL_VIEWER}"></script><body style="margin:0;background:#fff">'
+        f'<model-viewer id="m" src="{src}" autoplay camera-orbit="0deg 90deg 4m" field-of-view="40deg" '
+        'style="width:400px;height:300px;background:#fff" interaction-prompt="none"></model-viewer>')
+    page = chromium.new_page(viewport={"width": 400, "height": 300})
+    page.goto((tmp_path / "index.html").as_uri())
+    page.wait_for_function("document.getElementById('m').loaded === true", timeout=30_000)
+    assert page.evaluate("document.getElementById('m').availableAnimations") == [f"{mesh.name}_motion"]
+    assert abs(page.evaluate("document.getElementById('m').duration") - 2.0) < 1e-6
+
+    def red_centre_x(seconds: float) -> float:
+        page.evaluate(f"(() => {{ const m = document.getElementById('m'); m.pause(); m.currentTime = {seconds}; }})()")
+        page.wait_for_timeout(400)
+        import imageio.v3 as iio
+
+        rgb = iio.imread(io.BytesIO(page.locator("model-viewer").screenshot()))[..., :3].astype(np.int32)
+        red = (rgb[..., 0] > 120) & (rgb[..., 0] > rgb[..., 1] + 60)
+        assert red.sum() > 100, "no red box in the frame"
+        return float(np.nonzero(red)[1].mean())
+
+    x0, x_mid = red_centre_x(0.0), red_centre_x(1.5)
+    page.close()
+    assert x_mid - x0 > 40, (x0, x_mid)  # 0.75 units right ≈ 70 px at this distance
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# recipes and fits
+
+def test_frames_must_match_a_video_prior():
+    from dreamkit.config import load_config
+    from dreamkit.priors.configs import build_prior
+    from dreamkit.system import DreamSystem
+
+    cfg = load_config("gs4d_oracle.yaml", ["prior.frames=4", "camera.frames=1", "representation.num_points=100"])
+    system = DreamSystem(cfg)
+    with pytest.raises(ConfigError, match="camera.frames=4"):
+        system.attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+    cfg = load_config("gs4d_oracle.yaml", ["camera.frames=2", "representation.num_points=100"])
+    with pytest.raises(ConfigError, match="camera.frames=1"):
+        DreamSystem(cfg).attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+
+
+def test_short_4d_fit_resumes_exactly(tmp_path):
+    """A 4D oracle fit (clips of 2 frames through the clip oracle, static stage then moving) killed after its step-20
+    checkpoint and resumed ends with the same parameters as the uninterrupted run, and exports the animation."""
+    from dreamkit.cli import main
+    from dreamkit.run import run_folders
+
+    common = ["fit", "--config", "gs4d_oracle.yaml", "prior.resolution=24", "prior.ssaa=1", "prior.frames=2",
+              "camera.frames=2", "camera.width=24", "camera.height=24", "representation.num_points=300",
+              "representation.densify.refine_start=10", "representation.densify.refine_every=10",
+              "camera.time_range=[0, [9, 0, 1, 10]]", "trainer.max_steps=40", "trainer.checkpoint_every=20",
+              "trainer.val_every=0", "trainer.progress=false", "camera.eval_views=4",
+              "export.formats=[glb]", "export.mesh_resolution=32", "export.texture_size=64",
+              "export.mesh_preview=false", "export.turntable=false", "export.animation_keyframes=4",
+              "report=false"]
+    assert main(common + [f"output_dir={tmp_path / 'full'}"]) == 0
+    (full,) = run_folders(tmp_path / "full")
+    assert main(common + [f"output_dir={tmp_path / 'cut'}", "trainer.max_steps=20", "--no-export"]) == 0
+    (cut,) = run_folders(tmp_path / "cut")
+    assert main(["fit", f"resume={cut}", "trainer.max_steps=40", "trainer.progress=false", "--no-export"]) == 0
+    from dreamkit.checkpoint import load_checkpoint
+
+    a = load_checkpoint(full / "ckpts" / "last.ckpt")["state_dict"]
+    b = load_checkpoint(cut / "ckpts" / "last.ckpt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    glb = full / "exports" / "mesh.glb"
+    doc, _ = _glb_json_and_bin(glb)
+    assert len(doc["meshes"][0]["primitives"][0]["targets"]) == 4 and doc["animations"]
