@@ -435,3 +435,59 @@ def test_short_4d_fit_resumes_exactly(tmp_path):
     glb = full / "exports" / "mesh.glb"
     doc, _ = _glb_json_and_bin(glb)
     assert len(doc["meshes"][0]["primitives"][0]["targets"]) == 4 and doc["animations"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# motion scores (dreamkit eval)
+
+class _TruthMotion(torch.nn.Module):
+    """A stand-in 4D model whose field moves points exactly as ``motion`` does (from their τ = 0 place)."""
+
+    def __init__(self, motion: Motion):
+        super().__init__()
+        self.motion = motion
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def displacement(self, points, taus):
+        s0, r0, t0 = self.motion.transform(0.0)
+        rest = torch.einsum("ij,vj->vi", r0[0].T, points - t0[0]) / s0[0]  # M(0)⁻¹
+        return transform_points(rest, self.motion, taus) - points
+
+
+@pytest.mark.parametrize("name", ["bouncing", "spinning", "moving left", "growing"])
+def test_motion_score_of_the_truth_is_perfect_and_of_another_motion_is_not(name):
+    from dreamkit.eval.motion import MovedScene, score_motion
+    from dreamkit.world import parse_prompt
+
+    scene, motion = parse_prompt("a red cube"), Motion(name)
+    verts, faces, colours = MovedScene(scene, motion, 0.0).mesh()
+    mesh = Mesh(verts.numpy(), faces.numpy(), vertex_colors=np.ones((len(verts), 3), np.float32))
+    right = score_motion(_TruthMotion(motion), mesh, scene, motion)
+    assert right["motion_ok"] and right["track_error"] < 1e-4 and right["yaw_error"] < 0.1, right
+    assert right["scale_error"] < 1e-4
+    other = Motion("moving right" if name != "moving right" else "moving left")
+    wrong = score_motion(_TruthMotion(other), mesh, scene, motion)
+    assert not wrong["motion_ok"], wrong
+    still = score_motion(_TruthMotion(Motion("still")), mesh, scene, motion)
+    assert not still["motion_ok"], still
+
+
+def test_eval_scores_a_4d_fit_against_the_prompted_motion(tmp_path):
+    """`dreamkit eval` with the 4D oracle recipe on a motion prompt: the oracle's target moves as prompted and the
+    table has the motion scores."""
+    import csv
+
+    from dreamkit.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", "--config", "gs4d_oracle.yaml", "--prompts", "a red cube moving right", "--out", str(out),
+                 "prior.resolution=24", "prior.ssaa=1", "camera.width=24", "camera.height=24",
+                 "representation.num_points=300", "trainer.max_steps=30", "camera.time_range=[0, [9, 0, 1, 10]]",
+                 "trainer.val_every=0", "trainer.progress=false", "camera.eval_views=4", "export.mesh_resolution=32",
+                 "export.animation_keyframes=4"])
+    assert code == 0
+    (row,) = list(csv.DictReader(open(out / "results.csv")))
+    assert row["motion"] == "moving right" and row["motion_ok"] in ("True", "False")
+    assert math.isfinite(float(row["track_error"])) and float(row["travel_truth"]) == pytest.approx(1.0, abs=1e-3)
+    cfg = OmegaConf.load(next((out / "runs").rglob("config.yaml")))
+    assert cfg.prior.targets[0].motion == "moving right" and cfg.prior.targets[0].label == "a red cube moving right"
