@@ -69,6 +69,8 @@ class Batch:
     prompt_index: Optional[torch.Tensor] = None
     #: the layout's per-region prompts (K of them, in the order of the recipe's boxes), None without a layout
     regions: Optional[TextCond] = None
+    #: composed guidance: the index of this step's member (its prior, layout and loss), None otherwise
+    member: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.cameras)

@@ -440,8 +440,9 @@ def load_config(config: Optional[str], overrides: list[str] = (), base: Optional
     if loss is None:  # every term of the recipe's guidance at weight 1 (sds; vsd and lora; ...)
         from .registry import component_class
 
-        names = getattr(component_class("guidance", cfg.guidance.name, "guidance.name"), "loss_names",
-                        (str(cfg.guidance.name),))
+        g_cls = component_class("guidance", cfg.guidance.name, "guidance.name")
+        names = (g_cls.default_loss_names(cfg) if hasattr(g_cls, "default_loss_names")
+                 else getattr(g_cls, "loss_names", (str(cfg.guidance.name),)))
         loss = OmegaConf.create({f"lambda_{n}": 1.0 for n in names})
     if over.get("loss") is not None:
         loss = OmegaConf.merge(loss, over.loss)
@@ -454,6 +455,11 @@ def load_config(config: Optional[str], overrides: list[str] = (), base: Optional
         kind = raw.get(selector)
         cls = component_config_class(section, kind, key=f"{section}.{selector}")
         cfg[section] = merge_structured(cls, raw, prefix=section)  # type: ignore[index]
+    from .registry import component_class
+
+    g_cls = component_class("guidance", cfg.guidance.name, "guidance.name")
+    if hasattr(g_cls, "resolve_config"):  # composed guidance: its members' own sections
+        g_cls.resolve_config(cfg)
     validate_values(cfg)
     return cfg
 

@@ -124,6 +124,14 @@ class DreamSystem(pl.LightningModule):
 
     def attach_prior(self, prior: nn.Module) -> None:
         """Frozen priors are not part of checkpoints (they can be GBs); attach before fit."""
+        cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
+        if hasattr(cls, "from_recipe"):  # composed guidance: each member has its own prior, layout and sampler
+            object.__setattr__(self, "_prior", prior)
+            guidance = cls.from_recipe(self.cfg, prior, int(self.cfg.trainer.max_steps), self.camera_gen)
+            self.add_module("guidance_module", guidance)
+            object.__setattr__(self, "_guidance", guidance)
+            self._check_lambdas()
+            return
         views, cam = int(getattr(prior, "views", 1)), self.cfg.camera
         if self.layout.views != views or int(cam.batch_size) % views:
             raise ConfigError(f"this prior denoises groups of {views} view(s) but camera.views={cam.views} and "
@@ -142,7 +150,6 @@ class DreamSystem(pl.LightningModule):
             if hasattr(member, "bind_prior"):
                 member.bind_prior(prior)
         object.__setattr__(self, "_prior", prior)
-        cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
         guidance = cls(self.cfg.guidance, prior, int(self.cfg.trainer.max_steps))
         # guidance that owns trainable parts (VSD's LoRA) registers them as a submodule
         self.add_module("guidance_module", guidance)
@@ -175,6 +182,8 @@ class DreamSystem(pl.LightningModule):
             self.noise_gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed) + 3)
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
         self.prompts.setup(self._prior, device)
+        if hasattr(self._guidance, "setup"):  # composed guidance: the members' own priors and prompts
+            self._guidance.setup(device)
 
     @property
     def text_cond(self) -> Optional[TextCond]:
@@ -207,7 +216,15 @@ class DreamSystem(pl.LightningModule):
     def sample_batch(self, step: int) -> Batch:
         """The step's :class:`~dreamkit.batch.Batch` on the device: cameras and their prompt-variant index drawn on
         the host, then sent in one asynchronous copy (no synchronisation on CUDA), the text gathered there."""
+        if hasattr(self._guidance, "sample_batch"):  # composed guidance: the step's member draws its own batch
+            return self._guidance.sample_batch(step, self._host_batch_to_device)
         host = self.sampler.sample(step)
+        cameras, index = self._host_batch_to_device(host)
+        return Batch(cameras, self.prompts.select(index, len(cameras), host.prompts), self.layout, index,
+                     self.prompts.region_text)
+
+    def _host_batch_to_device(self, host: Any) -> tuple[Cameras, Optional[torch.Tensor]]:
+        """A host batch's cameras and prompt-variant index on the device (one asynchronous copy on CUDA)."""
         cams, index = host.cameras, host.prompt_index
         fields = [cams.c2w, cams.K, cams.elevation, cams.azimuth, cams.distance, cams.fovy, cams.time]
         if index is not None:
@@ -215,8 +232,7 @@ class DreamSystem(pl.LightningModule):
         moved = host_to_device(fields, self.device)
         cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
         index = moved[7] if index is not None else None
-        return Batch(cameras, self.prompts.select(index, len(cams), host.prompts), self.layout, index,
-                     self.prompts.region_text)
+        return cameras, index
 
     def is_log_step(self, step: int) -> bool:
         return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
@@ -334,6 +350,9 @@ class DreamSystem(pl.LightningModule):
             batch_size = len(result.cameras)
             logs = {"train/loss": result.loss}
             logs.update({f"train/{k}": v.detach() for k, v in result.terms.items() if torch.is_tensor(v)})
+            if hasattr(self._guidance, "members"):  # composed: the other members' terms are absent this step (NaN,
+                for name in self._guidance.loss_names:  # not the last value Lightning would carry over)
+                    logs.setdefault(f"train/loss_{name}", float("nan"))
             if hasattr(self.representation, "num_gaussians"):
                 logs["train/num_gaussians"] = float(self.representation.num_gaussians)
             logs.update({f"train/{k}": float(v) for k, v in result.info.items()})

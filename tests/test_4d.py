@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -491,3 +492,104 @@ def test_eval_scores_a_4d_fit_against_the_prompted_motion(tmp_path):
     assert math.isfinite(float(row["track_error"])) and float(row["travel_truth"]) == pytest.approx(1.0, abs=1e-3)
     cfg = OmegaConf.load(next((out / "runs").rglob("config.yaml")))
     assert cfg.prior.targets[0].motion == "moving right" and cfg.prior.targets[0].label == "a red cube moving right"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# composed guidance
+
+SMALL = ["prior.resolution=24", "prior.ssaa=1", "camera.width=24", "camera.height=24", "representation.num_points=300",
+         "representation.densify.refine_start=4", "representation.densify.refine_every=4", "trainer.val_every=0",
+         "trainer.progress=false", "camera.eval_views=4", "camera.time_range=[0, 1]"]
+
+
+def _composed(tmp_path, members: dict, loss: Optional[dict] = None) -> str:
+    """A recipe file: gs4d_oracle.yaml with composed guidance of ``members`` and ``loss`` (default: every member's
+    terms at 1)."""
+    from dreamkit.config import load_recipe
+
+    recipe = load_recipe("gs4d_oracle.yaml")
+    recipe.guidance = OmegaConf.create({"name": "composed", "members": members})
+    if loss is None:
+        del recipe["loss"]
+    else:
+        recipe.loss = OmegaConf.create(loss)
+    path = tmp_path / f"composed_{len(list(tmp_path.glob('composed_*.yaml')))}.yaml"
+    OmegaConf.save(recipe, path)
+    return str(path)
+
+
+def test_composed_config_errors(tmp_path):
+    from dreamkit.config import load_config
+
+    image = {"probability": 0.5, "guidance": {"name": "sds", "guidance_scale": 1.0}}
+    with pytest.raises(ConfigError, match="add up to 0.5"):
+        load_config(_composed(tmp_path, {"image": image}))
+    with pytest.raises(ConfigError, match="did you mean probability"):
+        load_config(_composed(tmp_path, {"image": {**image, "probabilty": 1}}))
+    with pytest.raises(ConfigError, match="guidance_scal"):
+        load_config(_composed(tmp_path, {"image": {"probability": 1.0,
+                                                   "guidance": {"name": "sds", "guidance_scal": 1}}}))
+    cfg = load_config(_composed(tmp_path, {"a": image, "b": {**image, "camera": {"frames": 2}}}))
+    assert set(cfg.loss) == {"lambda_a_sds", "lambda_b_sds"} and cfg.guidance.members.b.camera.frames == 2
+    from dreamkit.priors.configs import build_prior
+    from dreamkit.system import DreamSystem
+
+    with pytest.raises(ConfigError, match="members.b.camera.frames=2"):
+        DreamSystem(cfg).attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+
+
+def test_one_member_composed_is_the_member_alone_bitwise(tmp_path):
+    """guidance.name=composed with one member (probability 1) trains exactly as that guidance uncomposed."""
+    from dreamkit.checkpoint import load_checkpoint
+    from dreamkit.cli import main
+    from dreamkit.run import run_folders
+
+    steps = ["trainer.max_steps=8", "--no-export"]
+    assert main(["fit", "--config", "gs4d_oracle.yaml", *SMALL, *steps, f"output_dir={tmp_path / 'plain'}"]) == 0
+    member = {"image": {"probability": 1.0, "guidance": {"name": "sds", "guidance_scale": 1.0,
+                                                         "max_step_percent": [0, 0.98, 0.5, 400]}}}
+    recipe = _composed(tmp_path, member, {"lambda_image_sds": 1.0, "lambda_deform_tv": 0.1,
+                                          "lambda_deform_smooth": 1.0})
+    assert main(["fit", "--config", recipe, *SMALL, *steps, f"output_dir={tmp_path / 'composed'}"]) == 0
+    (a,), (b,) = run_folders(tmp_path / "plain"), run_folders(tmp_path / "composed")
+    sa, sb = load_checkpoint(a / "ckpts" / "last.ckpt")["state_dict"], load_checkpoint(b / "ckpts" / "last.ckpt")["state_dict"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_composed_members_alternate_with_their_own_layouts_and_resume_exactly(tmp_path):
+    """Image SDS at single times and video SDS on 2-frame clips of the clip oracle, each with probability 0.5: both
+    members' terms are logged, the choice follows the probabilities, and a cut + resume equals the straight run."""
+    import csv
+
+    from dreamkit.checkpoint import load_checkpoint
+    from dreamkit.cli import main
+    from dreamkit.run import run_folders
+
+    members = {"image": {"probability": 0.5, "guidance": {"name": "sds", "guidance_scale": 1.0}},
+               "video": {"probability": 0.5, "guidance": {"name": "sds", "guidance_scale": 1.0, "motion_amp": 3.0},
+                         "prior": {"type": "oracle", "resolution": 24, "ssaa": 1, "frames": 2,
+                                   "targets": [{"mesh": "meshes/house.ply", "label": "a house bouncing",
+                                                "motion": "bouncing"}]},
+                         "camera": {"frames": 2, "batch_size": 4}}}
+    common = ["fit", "--config", _composed(tmp_path, members), *SMALL, "trainer.log_every=1",
+              "trainer.checkpoint_every=10", "--no-export"]
+    assert main(common + ["trainer.max_steps=20", f"output_dir={tmp_path / 'full'}"]) == 0
+    assert main(common + ["trainer.max_steps=10", f"output_dir={tmp_path / 'cut'}"]) == 0
+    (full,), (cut,) = run_folders(tmp_path / "full"), run_folders(tmp_path / "cut")
+    assert main(["fit", f"resume={cut}", "trainer.max_steps=20", "trainer.progress=false", "--no-export"]) == 0
+    a, b = load_checkpoint(full / "ckpts" / "last.ckpt"), load_checkpoint(cut / "ckpts" / "last.ckpt")
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    rows = [r for r in csv.DictReader(open(full / "logs" / "metrics.csv")) if r.get("train/member")]
+    assert len(rows) == 20
+
+    def logged(value: str) -> bool:
+        return value not in ("", "nan") and math.isfinite(float(value))
+
+    image = [r for r in rows if r["train/member"] == "0.0"]
+    video = [r for r in rows if r["train/member"] == "1.0"]
+    assert image and video and len(image) + len(video) == 20
+    assert all(logged(r["train/loss_image_sds"]) and not logged(r["train/loss_video_sds"]) for r in image)
+    assert all(logged(r["train/loss_video_sds"]) and not logged(r["train/loss_image_sds"]) for r in video)
