@@ -593,3 +593,48 @@ def test_composed_members_alternate_with_their_own_layouts_and_resume_exactly(tm
     assert image and video and len(image) + len(video) == 20
     assert all(logged(r["train/loss_image_sds"]) and not logged(r["train/loss_video_sds"]) for r in image)
     assert all(logged(r["train/loss_video_sds"]) and not logged(r["train/loss_image_sds"]) for r in video)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 4D volume fields (NeRF, triplane: a static field plus a space-time one)
+
+@pytest.mark.parametrize("name", ["nerf", "triplane"])
+def test_time_field_starts_static_and_learns_time(name):
+    from dreamkit.config import load_config
+    from dreamkit.components import build_representation
+
+    small = ["representation.num_samples=16", "representation.occ_resolution=0"]
+    if name == "nerf":
+        small += ["representation.log2_hashmap_size=12", "representation.n_levels=4"]
+    else:
+        small += ["representation.plane_resolution=16"]
+    static = build_representation(load_config(f"{name}_oracle.yaml", small), torch.Generator().manual_seed(0))
+    cfg = load_config(f"{name}_oracle.yaml", small + ["representation.time_field=true",
+                                                       "representation.time_space_resolution=8",
+                                                       "representation.time_resolution=4"])
+    model = build_representation(cfg, torch.Generator().manual_seed(0))
+    assert model.dynamic and not static.dynamic
+    cams = orbit_cameras(3, 12, 12, elevation=15, distance=2.75, fovy=40)
+    model.eval(), static.eval()
+    with torch.no_grad():
+        ref = static.render(cams, background=torch.ones(3, 3)).rgb
+        cams.time = torch.tensor([0.9, 0.1, 0.5])
+        assert torch.equal(model.render(cams, background=torch.ones(3, 3)).rgb, ref)  # the same static field
+    model.train()
+    opt = torch.optim.Adam([p for g in model.parameter_groups() for p in g["params"]], lr=5e-2)
+    for _ in range(3):  # pull the render at τ = 0.9 towards red only
+        out = model.render(cams[0:1], background=torch.ones(1, 3))
+        loss = (out.rgb - torch.tensor([1.0, 0.0, 0.0])).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        late, early = cams[0:1], cams[0:1]
+        early = early.__class__(early.c2w, early.K, early.width, early.height, early.elevation, early.azimuth,
+                                early.distance, early.fovy, torch.tensor([0.0]))
+        a, b = model.render(late, background=torch.ones(1, 3)).rgb, model.render(early, background=torch.ones(1, 3)).rgb
+    assert (a - b).abs().max() > 1e-3  # the field now depends on τ
+    frozen = model.at_time(0.9)
+    with torch.no_grad():
+        assert torch.allclose(frozen.render(early, background=torch.ones(1, 3)).rgb, a, atol=1e-6)

@@ -323,7 +323,12 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
 
             mesh, _ = mesh_from_representation(model.at_time(0.0), run_cfg.export)
             row.update(score_mesh(mesh, MovedScene(scene, motion, 0.0)))
-            row.update(score_motion(model, mesh, scene, motion, int(run_cfg.export.get("animation_keyframes", 16))))
+            if hasattr(model, "displacement"):
+                row.update(score_motion(model, mesh, scene, motion,
+                                        int(run_cfg.export.get("animation_keyframes", 16))))
+            else:  # a 4D field without a deformation: its exports do not animate a mesh
+                row.update({"motion": motion.name, "motion_ok": False,
+                            "error": "no deformation field: the export holds no animation to score"})
             row["ok"] = bool(row.get("ok", row.get("shape_ok"))) and row["motion_ok"]
         else:
             mesh, _ = mesh_from_representation(model, run_cfg.export)
