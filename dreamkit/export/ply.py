@@ -40,8 +40,10 @@ def export_gaussians_ply(model: Any, path: Path, export_cfg: Any = None, **_: An
     if getattr(model, "dynamic", False):
         from .gltf import keyframe_times
 
+        from ..imageio_utils import unique_path
+
         path = Path(path)
-        folder = path.with_name(path.stem + "_frames")
+        folder = unique_path(path.with_name(path.stem + "_frames"))  # never into an earlier export's frames
         for k, tau in enumerate(keyframe_times(export_cfg)):
             write_gaussians_ply(model.at_time(float(tau)), folder / f"frame_{k:03d}.ply")
         return write_gaussians_ply(model.at_time(0.0), path)
