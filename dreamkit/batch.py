@@ -115,10 +115,10 @@ class BatchSampler:
             distance_range=range_at(cam.distance_range, step, "camera.distance_range"),
             fovy_range=range_at(cam.fovy_range, step, "camera.fovy_range"),
             uniform_sphere=bool(cam.uniform_sphere),
-            time_range=range_at(cam.get("time_range", [0.0, 0.0]), step, "camera.time_range"),
+            time_range=range_at(getattr(cam, "time_range", [0.0, 0.0]), step, "camera.time_range"),
             views=self.layout.views,
             frames=self.layout.frames,
-            azimuth_step=float(cam.get("clip_azimuth_step", 0.0)),
+            azimuth_step=float(getattr(cam, "clip_azimuth_step", 0.0)),
         )
 
     def sample(self, step: int) -> HostBatch:

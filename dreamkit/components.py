@@ -47,7 +47,7 @@ def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = 
     cam = cfg.camera
     cams = orbit_cameras(cam.eval_views, width or cam.width, height or cam.height, elevation=cam.eval_elevation,
                          distance=cam.eval_distance, fovy=cam.eval_fovy, start_azimuth=cam.eval_azimuth_offset)
-    if cam.get("eval_time_sweep", False):  # 4D: the k-th view at time (k + 0.5)/n, between the clip-time grid
+    if getattr(cam, "eval_time_sweep", False):  # 4D: the k-th view at time (k + 0.5)/n, between the clip-time grid
         n = int(cam.eval_views)
         cams.time = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     return cams

@@ -101,7 +101,7 @@ class DreamSystem(pl.LightningModule):
         self.noise_gen: Optional[torch.Generator] = None
         self.strategy_gen: Optional[torch.Generator] = None
         self.prompts = PromptComponent.from_config(cfg)
-        self.layout = Layout(views=int(cfg.camera.views), frames=int(cfg.camera.get("frames", 1)),
+        self.layout = Layout(views=int(cfg.camera.views), frames=int(getattr(cfg.camera, "frames", 1)),
                              particles=int(cfg.get("particles", 1) or 1))
         self.sampler = BatchSampler(cfg.camera, self.layout, self.camera_gen, self.prompts)
         self._prior = None
@@ -139,7 +139,7 @@ class DreamSystem(pl.LightningModule):
                               f"is a multiple of it")
         frames = int(getattr(prior, "frames", 1) or 1)
         if frames > 1 and self.layout.frames != frames:
-            raise ConfigError(f"this prior denoises clips of {frames} frames but camera.frames={cam.get('frames', 1)} "
+            raise ConfigError(f"this prior denoises clips of {frames} frames but camera.frames={getattr(cam, 'frames', 1)} "
                               f"— set camera.frames={frames} and a batch_size that is a multiple of "
                               f"{frames * views}")
         if frames == 1 and self.layout.frames > 1:

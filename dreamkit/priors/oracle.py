@@ -252,7 +252,7 @@ class OraclePrior(Prior):
 
         targets = [dict(t, mesh=str(asset_path(t["mesh"]))) for t in cfg.targets]
         return cls(targets=targets, resolution=cfg.resolution, background=tuple(cfg.background),
-                   ssaa=cfg.ssaa, frames=int(cfg.get("frames", 1))).to(device)
+                   ssaa=cfg.ssaa, frames=int(getattr(cfg, "frames", 1))).to(device)
 
     @staticmethod
     def check_config(cfg: Any) -> None:

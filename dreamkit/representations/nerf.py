@@ -168,7 +168,7 @@ class VolumeModel(nn.Module):
         cfg = self.cfg
         self._tau = 0.0
         self.time_planes = None
-        if not cfg.get("time_field", False):
+        if not getattr(cfg, "time_field", False):
             return
         R, T = int(cfg.time_space_resolution), int(cfg.time_resolution)
         if R < 2 or T < 2:
