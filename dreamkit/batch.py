@@ -83,6 +83,8 @@ class Batch:
     regions: Optional[TextCond] = None
     #: this rank's part of the whole batch when one fit runs in several processes; None in a one-process fit
     shard: Optional[Shard] = None
+    #: composed guidance: the index of this step's member (its prior, layout and loss), None otherwise
+    member: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -127,7 +129,10 @@ class BatchSampler:
             distance_range=range_at(cam.distance_range, step, "camera.distance_range"),
             fovy_range=range_at(cam.fovy_range, step, "camera.fovy_range"),
             uniform_sphere=bool(cam.uniform_sphere),
+            time_range=range_at(getattr(cam, "time_range", [0.0, 0.0]), step, "camera.time_range"),
             views=self.layout.views,
+            frames=self.layout.frames,
+            azimuth_step=float(getattr(cam, "clip_azimuth_step", 0.0)),
         )
 
     def sample(self, step: int) -> HostBatch:

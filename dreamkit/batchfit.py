@@ -213,13 +213,15 @@ def fit_prompt(spec: dict) -> dict:
     from .priors.configs import cached_prior
     from .run import checkpoint_step, export_run, fit, run_folders
     from .world import parse_prompt
+    from .world.motion import split_motion_caption
 
     out, pid, prompt = Path(spec["out"]), spec["id"], spec["prompt"]
     work = out / "runs" / pid
     with prompt_lock(work):
         cfg = load_config(spec["recipe"], list(spec["overrides"]) + [f"prompt={prompt!r}", f"output_dir={work}"])
-        scene = parse_prompt(prompt)
-        point_oracle_at_truth(cfg, scene, out / "gt")
+        object_prompt, motion = split_motion_caption(prompt)
+        scene = parse_prompt(object_prompt)
+        point_oracle_at_truth(cfg, prompt, out / "gt")
         device = resolve_device(str(cfg.device))
         steps = int(cfg.trainer.max_steps)
         runs = [(run, checkpoint_step(run)) for run in run_folders(work)]
@@ -253,7 +255,7 @@ def fit_prompt(spec: dict) -> dict:
         row: dict = {"run_dir": str(run_dir), "final_loss": _final_loss(run_dir)}
         if scene is not None:
             row["kind"] = scene.kind
-            frames = _score_run(run_dir, scene, row)
+            frames = _score_run(run_dir, scene, row, motion=motion)
         else:
             from .components import load_representation_from_checkpoint
             from .export.video import render_turntable

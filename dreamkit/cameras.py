@@ -221,13 +221,21 @@ class CameraSampler:
         uniform_sphere: bool = False,
         time_range: tuple[float, float] = (0.0, 0.0),
         views: int = 1,
+        frames: int = 1,
+        azimuth_step: float = 0.0,
     ) -> Cameras:
         """``views`` > 1 draws ``batch_size / views`` groups (group-major) for multi-view priors: in a group the
         azimuths are ``a0 + k·360°/views`` (90° apart for 4 views, as MVDream) and elevation, distance, field of view
-        and time are shared."""
-        if views < 1 or batch_size % views:
-            raise ValueError(f"camera.batch_size={batch_size} must be a multiple of camera.views={views}")
-        n = batch_size // views
+        and time are shared.
+
+        ``frames`` F > 1 makes each group a clip (4D): every view is repeated over F frames (image
+        ``g·V·F + v·F + f``) at times τ_f = τ₀ + f·(hi − lo)/F with τ₀ ~ U(lo, lo + (hi − lo)/F) (4D-fy's clip
+        times), and its azimuth turns by ``azimuth_step`` degrees per frame (0: a still camera per clip)."""
+        group = views * frames
+        if views < 1 or frames < 1 or batch_size % group:
+            raise ValueError(f"camera.batch_size={batch_size} must be a multiple of camera.views={views} × "
+                             f"camera.frames={frames}")
+        n = batch_size // group
         if uniform_sphere:
             lo, hi = (math.sin(math.radians(e)) for e in elevation_range)
             elevation = torch.rad2deg(torch.asin(self._uniform(n, lo, hi)))
@@ -236,11 +244,18 @@ class CameraSampler:
         azimuth = self._uniform(n, *azimuth_range)
         distance = self._uniform(n, *distance_range)
         fovy = self._uniform(n, *fovy_range)
-        time = self._uniform(n, *time_range)
+        t_lo, t_hi = time_range
+        span = (t_hi - t_lo) / frames
+        time = self._uniform(n, t_lo, t_lo + span) if frames > 1 else self._uniform(n, t_lo, t_hi)
         if views > 1:
             offsets = torch.arange(views, dtype=torch.float32) * (360.0 / views)
             azimuth = (azimuth[:, None] + offsets[None]).reshape(-1)
             elevation, distance, fovy, time = (x.repeat_interleave(views) for x in (elevation, distance, fovy, time))
+        if frames > 1:
+            f = torch.arange(frames, dtype=torch.float32)
+            azimuth = (azimuth[:, None] + azimuth_step * f[None]).reshape(-1)
+            time = (time[:, None] + span * f[None]).reshape(-1)
+            elevation, distance, fovy = (x.repeat_interleave(frames) for x in (elevation, distance, fovy))
         return cameras_from_spherical(elevation, azimuth, distance, fovy, width, height, time=time)
 
 

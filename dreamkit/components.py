@@ -45,8 +45,12 @@ def configure_device(cfg: Any, device: torch.device) -> None:
 def eval_cameras(cfg: Any, width: Optional[int] = None, height: Optional[int] = None) -> Cameras:
     """Held-out cameras: an orbit whose azimuths are offset from multiples of 45°; never sampled exactly in training."""
     cam = cfg.camera
-    return orbit_cameras(cam.eval_views, width or cam.width, height or cam.height, elevation=cam.eval_elevation,
+    cams = orbit_cameras(cam.eval_views, width or cam.width, height or cam.height, elevation=cam.eval_elevation,
                          distance=cam.eval_distance, fovy=cam.eval_fovy, start_azimuth=cam.eval_azimuth_offset)
+    if getattr(cam, "eval_time_sweep", False):  # 4D: the k-th view at time (k + 0.5)/n, between the clip-time grid
+        n = int(cam.eval_views)
+        cams.time = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    return cams
 
 
 def build_representation(cfg: Any, generator: Optional[torch.Generator] = None) -> nn.Module:

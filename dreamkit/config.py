@@ -42,6 +42,15 @@ class CameraConfig:
     fovy_range: List[Any] = field(default_factory=lambda: [35.0, 45.0], metadata=SCHEDULE)
     #: cameras per group: 1, or the prior's V for multi-view priors (groups of V views 360°/V apart in azimuth)
     views: int = 1
+    #: frames per clip F (4D): 1, or the video prior's F. Each group's cameras are repeated over F frames at times
+    #: τ_i = τ₀ + i·(hi − lo)/F, τ₀ ~ U(lo, lo + (hi − lo)/F) (4D-fy's clip sampling), one diffusion timestep per clip
+    frames: int = 1
+    #: [low, high] of the scene time τ drawn per group (a 4D representation's clock; [0, 0] = static scenes).
+    #: Each end may be a schedule (a static stage first: [0, [299, 0, 1, 300]])
+    time_range: List[Any] = field(default_factory=lambda: [0.0, 0.0], metadata=SCHEDULE)
+    #: a clip's camera turns this many degrees of azimuth per frame (0 = a still camera per clip; 4D-fy's dynamic
+    #: camera)
+    clip_azimuth_step: float = 0.0
     #: draw elevation uniformly on the sphere band instead of uniformly in angle
     uniform_sphere: bool = False
     #: append "front view" / "side view" / "back view" / "overhead view" to the prompt (DreamFusion): auto (when the
@@ -56,6 +65,8 @@ class CameraConfig:
     eval_distance: float = 2.75
     eval_fovy: float = 40.0
     eval_azimuth_offset: float = 22.5
+    #: held-out times of 4D scenes: the orbit's k-th view sees time (k + 0.5)/eval_views (true), or every view time 0
+    eval_time_sweep: bool = False
 
 
 @dataclass
@@ -152,6 +163,11 @@ class ExportConfig:
     mesh_origin: str = "centre"
     #: also write mesh_glb_preview.png + mesh_glb_turntable.mp4 (mesh_obj_preview.png for OBJ) rendered from the file
     mesh_preview: bool = True
+    # -- 4D representations (deformable_gaussians): the animation over τ ∈ [0, 1]
+    #: keyframes of the animated GLB (morph targets) and of the PLY sequence, at τ = k/(N − 1)
+    animation_keyframes: int = 16
+    #: seconds the animation (τ from 0 to 1) lasts in the GLB
+    animation_seconds: float = 2.0
 
 
 @dataclass
@@ -435,8 +451,9 @@ def load_config(config: Optional[str], overrides: list[str] = (), base: Optional
     if loss is None:  # every term of the recipe's guidance at weight 1 (sds; vsd and lora; ...)
         from .registry import component_class
 
-        names = getattr(component_class("guidance", cfg.guidance.name, "guidance.name"), "loss_names",
-                        (str(cfg.guidance.name),))
+        g_cls = component_class("guidance", cfg.guidance.name, "guidance.name")
+        names = (g_cls.default_loss_names(cfg) if hasattr(g_cls, "default_loss_names")
+                 else getattr(g_cls, "loss_names", (str(cfg.guidance.name),)))
         loss = OmegaConf.create({f"lambda_{n}": 1.0 for n in names})
     if over.get("loss") is not None:
         loss = OmegaConf.merge(loss, over.loss)
@@ -449,6 +466,11 @@ def load_config(config: Optional[str], overrides: list[str] = (), base: Optional
         kind = raw.get(selector)
         cls = component_config_class(section, kind, key=f"{section}.{selector}")
         cfg[section] = merge_structured(cls, raw, prefix=section)  # type: ignore[index]
+    from .registry import component_class
+
+    g_cls = component_class("guidance", cfg.guidance.name, "guidance.name")
+    if hasattr(g_cls, "resolve_config"):  # composed guidance: its members' own sections
+        g_cls.resolve_config(cfg)
     validate_values(cfg)
     return cfg
 
@@ -475,6 +497,8 @@ def validate_values(cfg: DictConfig) -> None:
     positive("camera.height", cfg.camera.height)
     positive("camera.batch_size", cfg.camera.batch_size)
     positive("camera.eval_views", cfg.camera.eval_views)
+    positive("camera.frames", cfg.camera.frames)
+    positive("camera.views", cfg.camera.views)
     positive("particles", cfg.particles)
     if not 0 <= int(cfg.export.particle) < int(cfg.particles):
         raise ConfigError(f"export.particle={cfg.export.particle} — this recipe has {cfg.particles} particle(s): "
@@ -484,6 +508,9 @@ def validate_values(cfg: DictConfig) -> None:
     view_prompting_setting(cfg.camera.view_dependent_prompting)  # auto | true | false, before any work
     positive("export.turntable_frames", cfg.export.turntable_frames)
     positive("export.turntable_resolution", cfg.export.turntable_resolution)
+    if int(cfg.export.animation_keyframes) < 2:
+        raise ConfigError(f"export.animation_keyframes={cfg.export.animation_keyframes} — use 2 or more")
+    positive("export.animation_seconds", cfg.export.animation_seconds)
     if not 0 <= int(cfg.viewer_port) <= 65535:
         raise ConfigError(f"viewer_port={cfg.viewer_port} — use a port in 1 … 65535 (0 = any free port)")
     if int(cfg.viewer_resolution) != 0 and not 16 <= int(cfg.viewer_resolution) <= 4096:
@@ -541,11 +568,14 @@ def _check_distributed(cfg: DictConfig) -> None:
     if cfg.get("viewer"):
         raise ConfigError(f"viewer=true watches a fit in one process and trainer.devices × trainer.num_nodes = {world}"
                           " — drop viewer=true (watch the run with `dreamkit view <run folder>`) or use one device")
-    share, views = int(cfg.camera.batch_size), int(cfg.camera.views)
+    if cfg.guidance.get("name") == "composed":
+        raise ConfigError("guidance.name=composed draws each step's batch from one of its members, which is not split "
+                          "over processes yet — use trainer.devices=1 with it")
+    share, views = int(cfg.camera.batch_size), int(cfg.camera.views) * int(cfg.camera.get("frames", 1) or 1)
     if share % world or (share // world) % views:
         raise ConfigError(f"camera.batch_size={share} does not split over {world} processes (trainer.devices × "
-                          f"trainer.num_nodes) in whole groups of camera.views={views} — use a batch_size that is a "
-                          f"multiple of {world * views}")
+                          f"trainer.num_nodes) in whole groups of camera.views × camera.frames = {views} — use a "
+                          f"batch_size that is a multiple of {world * views}")
 
 
 #: the largest image side a run accepts (SDS priors work at ≤ 1024; larger is a typo, not a wish)

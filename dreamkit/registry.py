@@ -16,6 +16,10 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "gaussians": ("dreamkit.representations.gaussians:GaussianModel",
                       "dreamkit.representations.gaussians:GaussianConfig",
                       "3D Gaussian splatting; gsplat on CUDA, tile-binned PyTorch twin on CPU; densify/prune strategy"),
+        "deformable_gaussians": ("dreamkit.representations.deformable:DeformableGaussianModel",
+                                 "dreamkit.representations.deformable:DeformableGaussianConfig",
+                                 "4D: canonical 3D Gaussians + a HexPlane deformation field (Δposition, rotation, "
+                                 "scale over time τ)"),
         "nerf": ("dreamkit.representations.nerf:NeRFModel", "dreamkit.representations.nerf:NeRFConfig",
                  "hash-grid NeRF, volume-rendered with an occupancy grid (nerfacc on CUDA, PyTorch twin on CPU)"),
         "triplane": ("dreamkit.representations.triplane:TriplaneModel",
@@ -54,6 +58,9 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
                 "balanced score distillation (PlacidDreamer): min-norm mix of λ(ε̂_c − ε̂_u) and ε̂_u, w = sqrt(ᾱ_t)"),
         "bridge": ("dreamkit.guidance.bridge:BridgeGuidance", "dreamkit.guidance.bridge:BridgeConfig",
                    "SDS-Bridge: SDS toward prompt + target modifier, then ε̂(y_tgt) − ε̂(y_src) from a set step"),
+        "composed": ("dreamkit.guidance.composed:ComposedGuidance", "dreamkit.guidance.composed:ComposedConfig",
+                     "several members (each its prior, layout, loss) drawn per step by probability (4D-fy, Align "
+                     "Your Gaussians)"),
         "semantic_sds": ("dreamkit.guidance.semantic:SemanticSDSGuidance",
                          "dreamkit.guidance.semantic:SemanticSDSConfig",
                          "compositional SDS (SemanticSDS; Set-the-Scene alternation): a prompt per layout box, masked"),

@@ -16,6 +16,7 @@ asynchronous copy, and nothing is read back except on logging steps.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -107,7 +108,8 @@ class DreamSystem(pl.LightningModule):
         self._shard_host: Optional[torch.Tensor] = None
         self._shard_device: Optional[torch.Tensor] = None
         self.prompts = PromptComponent.from_config(cfg)
-        self.layout = Layout(views=int(cfg.camera.views), particles=int(cfg.get("particles", 1) or 1))
+        self.layout = Layout(views=int(cfg.camera.views), frames=int(getattr(cfg.camera, "frames", 1)),
+                             particles=int(cfg.get("particles", 1) or 1))
         self.sampler = BatchSampler(cfg.camera, self.layout, self.camera_gen, self.prompts)
         self._prior = None
         self._guidance = None
@@ -129,17 +131,32 @@ class DreamSystem(pl.LightningModule):
 
     def attach_prior(self, prior: nn.Module) -> None:
         """Frozen priors are not part of checkpoints (they can be GBs); attach before fit."""
+        cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
+        if hasattr(cls, "from_recipe"):  # composed guidance: each member has its own prior, layout and sampler
+            object.__setattr__(self, "_prior", prior)
+            guidance = cls.from_recipe(self.cfg, prior, int(self.cfg.trainer.max_steps), self.camera_gen)
+            self.add_module("guidance_module", guidance)
+            object.__setattr__(self, "_guidance", guidance)
+            self._check_lambdas()
+            return
         views, cam = int(getattr(prior, "views", 1)), self.cfg.camera
         if self.layout.views != views or int(cam.batch_size) % views:
             raise ConfigError(f"this prior denoises groups of {views} view(s) but camera.views={cam.views} and "
                               f"camera.batch_size={cam.batch_size} — set camera.views={views} and a batch_size that "
                               f"is a multiple of it")
+        frames = int(getattr(prior, "frames", 1) or 1)
+        if frames > 1 and self.layout.frames != frames:
+            raise ConfigError(f"this prior denoises clips of {frames} frames but camera.frames={getattr(cam, 'frames', 1)} "
+                              f"— set camera.frames={frames} and a batch_size that is a multiple of "
+                              f"{frames * views}")
+        if frames == 1 and self.layout.frames > 1:
+            raise ConfigError(f"camera.frames={self.layout.frames} but this prior denoises single images — set "
+                              "camera.frames=1 (each image gets its own time from camera.time_range)")
         self.prompts.uses_view_variants(prior)  # camera.view_dependent_prompting=true on a prior without view text
         for member in self._members():  # a representation in the prior's own space (the 2D image) sizes itself
             if hasattr(member, "bind_prior"):
                 member.bind_prior(prior)
         object.__setattr__(self, "_prior", prior)
-        cls = component_class("guidance", self.cfg.guidance.name, "guidance.name")
         guidance = cls(self.cfg.guidance, prior, int(self.cfg.trainer.max_steps))
         # guidance that owns trainable parts (VSD's LoRA) registers them as a submodule
         self.add_module("guidance_module", guidance)
@@ -173,6 +190,8 @@ class DreamSystem(pl.LightningModule):
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
         self._setup_ranks(device)
         self.prompts.setup(self._prior, device)
+        if hasattr(self._guidance, "setup"):  # composed guidance: the members' own priors and prompts
+            self._guidance.setup(device)
 
     def _setup_ranks(self, device: torch.device) -> None:
         """Under a process group of W > 1 ranks: this rank's images of every batch and its own random stream (the
@@ -227,24 +246,31 @@ class DreamSystem(pl.LightningModule):
     def sample_batch(self, step: int) -> Batch:
         """The step's :class:`~dreamkit.batch.Batch` on the device: cameras and their prompt-variant index drawn on
         the host, then sent in one asynchronous copy (no synchronisation on CUDA), the text gathered there."""
+        if hasattr(self._guidance, "sample_batch"):  # composed guidance: the step's member draws its own batch
+            return self._guidance.sample_batch(step, self._host_batch_to_device)
         host = self.sampler.sample(step)
-        cams, index, prompts = host.cameras, host.prompt_index, host.prompts
-        shard = None
+        prompts, shard = host.prompts, None
         if self.world > 1:  # every rank draws the whole batch (the same cameras) and keeps its own images
             rows = self._shard_host
-            full = len(cams)
-            cams = cams[rows]
-            index = index[rows] if index is not None else None
+            shard = Shard(self._shard_device, len(host.cameras), self.noise_gen)
             prompts = [prompts[i] for i in rows.tolist()] if prompts else prompts
-            shard = Shard(self._shard_device, full, self.noise_gen)
+            host = dataclasses.replace(host, cameras=host.cameras[rows], prompts=prompts,
+                                       prompt_index=host.prompt_index[rows] if host.prompt_index is not None
+                                       else None)
+        cameras, index = self._host_batch_to_device(host)
+        return Batch(cameras, self.prompts.select(index, len(cameras), host.prompts), self.layout, index,
+                     self.prompts.region_text, shard=shard)
+
+    def _host_batch_to_device(self, host: Any) -> tuple[Cameras, Optional[torch.Tensor]]:
+        """A host batch's cameras and prompt-variant index on the device (one asynchronous copy on CUDA)."""
+        cams, index = host.cameras, host.prompt_index
         fields = [cams.c2w, cams.K, cams.elevation, cams.azimuth, cams.distance, cams.fovy, cams.time]
         if index is not None:
             fields.append(index)
         moved = host_to_device(fields, self.device)
         cameras = Cameras(moved[0], moved[1], cams.width, cams.height, *moved[2:7])
         index = moved[7] if index is not None else None
-        return Batch(cameras, self.prompts.select(index, len(cams), prompts), self.layout, index,
-                     self.prompts.region_text, shard=shard)
+        return cameras, index
 
     def is_log_step(self, step: int) -> bool:
         return step % int(self.cfg.trainer.log_every) == 0 or step == int(self.cfg.trainer.max_steps) - 1
@@ -383,6 +409,9 @@ class DreamSystem(pl.LightningModule):
             batch_size = len(result.cameras)
             logs = {"train/loss": result.loss}
             logs.update({f"train/{k}": v.detach() for k, v in result.terms.items() if torch.is_tensor(v)})
+            if hasattr(self._guidance, "members"):  # composed: the other members' terms are absent this step (NaN,
+                for name in self._guidance.loss_names:  # not the last value Lightning would carry over)
+                    logs.setdefault(f"train/loss_{name}", float("nan"))
             if hasattr(self.representation, "num_gaussians"):
                 logs["train/num_gaussians"] = float(self.representation.num_gaussians)
             logs.update({f"train/{k}": float(v) for k, v in result.info.items()})

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dreamkit.checkpoint import load_checkpoint
@@ -45,11 +46,57 @@ def scores(run_dir: Path) -> dict:
     glbs = sorted((Path(run_dir) / "exports").glob("mesh*.glb"))
     if glbs:
         # the baked colours already hold the learned (shaded) appearance: render them unlit
-        mesh_rgb = render_mesh(load_mesh_file(glbs[0]), cams, background=list(cfg.background.color), ssaa=2,
-                               ambient=1.0, diffuse=0.0)[0]
+        mesh = load_mesh_file(glbs[0])
+        morph = glb_morph(glbs[0])
+        if morph is None:
+            mesh_rgb = render_mesh(mesh, cams, background=list(cfg.background.color), ssaa=2,
+                                   ambient=1.0, diffuse=0.0)[0]
+        else:  # an animated GLB: each held-out camera sees the mesh at its time, played from the file's morph targets
+            base, times, disp = morph
+            if base.shape != mesh.verts.shape or not np.allclose(base, mesh.verts, atol=1e-6):
+                raise SystemExit(f"{glbs[0]}: trimesh's vertices are not the primitive's (cannot apply its morphs)")
+            frames = []
+            for i in range(len(cams)):
+                moved = mesh.copy(verts=(base + play_morph(times, disp, float(cams.time[i]) * times[-1]))
+                                  .astype(np.float32))
+                frames.append(render_mesh(moved, cams[i:i + 1], background=list(cfg.background.color), ssaa=2,
+                                          ambient=1.0, diffuse=0.0)[0])
+            mesh_rgb = torch.cat(frames)
+            out["glb_animated"] = True
         out["glb_vs_representation_psnr_db"] = round(psnr_db(mesh_rgb, images), 2)
         out["glb_vs_target_psnr_db"] = round(psnr_db(mesh_rgb, targets), 2)
     return out
+
+
+def glb_morph(path: Path):
+    """(POSITION [V, 3], keyframe times [N], displacements [N, V, 3]) of an animated GLB's first primitive, read by
+    pygltflib (not by our exporter); None when the file has no morph-target animation."""
+    import pygltflib
+
+    gltf = pygltflib.GLTF2().load(str(path))
+    prim = gltf.meshes[0].primitives[0]
+    if not gltf.animations or not prim.targets:
+        return None
+    blob = gltf.binary_blob()
+
+    def read(index: int) -> np.ndarray:
+        acc = gltf.accessors[index]
+        view = gltf.bufferViews[acc.bufferView]
+        width = {"SCALAR": 1, "VEC3": 3}[acc.type]
+        start = (view.byteOffset or 0) + (acc.byteOffset or 0)
+        return np.frombuffer(blob[start:start + acc.count * width * 4], np.float32).reshape(acc.count, width)
+
+    sampler = gltf.animations[0].samplers[0]
+    weights = read(sampler.output).reshape(-1, len(prim.targets))
+    disp = np.stack([read(t["POSITION"]) for t in prim.targets])
+    return read(prim.attributes.POSITION), read(sampler.input)[:, 0], np.einsum("nk,kvc->nvc", weights, disp)
+
+
+def play_morph(times: np.ndarray, disp: np.ndarray, seconds: float) -> np.ndarray:
+    """The displacement at ``seconds`` under LINEAR keyframe interpolation (glTF's sampler)."""
+    k = int(np.clip(np.searchsorted(times, seconds, side="right") - 1, 0, len(times) - 2))
+    a = float(np.clip((seconds - times[k]) / (times[k + 1] - times[k]), 0, 1))
+    return (1 - a) * disp[k] + a * disp[k + 1]
 
 
 RECIPE = "gs_oracle"

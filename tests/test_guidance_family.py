@@ -418,8 +418,9 @@ def test_every_registered_guidance_has_a_recipe_here():
     from dreamkit.config import load_config
     from dreamkit.registry import REGISTRY
 
-    # semantic_sds needs a layout: its recipe is gs_semantic.yaml, run end to end in tests/test_semantic.py
-    assert set(REGISTRY["guidance"]) == set(FAMILY) | {"semantic_sds"}
+    # semantic_sds needs a layout: its recipe is gs_semantic.yaml, run end to end in tests/test_semantic.py; composed
+    # guidance combines members of this family (gs4d_composed_oracle.yaml, tests/test_4d.py)
+    assert set(REGISTRY["guidance"]) == set(FAMILY) | {"semantic_sds", "composed"}
     sds = load_config("gs_sds.yaml")
     for name in ("ism", "csd", "nfsd", "bsd", "bridge"):  # gs_sds.yaml with the guidance (and its loss) swapped
         cfg = load_config(f"gs_{name}.yaml")

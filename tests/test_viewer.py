@@ -264,3 +264,37 @@ def test_view_reloads_a_newer_checkpoint_and_keeps_the_last_good_one(red_run, tm
     assert not loaded.refresh() and loaded.step == 25 and loaded.model is not None
     image = loaded.render(cameras_from_viser((0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 3.0), math.radians(40), 1.0, 32))
     assert image.shape == (32, 32, 3)
+
+
+def test_time_slider_of_a_4d_representation_sets_the_rendered_time(viser):
+    """A dynamic representation gets a "time τ" slider; a tab's picture is rendered at the slider's time."""
+    from types import SimpleNamespace
+
+    from dreamkit.cameras import orbit_cameras
+    from dreamkit.viewer.server import ViewerServer, _Client
+
+    server = ViewerServer("4d", "127.0.0.1", 0, 32, orbit_cameras(1, 32, 32), buttons=(), dynamic=True)
+    static = ViewerServer("3d", "127.0.0.1", 0, 32, orbit_cameras(1, 32, 32), buttons=())
+    try:
+        assert static.time == 0.0 and static._time is None
+        sent = []
+        camera = SimpleNamespace(wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, 3.0), fov=0.7, aspect=1.0)
+        handle = SimpleNamespace(camera=camera, client_id=1,
+                                 scene=SimpleNamespace(set_background_image=lambda image, **kw: sent.append(image)))
+        server._clients[1] = _Client(handle)
+        seen = []
+
+        def render(cams):
+            seen.append(float(cams.time[0]))
+            return torch.zeros(cams.height, cams.width, 3)
+
+        server._time.value = 0.7
+        server.render_pending(render, step=0)
+        assert seen == [pytest.approx(0.7)] and len(sent) == 1
+        server._mark_all()
+        server._time.value = 0.25
+        server.render_pending(render, step=0, moved_only=True)
+        assert seen[-1] == pytest.approx(0.25)
+    finally:
+        server.server.stop()
+        static.server.stop()

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import DreamkitError
 from ..world import ASYMMETRIC_OBJECTS, COLOURS, SHAPE_NAMES, parse_prompt
+from ..world.motion import Motion, split_motion_caption
 from .world_metrics import WORLD_SHADE_RANGE
 
 _COLOUR_CYCLE = ("red", "blue", "green", "yellow", "purple", "orange", "cyan", "pink")
@@ -49,13 +50,16 @@ PROMPT_SETS["compositions8"] = [
     "a purple cylinder next to an orange pyramid", "a yellow cone on top of a green cylinder",
     "a blue cube next to a pink capsule", "a cyan sphere on top of a red cylinder",
     "an orange pyramid next to a blue sphere", "a green cube on top of a purple torus"]
+#: 4D: the tiny video prior's probe motions on two objects (a cube shows a turn, a sphere does not; both show travel)
+PROMPT_SETS["motions8"] = [f"{obj} {motion}" for obj in ("a red cube", "a blue sphere")
+                           for motion in ("moving left", "moving right", "bouncing", "spinning")]
 
 
 def resolve_prompts(spec: Sequence[str]) -> list[str]:
     prompts: list[str] = []
     for item in spec:
         prompts.extend(PROMPT_SETS.get(item, [item]))
-    bad = [p for p in prompts if parse_prompt(p) is None]
+    bad = [p for p in prompts if parse_prompt(split_motion_caption(p)[0]) is None]
     if bad:
         from ..world import nearest_prompts
 
@@ -294,9 +298,12 @@ def fronts_of_representation(model, scene, device) -> tuple[int, list[float]]:
     return count_fronts(render, feature, truth=_truth_front_render(scene), **FRONT_COUNT)
 
 
-def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -> torch.Tensor:
+def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
+               motion: Optional[Motion] = None) -> torch.Tensor:
     """Export a finished run's geometry (its recipe's ``export.*``, plus ``overrides``), score it into ``row``;
-    returns its 8 turntable frames for the contact sheet."""
+    returns its 8 turntable frames for the contact sheet. A 4D fit (``motion`` given, or a dynamic representation) is
+    scored at τ = 0 against the truth placed there, and its animation against the motion
+    (:func:`dreamkit.eval.motion.score_motion`)."""
     from ..config import load_config
     from ..export.extract import mesh_from_representation
     from ..export.video import render_turntable
@@ -308,9 +315,26 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = ()) -
         run_cfg = load_config(str(Path(run_dir) / CONFIG_NAME), list(overrides))
     device = resolve_device(str(run_cfg.device))
     model = load_representation_from_checkpoint(run_cfg, ckpt, device)
+    dynamic = bool(getattr(model, "dynamic", False))
+    motion = motion or Motion("still")
     try:
-        mesh, _ = mesh_from_representation(model, run_cfg.export)
-        row.update(score_mesh(mesh, scene))
+        if dynamic:
+            from .motion import MovedScene, score_motion
+
+            mesh, _ = mesh_from_representation(model.at_time(0.0), run_cfg.export)
+            row.update(score_mesh(mesh, MovedScene(scene, motion, 0.0)))
+            if hasattr(model, "displacement"):
+                row.update(score_motion(model, mesh, scene, motion,
+                                        int(run_cfg.export.get("animation_keyframes", 16))))
+            else:  # a 4D field without a deformation: its exports do not animate a mesh
+                row.update({"motion": motion.name, "motion_ok": False,
+                            "error": "no deformation field: the export holds no animation to score"})
+            row["ok"] = bool(row.get("ok", row.get("shape_ok"))) and row["motion_ok"]
+        else:
+            mesh, _ = mesh_from_representation(model, run_cfg.export)
+            row.update(score_mesh(mesh, scene))
+            if motion.name != "still":  # a static fit of a moving prompt
+                row.update({"motion": motion.name, "motion_ok": False, "ok": False})
     except DreamkitError as err:  # e.g. nothing dense enough to mesh: a failure of the fit, scored as such
         row.update({"error": str(err), "shape_ok": False, "colour_ok": False, "ok": False})
     if scene.kind == "asymmetric":
@@ -338,26 +362,33 @@ def rescore_eval(eval_dir: Path, out_dir: Path, overrides: Sequence[str] = ()) -
     heading = f"rescore of {eval_dir}"
     rows, sheets = [], []
     for i, old in enumerate(old_rows):
-        scene = parse_prompt(old["prompt"])
+        object_prompt, motion = split_motion_caption(old["prompt"])
+        scene = parse_prompt(object_prompt)
         print(f"[{i + 1}/{len(old_rows)}] {old['prompt']}", flush=True)
         row = {"prompt": old["prompt"], "kind": scene.kind, "fit_s": float(old["fit_s"] or 0),
                "run_dir": old["run_dir"]}
-        sheets.append(_score_run(Path(old["run_dir"]), scene, row, overrides))
+        sheets.append(_score_run(Path(old["run_dir"]), scene, row, overrides, motion))
         rows.append(row)
         save_image_grid(torch.cat(sheets), out_dir / "contact_sheet.png", columns=8)
         _write_tables(rows, out_dir, heading, overrides, quiet=i + 1 < len(old_rows))
     return out_dir
 
 
-def point_oracle_at_truth(cfg, scene, folder: Path) -> None:
-    """With the oracle prior, make the world scene's ground truth its target (exported into ``folder``): the fit then
-    has a known answer. Other priors: nothing."""
+def point_oracle_at_truth(cfg, prompt: str, folder: Path) -> None:
+    """With the oracle prior, make the world's ground truth of ``prompt`` its target (exported into ``folder``;
+    moving as a motion caption says, for the 4D oracle): the fit then has a known answer. Other priors, or a prompt
+    outside the world: nothing."""
     from ..run import slugify
 
+    object_prompt, motion = split_motion_caption(prompt)
+    scene = parse_prompt(object_prompt)
     if cfg.prior.type != "oracle" or scene is None:
         return
-    gt_path = scene.export(Path(folder) / f"{slugify(str(cfg.prompt))}.ply")
-    cfg.prior.targets = [{"mesh": str(gt_path), "label": str(cfg.prompt)}]
+    gt_path = scene.export(Path(folder) / f"{slugify(object_prompt)}.ply")
+    target = {"mesh": str(gt_path), "label": prompt}
+    if motion.name != "still":  # the 4D oracle: the truth moving as prompted
+        target["motion"] = motion.name
+    cfg.prior.targets = [target]
 
 
 def _fit_and_score(config: str, prompt: str, out_dir: Path, overrides: Sequence[str], threads: int = 0):
@@ -370,15 +401,16 @@ def _fit_and_score(config: str, prompt: str, out_dir: Path, overrides: Sequence[
 
     if threads > 0:
         torch.set_num_threads(threads)
-    scene = parse_prompt(prompt)
+    object_prompt, motion = split_motion_caption(prompt)
+    scene = parse_prompt(object_prompt)
     items = list(overrides) + [f"prompt={prompt!r}", f"output_dir={out_dir / 'runs'}"]
     cfg = load_config(config, items)
-    point_oracle_at_truth(cfg, scene, out_dir / "gt")  # the ground truth is the oracle's target: a known answer
+    point_oracle_at_truth(cfg, prompt, out_dir / "gt")  # the ground truth is the oracle's target: a known answer
     t0 = time.perf_counter()
     run_dir = fit(cfg, export=False, prior=cached_prior(cfg.prior, resolve_device(str(cfg.device))))
     seconds = time.perf_counter() - t0
     row = {"prompt": prompt, "kind": scene.kind, "fit_s": round(seconds, 1), "run_dir": str(run_dir)}
-    frames = _score_run(run_dir, scene, row)
+    frames = _score_run(run_dir, scene, row, motion=motion)
     return row, frames
 
 
@@ -461,6 +493,12 @@ def run_eval(config: str, prompts: Sequence[str], out_dir: Path, overrides: Sequ
     return out_dir
 
 
+def _motion_tolerances() -> str:
+    from .motion import SCALE_TOLERANCE, TRACK_TOLERANCE, YAW_TOLERANCE
+
+    return f"{TRACK_TOLERANCE} units, turn within {YAW_TOLERANCE:.0f}°, scale within {SCALE_TOLERANCE:.0%}"
+
+
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return "✓" if value else "✗"
@@ -474,13 +512,16 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
                "sections_ok", "fronts", "fronts_fit", "chamfer", "chamfer_norm", "iou", "iou_norm", "fit_s", "error"]
     if any(r.get("kind") == "composition" for r in rows):
         columns[3:3] = ["parts", "parts_ok"]
+    if any(r.get("motion") for r in rows):
+        columns[3:3] = ["motion", "motion_ok", "track_error", "yaw_error", "scale_error"]
     for r in rows:  # rows of an older table get the verdict from their columns
         if r.get("kind") == "single" and "ok" not in r and r.get("error") in (None, ""):
             r.update(verdict(r))
     with open(out_dir / "results.csv", "w", newline="") as f:
         # the CSV also keeps the diagnostics too wide for the Markdown table
         writer = csv.DictWriter(f, fieldnames=columns + ["extent", "extent_truth", "stray", "sections",
-                                                         "sections_truth", "front_px", "front_px_fit", "run_dir"],
+                                                         "sections_truth", "front_px", "front_px_fit", "travel",
+                                                         "travel_truth", "yaw_end", "run_dir"],
                                 extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -500,6 +541,12 @@ def _write_tables(rows: list[dict], out_dir: Path, config: str, overrides: Seque
         lines.append("- horizontal sections of the square-sectioned objects, largest/smallest radius by angle (the "
                      "truth's 1.36–1.38; a solid of revolution's 1.00; `sections` in results.csv): " + ", ".join(
                          f"{r['prompt']} {_fmt(r.get('sections'))}" for r in square))
+    moving = [r for r in rows if r.get("motion")]
+    if moving:
+        follows = sum(1 for r in moving if r.get("motion_ok"))
+        lines.append(f"- 4D: the exported animation follows the prompted motion (centroid track within "
+                     f"{_motion_tolerances()}): {follows}/{len(moving)}; and the verdict above at τ = 0 too (`ok`): "
+                     f"**{sum(1 for r in moving if r.get('ok'))}/{len(moving)}**")
     comps = [r for r in rows if r["kind"] == "composition"]
     if comps:
         both_parts = sum(1 for r in comps if r.get("ok"))

@@ -13,6 +13,10 @@ tests/test_export_mesh.py. Layout:
   already hold the lighting (``Mesh.unlit``) also gets the ratified ``KHR_materials_unlit`` extension, listed in
   ``extensionsUsed`` but not ``extensionsRequired``: viewers that know it show the base colour as it is, the others
   fall back to the same metallic-roughness material (the extension's fallback advice: metallic 0, roughness > 0.5).
+* Animation (4D representations): the vertices' displacement at N keyframes as N morph targets (POSITION
+  accessors with min/max) and one animation whose sampler (LINEAR) sets the node's morph weights to the one-hot of
+  keyframe k at time k·T/(N − 1), so players interpolate the displacement linearly between keyframes (glTF 2.0 §3.7.2
+  morph targets, §3.11 animations).
 * Axes: glTF is +Y up, +Z front, metres — the same as dreamkit's world, so no axis change. glTF's UV origin is the
   top-left of the image, so TEXCOORD_0 = (u, 1 − v) of our OpenGL-convention UVs.
 """
@@ -22,6 +26,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -49,9 +54,11 @@ def _pad4(data: bytes, fill: bytes = b"\x00") -> bytes:
     return data + fill * (-len(data) % 4)
 
 
-def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name: str = "dreamkit") -> bytes:
+def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name: str = "dreamkit",
+              morph: Optional[tuple[np.ndarray, np.ndarray]] = None) -> bytes:
     """The GLB file content for ``mesh`` (textures are embedded as PNG; vertex colours are written as COLOR_0 when
-    the mesh has no UVs + base-colour texture). ``origin``: see :func:`dreamkit.export.mesh.apply_origin`."""
+    the mesh has no UVs + base-colour texture). ``origin``: see :func:`dreamkit.export.mesh.apply_origin`.
+    ``morph``: (keyframe times [N] in seconds, increasing; vertex displacements [N, V, 3]) — an animated mesh."""
     if mesh.num_faces == 0:
         raise ValueError("cannot write an empty mesh")
     mesh = apply_origin(mesh, origin)
@@ -71,15 +78,16 @@ def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name
         views.append(view)
         return len(views) - 1
 
-    def add_accessor(array: np.ndarray, kind: str, target: int, component: int = _FLOAT,
+    def add_accessor(array: np.ndarray, kind: str, target: Optional[int], component: int = _FLOAT,
                      with_bounds: bool = False) -> int:
         dtype = np.float32 if component == _FLOAT else np.uint32
         array = np.ascontiguousarray(array, dtype=dtype)
         acc = {"bufferView": add_view(array.tobytes(), target), "componentType": component,
                "count": int(array.shape[0]), "type": kind}
         if with_bounds:  # required for POSITION; computed from the float32 values actually written
-            acc["min"] = array.min(0).astype(float).tolist()
-            acc["max"] = array.max(0).astype(float).tolist()
+            flat = array.reshape(array.shape[0], -1)
+            acc["min"] = flat.min(0).astype(float).tolist()
+            acc["max"] = flat.max(0).astype(float).tolist()
         accessors.append(acc)
         return len(accessors) - 1
 
@@ -93,6 +101,19 @@ def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name
     elif mesh.vertex_colors is not None:
         attributes["COLOR_0"] = add_accessor(np.clip(mesh.vertex_colors, 0, 1), "VEC3", _ARRAY_BUFFER)
     indices = add_accessor(mesh.faces.reshape(-1), "SCALAR", _ELEMENT_ARRAY_BUFFER, component=_UNSIGNED_INT)
+    targets, animations = None, None
+    if morph is not None:
+        times, displacement = (np.asarray(a, dtype=np.float32) for a in morph)
+        n = len(times)
+        if displacement.shape != (n, mesh.num_verts, 3) or n < 1 or np.any(np.diff(times) <= 0):
+            raise ValueError(f"morph needs increasing times [N] and displacements [N, {mesh.num_verts}, 3], got "
+                             f"{times.shape} and {displacement.shape}")
+        targets = [{"POSITION": add_accessor(d, "VEC3", _ARRAY_BUFFER, with_bounds=True)} for d in displacement]
+        key_input = add_accessor(times, "SCALAR", None, with_bounds=True)
+        key_output = add_accessor(np.eye(n, dtype=np.float32).reshape(-1), "SCALAR", None)
+        animations = [{"name": f"{name}_motion",
+                       "samplers": [{"input": key_input, "output": key_output, "interpolation": "LINEAR"}],
+                       "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]
 
     images: list[dict] = []
     textures: list[dict] = []
@@ -128,6 +149,11 @@ def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name
         "bufferViews": views,
         "buffers": [{"byteLength": len(blob)}],
     }
+    if targets is not None:
+        gltf["meshes"][0]["primitives"][0]["targets"] = targets
+        gltf["meshes"][0]["weights"] = [0.0] * len(targets)
+        gltf["meshes"][0]["extras"] = {"targetNames": [f"keyframe_{k}" for k in range(len(targets))]}
+        gltf["animations"] = animations
     if mesh.unlit:
         gltf["extensionsUsed"] = ["KHR_materials_unlit"]
     if textures:
@@ -146,11 +172,12 @@ def glb_bytes(mesh: Mesh, origin: str = "keep", double_sided: bool = False, name
     ])
 
 
-def write_glb(mesh: Mesh, path: str | Path, origin: str = "keep", double_sided: bool = False) -> Path:
-    """Write ``mesh`` as a GLB file; returns the path."""
+def write_glb(mesh: Mesh, path: str | Path, origin: str = "keep", double_sided: bool = False,
+              morph: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Path:
+    """Write ``mesh`` as a GLB file (animated with ``morph``, see :func:`glb_bytes`); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = glb_bytes(mesh, origin=origin, double_sided=double_sided, name=mesh.name)
+    data = glb_bytes(mesh, origin=origin, double_sided=double_sided, name=mesh.name, morph=morph)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
@@ -172,12 +199,42 @@ def export_glb(model, path, export_cfg=None, background=None, device="cpu", **_)
     origin = check_origin(export_cfg)
     from .bake import textured_mesh
 
-    path = write_glb(textured_mesh(model, export_cfg), path, origin=origin)
+    if getattr(model, "dynamic", False) and hasattr(model, "displacement"):
+        # 4D with a deformation field: the mesh at τ = 0, its vertices moved by the field at each keyframe
+        mesh = textured_mesh(model.at_time(0.0), export_cfg)
+        path = write_glb(mesh, path, origin=origin, morph=animation_morph(model, mesh, export_cfg))
+    elif getattr(model, "dynamic", False):
+        print("this 4D field has no deformation to animate a mesh with: the GLB holds its surface at τ = 0 (the "
+              "turntable MP4 shows the motion)", flush=True)
+        path = write_glb(textured_mesh(model.at_time(0.0), export_cfg), path, origin=origin)
+    else:
+        path = write_glb(textured_mesh(model, export_cfg), path, origin=origin)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):
         from .mesh import write_preview
 
         write_preview(path, export_cfg, background)
     return path
+
+
+def keyframe_times(export_cfg=None) -> np.ndarray:
+    """[N] keyframe times τ_k = k/(N − 1) of a 4D export (``export.animation_keyframes``)."""
+    n = int(getattr(export_cfg, "animation_keyframes", 16)) if export_cfg is not None else 16
+    return np.linspace(0.0, 1.0, n, dtype=np.float32)
+
+
+def animation_morph(model, mesh: Mesh, export_cfg=None) -> tuple[np.ndarray, np.ndarray]:
+    """(keyframe times in seconds [N], displacements [N, V, 3]) of ``mesh``'s vertices under a 4D model's
+    deformation field (``model.displacement``) at the keyframes."""
+    import torch
+
+    taus = keyframe_times(export_cfg)
+    seconds = float(getattr(export_cfg, "animation_seconds", 2.0)) if export_cfg is not None else 2.0
+    param = next(model.parameters())
+    with torch.no_grad():
+        verts = torch.as_tensor(mesh.verts, dtype=param.dtype, device=param.device)
+        disp = torch.cat([model.displacement(verts, torch.as_tensor(taus[i:i + 4], device=param.device))
+                          for i in range(0, len(taus), 4)])
+    return taus * seconds, disp.cpu().numpy().astype(np.float32)
 
 
 def export_mesh_files(model, path, export_cfg=None, background=None, device="cpu", **_) -> Path:

@@ -33,7 +33,25 @@ def gaussians_to_arrays(model: Any) -> dict[str, np.ndarray]:
         }
 
 
-def export_gaussians_ply(model: Any, path: Path, **_: Any) -> Path:
+def export_gaussians_ply(model: Any, path: Path, export_cfg: Any = None, **_: Any) -> Path:
+    """Write the Gaussians as ``path``; a 4D model (``dynamic``) writes its canonical (τ = 0) Gaussians there and the
+    Gaussians at each keyframe τ_k = k/(N − 1) as ``<name>_frames/frame_<k>.ply`` beside it (a per-frame sequence
+    that splat viewers play)."""
+    if getattr(model, "dynamic", False):
+        from .gltf import keyframe_times
+
+        from ..imageio_utils import unique_path
+
+        path = Path(path)
+        folder = unique_path(path.with_name(path.stem + "_frames"))  # never into an earlier export's frames
+        for k, tau in enumerate(keyframe_times(export_cfg)):
+            write_gaussians_ply(model.at_time(float(tau)), folder / f"frame_{k:03d}.ply")
+        return write_gaussians_ply(model.at_time(0.0), path)
+    return write_gaussians_ply(model, path)
+
+
+def write_gaussians_ply(model: Any, path: Path) -> Path:
+    """One static model's Gaussians as a 3DGS PLY."""
     from plyfile import PlyData, PlyElement
 
     a = gaussians_to_arrays(model)

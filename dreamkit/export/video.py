@@ -13,9 +13,14 @@ from ..imageio_utils import save_image_grid, write_video
 @torch.no_grad()
 def render_turntable(model: Any, frames: int = 48, resolution: int = 128, elevation: float = 15.0,
                      distance: float = 2.75, fovy: float = 40.0, background: Optional[torch.Tensor] = None,
-                     device: torch.device | str = "cpu", chunk: int = 8) -> torch.Tensor:
-    """[frames, H, W, 3] in [0, 1]."""
-    cams = orbit_cameras(frames, resolution, resolution, elevation=elevation, distance=distance, fovy=fovy)
+                     device: torch.device | str = "cpu", chunk: int = 8,
+                     time_loop: Optional[bool] = None) -> torch.Tensor:
+    """[frames, H, W, 3] in [0, 1]. A 4D model (``dynamic``; or ``time_loop=True``) moves through τ = 0 → 1 while
+    the camera orbits once."""
+    if time_loop is None:
+        time_loop = bool(getattr(model, "dynamic", False))
+    cams = orbit_cameras(frames, resolution, resolution, elevation=elevation, distance=distance, fovy=fovy,
+                         time_loop=time_loop)
     bg = background if background is not None else torch.ones(3)
     out = []
     for start in range(0, frames, chunk):

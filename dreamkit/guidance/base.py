@@ -65,6 +65,18 @@ class ScoreDistillationConfig:
     #: one weight (number or schedule) per entry of perp_neg_prompts; w > 0 removes that negative's direction
     #: perpendicular to the positive one (the paper's sign; threestudio's −0.5 is 0.5 here)
     perp_neg_weights: List[Any] = field(default_factory=list)
+    #: motion amplification ω over each clip's frames (video priors, camera.frames > 1; 4D-fy's VideoCrafter
+    #: guidance, Align Your Gaussians): the residual r_f of frame f becomes r̄ + ω·(r_f − r̄), r̄ the clip's mean.
+    #: 1 = off (bitwise)
+    motion_amp: Any = sched(1.0)
+
+
+def amplify_motion(residual: torch.Tensor, frames: int, amp: float) -> torch.Tensor:
+    """[B, ...] with B = clips × ``frames`` (consecutive frames of a clip) → r̄ + amp·(r − r̄) per clip, r̄ the mean
+    over the clip's frames (motion amplification: the frame mean is kept, the deviations scale by ``amp``)."""
+    clips = residual.reshape(-1, frames, *residual.shape[1:])
+    mean = clips.mean(1, keepdim=True)
+    return (mean + amp * (clips - mean)).reshape(residual.shape)
 
 
 class ScoreDistillation(nn.Module):
@@ -189,6 +201,9 @@ class ScoreDistillation(nn.Module):
                                     dtype=x.dtype)[shard.index]
             x_t = abar.sqrt() * x.detach() + (1 - abar).sqrt() * noise
             residual, extra = self.residual(x.detach(), x_t, t, noise, batch, step, generator)
+            amp = value_at(getattr(self.cfg, "motion_amp", 1.0), step, "guidance.motion_amp")
+            if amp != 1.0 and batch.layout.frames > 1:
+                residual = amplify_motion(residual, batch.layout.frames, amp)
             grad = self.weight(t).view_as(abar) * residual
             clip = value_at(self.cfg.grad_clip, step, "guidance.grad_clip")
             if clip > 0:

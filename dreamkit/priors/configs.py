@@ -8,14 +8,19 @@ import torch
 @dataclass
 class OraclePriorConfig:
     type: str = "oracle"
-    #: target meshes: [{mesh: assets path or file, label: "a house", weight: 1}]; labels are the prompts the prior
-    #: understands, weights the mixture proportions
+    #: target meshes: [{mesh: assets path or file, label: "a house", weight: 1, motion: still}]; labels are the
+    #: prompts the prior understands, weights the mixture proportions; ``motion`` (one of the tiny world's motions,
+    #: dreamkit.world.motion: bouncing, spinning, moving left, ...) animates the target over the cameras' time τ —
+    #: the exact denoiser of an animated target (the 4D oracle)
     targets: List[Dict[str, Any]] = field(default_factory=lambda: [{"mesh": "meshes/house.ply", "label": "a house"}])
     resolution: int = 64
     #: background of the target renders in [0, 1] (use the same solid background for the representation)
     background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     #: supersampling of the target renders (smooth silhouettes)
     ssaa: int = 2
+    #: frames per clip F: with F > 1 the prior denoises clips of F consecutive cameras jointly (the posterior over
+    #: targets is the clip's, as a video prior's; camera.frames must match). 1 = an image prior (any time per image)
+    frames: int = 1
 
 
 @dataclass

@@ -12,6 +12,11 @@ with α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t). A prompt selects the targets 
 unconditional distribution is the mixture over all targets. Score distillation against it has known answers: one
 target must be recovered exactly, several expose mode seeking versus mode covering, and classifier-free guidance can
 be studied without a learned model.
+
+**4D.** A target may move (``motion``: one of :data:`dreamkit.world.motion.MOTIONS`): its render at a camera is then
+the mesh moved to the camera's time τ, so the prior is the exact denoiser of an animated target seen at (camera, τ).
+With ``frames`` = F > 1 the prior denoises clips of F consecutive images jointly, as a video prior: the data are the
+targets' clips, and the posterior weights over targets are the clip's (the squared distances summed over its frames).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from ..errors import ConfigError, DreamkitError
 from ..render.raster import render_mesh_colors
 from ..types import TextCond
 from ..world.meshes import load_colored_mesh
+from ..world.motion import Motion, motion_named, transform_points
 from .base import Prior, ddpm_alphas_cumprod
 
 __all__ = ["OraclePrior", "normalize_prompt"]
@@ -71,8 +77,12 @@ class OraclePrior(Prior):
         light_dir_world: Sequence[float] = (0.4, 0.8, 0.45),
         ambient: float = 0.35,
         diffuse: float = 0.65,
+        frames: int = 1,
     ):
         super().__init__()
+        if int(frames) < 1:
+            raise ConfigError(f"prior.frames={frames} — use 1 (an image prior) or the frames per clip")
+        self.frames = int(frames)
         targets = list(DEFAULT_TARGETS if targets is None else targets)
         if not targets:
             raise ConfigError("OraclePrior needs at least one target {mesh: ..., label: ...}")
@@ -84,14 +94,15 @@ class OraclePrior(Prior):
         self.shading = dict(light_dir_world=tuple(light_dir_world), ambient=float(ambient), diffuse=float(diffuse))
         self.labels: list[str] = []
         self.meshes: list[str] = []
+        self.motions: list[Motion] = []
         weights = []
         for k, target in enumerate(targets):
             if not isinstance(target, dict) or "mesh" not in target or "label" not in target:
                 raise ConfigError(f"OraclePrior target {k} must be a mapping with 'mesh' and 'label', got {target!r}")
-            unknown = set(target) - {"mesh", "label", "weight"}
+            unknown = set(target) - {"mesh", "label", "weight", "motion"}
             if unknown:
                 raise ConfigError(f"OraclePrior target {k} has unknown keys {sorted(unknown)}; "
-                                  "allowed: mesh, label, weight")
+                                  "allowed: mesh, label, weight, motion")
             weight = float(target.get("weight", 1.0))
             if weight <= 0:
                 raise ConfigError(f"OraclePrior target {k} weight must be > 0, got {weight}")
@@ -101,6 +112,7 @@ class OraclePrior(Prior):
             self.register_buffer(f"_colors_{k}", colors, persistent=False)
             self.labels.append(str(target["label"]))
             self.meshes.append(str(target["mesh"]))
+            self.motions.append(motion_named(target.get("motion") or "still"))
             weights.append(weight)
         self._normalized_labels = [normalize_prompt(label) for label in self.labels]
         self.register_buffer("target_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
@@ -122,12 +134,31 @@ class OraclePrior(Prior):
         """(verts [V, 3], faces [F, 3], face_colors [F, 3]) of target k."""
         return getattr(self, f"_verts_{k}"), getattr(self, f"_faces_{k}"), getattr(self, f"_colors_{k}")
 
+    @property
+    def dynamic(self) -> bool:
+        """Whether any target moves (its renders depend on the cameras' time)."""
+        return any(m.name != "still" for m in self.motions)
+
     def _render_target(self, k: int, cameras: Cameras) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1]: target k seen by ``cameras`` at their own image size."""
+        """[B, 3, H, W] in [0, 1]: target k seen by ``cameras`` at their own image size (a moving target at each
+        camera's time: one render per distinct time)."""
         verts, faces, colors = self.target_mesh(k)
-        rgb, _, _ = render_mesh_colors(verts, faces, cameras.to(verts.device), face_colors=colors,
-                                       background=self.background, ssaa=self.ssaa, **self.shading)
-        return rgb.permute(0, 3, 1, 2).contiguous()
+        cameras = cameras.to(verts.device)
+
+        def render(v: torch.Tensor, cams: Cameras) -> torch.Tensor:
+            rgb, _, _ = render_mesh_colors(v, faces, cams, face_colors=colors, background=self.background,
+                                           ssaa=self.ssaa, **self.shading)
+            return rgb.permute(0, 3, 1, 2)
+
+        if self.motions[k].name == "still":
+            return render(verts, cameras).contiguous()
+        times, inverse = torch.unique(cameras.time, return_inverse=True)
+        moved = transform_points(verts, self.motions[k], times.cpu()).to(verts)
+        out = torch.empty(len(cameras), 3, cameras.height, cameras.width, device=verts.device)
+        for i in range(len(times)):
+            idx = (inverse == i).nonzero().flatten()
+            out[idx] = render(moved[i], cameras[idx])
+        return out
 
     def target_index(self, label_or_index: Union[str, int]) -> int:
         """The index of a target given by index or by label (normalised as prompts are)."""
@@ -152,7 +183,8 @@ class OraclePrior(Prior):
     def render_targets(self, cameras: Cameras) -> torch.Tensor:
         """[B, K, 3, r, r] in x space ([-1, 1]): every target at the prior's resolution, cached for repeated
         cameras (classifier-free guidance evaluates the same cameras twice; duplicates are rendered once)."""
-        keys = torch.cat([cameras.c2w.reshape(len(cameras), -1), cameras.K.reshape(len(cameras), -1)], 1)
+        keys = torch.cat([cameras.c2w.reshape(len(cameras), -1), cameras.K.reshape(len(cameras), -1),
+                          cameras.time.reshape(len(cameras), 1)], 1)
         keys = keys.to(self.alphas_cumprod.device, torch.float64)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         cache = self._cache
@@ -220,7 +252,7 @@ class OraclePrior(Prior):
 
         targets = [dict(t, mesh=str(asset_path(t["mesh"]))) for t in cfg.targets]
         return cls(targets=targets, resolution=cfg.resolution, background=tuple(cfg.background),
-                   ssaa=cfg.ssaa).to(device)
+                   ssaa=cfg.ssaa, frames=int(getattr(cfg, "frames", 1))).to(device)
 
     @staticmethod
     def check_config(cfg: Any) -> None:
@@ -233,6 +265,11 @@ class OraclePrior(Prior):
         for i, target in enumerate(cfg.targets):
             if "mesh" not in target or "label" not in target:
                 raise DreamkitError(f"prior.targets[{i}] needs keys mesh and label, got {dict(target)}")
+            unknown = set(target) - {"mesh", "label", "weight", "motion"}
+            if unknown:
+                raise DreamkitError(f"prior.targets[{i}] has unknown keys {sorted(unknown)} — allowed: mesh, label, "
+                                    "weight, motion")
+            motion_named(target.get("motion") or "still")
             asset_path(target["mesh"])
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cameras: Cameras) -> torch.Tensor:
@@ -241,6 +278,12 @@ class OraclePrior(Prior):
         renders = self.render_targets(cameras).to(x_t)  # [B, K, 3, r, r]
         alpha, sigma = self._alpha_sigma(t, x_t)
         sq_dist = (x_t[:, None] - alpha[:, None] * renders).flatten(2).square().sum(-1)  # [B, K]
+        if self.frames > 1:  # a clip's frames share one noise level and one target: the clip's posterior
+            F = self.frames
+            if sq_dist.shape[0] % F or bool((t.view(-1, F) != t.view(-1, F)[:, :1]).any()):
+                raise DreamkitError(f"this oracle denoises clips of {F} frames: the batch ({sq_dist.shape[0]}) must "
+                                    f"be whole clips, each with one timestep")
+            sq_dist = sq_dist.view(-1, F, sq_dist.shape[1]).sum(1).repeat_interleave(F, 0)
         # float64 logits: at small t, ‖·‖² / 2σ² reaches ~1e7 and float32 would lose the differences.
         logits = -sq_dist.double() / (2 * sigma.view(-1, 1).double() ** 2) + torch.log(cond.double().clamp(min=0))
         if bool(torch.isinf(logits).all(-1).any()):

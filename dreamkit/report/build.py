@@ -251,6 +251,24 @@ def _size(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- a run page
+def glb_is_animated(path: Path) -> bool:
+    """Whether a GLB file has animations (its JSON chunk's ``animations``; read as data, never run)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+            if len(head) < 20 or head[:4] != b"glTF":
+                return False
+            length, kind = struct.unpack("<I4s", head[12:20])
+            if kind != b"JSON" or length > 64 << 20:
+                return False
+            return bool(json.loads(f.read(length)).get("animations"))
+    except (OSError, ValueError):
+        return False
+
+
 def build_run_page(summary: RunSummary, dest: Path, script_href: str = MODEL_VIEWER,
                    back: Optional[tuple[str, str]] = None) -> None:
     """Write ``dest/index.html`` and the files it shows (copied into ``dest``) for one run. ``script_href``:
@@ -285,7 +303,8 @@ def build_run_page(summary: RunSummary, dest: Path, script_href: str = MODEL_VIE
         parts.append(
             '<section id="model-section"><h2>Exported mesh</h2>'
             f'<model-viewer id="model" src="{esc(src)}" data-script="{esc(script_href)}" camera-controls '
-            'environment-image="neutral" shadow-intensity="0.7" exposure="1" touch-action="pan-y" interaction-prompt="none" '
+            + ("autoplay " if glb_is_animated(s.glb) else "")
+            + 'environment-image="neutral" shadow-intensity="0.7" exposure="1" touch-action="pan-y" interaction-prompt="none" '
             f'alt="{esc(s.prompt)}"></model-viewer>'
             f'<p class="muted"><span id="model-status"></span> <a href="{href(s.glb.name)}" download>'
             f'{esc(s.glb.name)}</a> ({_size(s.glb)}) — its own material, lit by a neutral studio environment; drag '

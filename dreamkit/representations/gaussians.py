@@ -252,6 +252,20 @@ class GaussianModel(nn.Module):
             means = (means - self.box_centres[int(part)]) * float(zoom)
             scales = scales * float(zoom)
             opacities = opacities * mine
+        onehot = None
+        if self.layout and part is None:
+            onehot = torch.nn.functional.one_hot(self.params["group"], len(self.layout)).to(means.dtype)
+        out = self._splat(cameras, means, self.quats, scales, background, step, opacities, onehot, exact_sum)
+        if part is not None:
+            out.extras["part"] = int(part)
+        return out
+
+    def _splat(self, cameras: Cameras, means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
+               background: Optional[torch.Tensor], step: Optional[int], opacities: Optional[torch.Tensor] = None,
+               channels: Optional[torch.Tensor] = None, exact_sum: bool = False) -> RenderOutput:
+        """Rasterize these means, rotations and scales with the model's colours (SH seen from each camera) and
+        opacities; ``channels`` [N, K] are composited as K more colour channels (over 0) into extras["groups"]."""
+        opacities = self.opacities if opacities is None else opacities
         degree = self.active_sh_degree(step)
         if degree == 0:
             colors = (self.params["sh0"][:, 0] * 0.28209479177387814 + 0.5).clamp_min(0)
@@ -260,24 +274,38 @@ class GaussianModel(nn.Module):
             dirs = torch.nn.functional.normalize(dirs, dim=-1)
             coeffs = self.sh_coeffs[None].expand(len(cameras), -1, -1, -1)
             colors = eval_sh(degree, coeffs, dirs)
-        k = len(self.layout) if part is None else 0
+        k = 0 if channels is None else channels.shape[-1]
         if k:
-            onehot = torch.nn.functional.one_hot(self.params["group"], k).to(colors.dtype)
-            colors = torch.cat([colors, onehot.expand(*colors.shape[:-1], k)], -1)
+            colors = torch.cat([colors, channels.expand(*colors.shape[:-1], k)], -1)
             if background is not None:
                 background = torch.cat([background.expand(len(cameras), 3),
                                         background.new_zeros(len(cameras), k)], -1)
         rgb, alpha, depth, meta = rasterize_gaussians(
-            means, self.quats, scales, opacities, colors, cameras.viewmats, cameras.K,
+            means, quats, scales, opacities, colors, cameras.viewmats, cameras.K,
             cameras.width, cameras.height, background=background, backend=self.cfg.backend,
             tile_size=self.cfg.tile_size or None, exact_sum=exact_sum,
         )
         extras = {"means2d": meta.get("means2d"), "radii": meta.get("radii"), "exact_sum": exact_sum}
         if k:
             rgb, extras["groups"] = rgb[..., :3], rgb[..., 3:]
-        if part is not None:
-            extras["part"] = int(part)
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, extras=extras)
+
+    @classmethod
+    def from_params(cls, cfg: Any, params: dict, strategy: Any = None) -> "GaussianModel":
+        """A model holding these parameter tensors (no initialisation; not trainable), e.g. a deformable model's
+        Gaussians at one time for the exporters."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.cfg = cfg
+        model.layout = []
+        model.params = nn.ParameterDict({name: nn.Parameter(value, requires_grad=False)
+                                         for name, value in params.items() if name != "group"})
+        if strategy is None:
+            from ..registry import component_class
+
+            strategy = component_class("strategy", cfg.densify.strategy, "representation.densify.strategy")(cfg.densify)
+        model.strategy = strategy
+        return model
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
         """loss_sparsity and loss_opaque of the render's alpha (:func:`alpha_regularizers`), as NeRF's, and with a

@@ -97,6 +97,13 @@ class VolumeRenderConfig:
     albedo_layers: int = 1
     geo_feature_dim: int = 15
     lr_network: Any = sched(1e-3)
+    #: 4D: a static field plus a space-time one (4D-fy's feat(x, τ) = H₃(x) + H₄(x, τ); here H₄ is a K-planes
+    #: factorisation over (x, y, z, τ), Fridovich-Keil et al. 2023): its features, through a zero-initialised linear
+    #: map, are added to the static encoding's, so the field starts static. The cameras' time τ selects the field
+    time_field: bool = False
+    time_resolution: int = 16
+    time_space_resolution: int = 32
+    lr_time: Any = sched(1e-2)
 
 
 @dataclass
@@ -145,8 +152,72 @@ class VolumeModel(nn.Module):
         raise NotImplementedError
 
     def _raw(self, points01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.density_net(self.features(points01))
+        feat = self.features(points01)
+        if getattr(self, "time_planes", None) is not None:
+            feat = feat + self.time_out(self._time_features(points01))
+        h = self.density_net(feat)
         return h[..., 0], h[..., 1:]
+
+    # -- 4D (time_field): K-planes over (x, y, z, τ) -----------------------------------------------------------
+    def _init_time_field(self, feature_dim: int, generator: torch.Generator) -> None:
+        """Create the space-time planes (spatial ones in U(0.1, 0.5), time ones at 1, as K-planes) and the
+        zero-initialised map of their product into the static features (after the static field: a static recipe
+        draws the same numbers as before)."""
+        from .deformable import PLANES
+
+        cfg = self.cfg
+        self._tau = 0.0
+        self.time_planes = None
+        if not getattr(cfg, "time_field", False):
+            return
+        R, T = int(cfg.time_space_resolution), int(cfg.time_resolution)
+        if R < 2 or T < 2:
+            raise ConfigError(f"representation.time_space_resolution={R} and time_resolution={T} must be ≥ 2")
+        planes = []
+        for a, b in PLANES:
+            shape = (1, feature_dim, T if b == 3 else R, R)
+            planes.append(nn.Parameter(torch.ones(shape) if b == 3
+                                       else 0.1 + 0.4 * torch.rand(shape, generator=generator)))
+        self.time_planes = nn.ParameterList(planes)
+        self.time_out = nn.Linear(feature_dim, feature_dim)
+        nn.init.zeros_(self.time_out.weight)
+        nn.init.zeros_(self.time_out.bias)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the field changes with the cameras' time (``time_field``)."""
+        return getattr(self, "time_planes", None) is not None
+
+    def _time_features(self, points01: torch.Tensor) -> torch.Tensor:
+        from .deformable import PLANES
+
+        n = points01.shape[0]
+        tau = torch.full((n, 1), float(self._tau) * 2 - 1, dtype=points01.dtype, device=points01.device)
+        coords = torch.cat([points01 * 2 - 1, tau], -1)
+        feat = None
+        for (a, b), plane in zip(PLANES, self.time_planes):
+            grid = torch.stack([coords[:, a], coords[:, b]], -1)[None, :, None]  # [1, N, 1, 2]
+            sample = torch.nn.functional.grid_sample(plane, grid, mode="bilinear", padding_mode="border",
+                                                     align_corners=True)[0, :, :, 0].T  # [N, D]
+            feat = sample if feat is None else feat * sample
+        return feat
+
+    def _time_groups(self) -> list[dict]:
+        if not self.dynamic:
+            return []
+        return [{"name": "time.planes", "params": list(self.time_planes), "lr_schedule": self.cfg.lr_time,
+                 "lr_key": "representation.lr_time"},
+                {"name": "time.network", "params": list(self.time_out.parameters()),
+                 "lr_schedule": self.cfg.lr_network, "lr_key": "representation.lr_network"}]
+
+    def at_time(self, tau: float) -> "VolumeModel":
+        """A copy of this field frozen at time τ (for exporters: the mesh at τ)."""
+        import copy
+
+        clone = copy.deepcopy(self)
+        clone._tau = float(tau)
+        clone.time_planes_fixed = True
+        return clone
 
     def _albedo(self, feat: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.albedo_net(feat))
@@ -234,24 +305,40 @@ class VolumeModel(nn.Module):
         B, H, W = len(cameras), cameras.height, cameras.width
         outs = []
         stratified = self.training and torch.is_grad_enabled()
-        for start in range(0, B, chunk_cameras):
-            cams = cameras[start:start + chunk_cameras]
-            rays = generate_rays(cams)
-            res = render_field(rays, self.aabb, self.density, self.field, n_samples=self.cfg.num_samples,
-                               occupancy=self.occupancy, stratified=stratified,
-                               early_stop_eps=self.cfg.early_stop_eps, generator=self.sample_generator)
-            res["depth"] = res["depth"] * rays.z_scale[:, None]
-            outs.append(res)
-        rgb = torch.cat([o["rgb"] for o in outs]).reshape(B, H, W, 3)
-        alpha = torch.cat([o["opacity"] for o in outs]).reshape(B, H, W, 1)
-        depth = torch.cat([o["depth"] for o in outs]).reshape(B, H, W, 1)
+        if self.dynamic and not getattr(self, "time_planes_fixed", False):  # 4D: each time its own field
+            times, inverse = torch.unique(cameras.time, return_inverse=True)
+            groups = [((inverse == i).nonzero().flatten(), float(times[i])) for i in range(len(times))]
+        else:
+            groups = [(torch.arange(B, device=cameras.c2w.device), None)]
+        order = []
+        for idx, tau in groups:
+            if tau is not None:
+                self._tau = tau
+            for start in range(0, len(idx), chunk_cameras):
+                part = idx[start:start + chunk_cameras]
+                cams = cameras[part]
+                rays = generate_rays(cams)
+                res = render_field(rays, self.aabb, self.density, self.field, n_samples=self.cfg.num_samples,
+                                   occupancy=self.occupancy, stratified=stratified,
+                                   early_stop_eps=self.cfg.early_stop_eps, generator=self.sample_generator)
+                res["depth"] = res["depth"] * rays.z_scale[:, None]
+                outs.append(res)
+                order.append(part)
+        perm = torch.argsort(torch.cat(order).to(torch.long))
+
+        def gather(key: str, channels: int) -> torch.Tensor:
+            return torch.cat([o[key].reshape(-1, H * W, channels) for o in outs])[perm].reshape(B, H, W, channels)
+
+        rgb = gather("rgb", 3)
+        alpha = gather("opacity", 1)
+        depth = gather("depth", 1)
         if background is not None:
             rgb = rgb + (1 - alpha) * background.to(rgb)[:, None, None, :]
         normal = None
         extras: dict[str, Any] = {"num_samples": sum(o["num_samples"] for o in outs)}
         if "normal" in outs[0]:
-            normal = torch.cat([o["normal"] for o in outs]).reshape(B, H, W, 3)
-            extras["orient"] = torch.cat([o["orient"] for o in outs]).reshape(B, H, W)
+            normal = gather("normal", 3)
+            extras["orient"] = gather("orient", 1)[..., 0]
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, extras=extras)
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
@@ -272,7 +359,16 @@ class VolumeModel(nn.Module):
             return info
         step_size = float((self.aabb[3:] - self.aabb[:3]).norm()) / cfg.num_samples
         gen = generator if generator is not None and generator.device == self.aabb.device else None
-        info.update(self.occupancy.update(self.density, step_size, cfg.occ_threshold, cfg.occ_decay, gen))
+        density = self.density
+        if self.dynamic:  # a cell is occupied when it is at any of five times
+            def density(points: torch.Tensor) -> torch.Tensor:
+                out = None
+                for tau in (0.0, 0.25, 0.5, 0.75, 1.0):
+                    self._tau = tau
+                    sigma = self.density(points)
+                    out = sigma if out is None else torch.maximum(out, sigma)
+                return out
+        info.update(self.occupancy.update(density, step_size, cfg.occ_threshold, cfg.occ_decay, gen))
         return info
 
     # the occupancy grid's buffers are in the state_dict; the sampling generator travels here
@@ -296,6 +392,7 @@ class NeRFModel(VolumeModel):
         self._init_volume(cfg)
         self.encoding = hash_grid_from_config(cfg, generator)
         self._init_decoder(self.encoding.output_dim, generator)
+        self._init_time_field(self.encoding.output_dim, generator)
 
     def features(self, points01: torch.Tensor) -> torch.Tensor:
         return self.encoding(points01)
@@ -306,4 +403,4 @@ class NeRFModel(VolumeModel):
             {"name": "nerf.encoding", "params": list(self.encoding.parameters()), "lr_schedule": cfg.lr_encoding,
              "lr_key": "representation.lr_encoding", "eps": 1e-15},
             self._network_group("nerf", eps=1e-15),
-        ]
+        ] + self._time_groups()

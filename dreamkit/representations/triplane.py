@@ -40,6 +40,7 @@ class TriplaneModel(VolumeModel):
         C, R = cfg.plane_channels, cfg.plane_resolution
         self.planes = nn.Parameter(torch.randn(3, C, R, R, generator=generator) * cfg.plane_init_std)
         self._init_decoder(C, generator)
+        self._init_time_field(C, generator)
 
     def features(self, points01: torch.Tensor) -> torch.Tensor:
         """points [N, 3] in [0,1] → summed plane features [N, C]."""
@@ -56,4 +57,4 @@ class TriplaneModel(VolumeModel):
             {"name": "triplane.planes", "params": [self.planes], "lr_schedule": cfg.lr_planes,
              "lr_key": "representation.lr_planes"},
             self._network_group("triplane"),
-        ]
+        ] + self._time_groups()

@@ -89,7 +89,8 @@ class LiveViewer(pl.Callback):
         resolution = viewer_resolution(int(self.cfg.viewer_resolution), pl_module.device)
         title = f"{self.cfg.prompt} — {self.cfg.name}"
         self.server = ViewerServer(title, str(self.cfg.viewer_host), int(self.cfg.viewer_port), resolution,
-                                   self.eval_camera, buttons=("pause", "resume", "export"))
+                                   self.eval_camera, buttons=("pause", "resume", "export"),
+                                   dynamic=bool(getattr(pl_module.representation, "dynamic", False)))
         self._train_start = time.perf_counter()
         self._marks.append((self._train_start, int(trainer.global_step)))
         print(f"viewer: {self.server.url}  (renders {resolution} px, at most {self.budget:.0%} of the time)",

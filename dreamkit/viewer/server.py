@@ -126,7 +126,8 @@ class ViewerServer:
     """
 
     def __init__(self, title: str, host: str, port: int, resolution: int, initial: Cameras,
-                 buttons: Sequence[str] = ("pause", "resume", "export")):
+                 buttons: Sequence[str] = ("pause", "resume", "export"), dynamic: bool = False):
+        """``dynamic``: a 4D representation — a "time τ" slider sets the time of the rendered camera."""
         viser = import_viser()
         self.resolution = int(resolution)
         self._lock = threading.Lock()
@@ -158,6 +159,10 @@ class ViewerServer:
             button = gui.add_button(labels[name], disabled=(name == "resume"))
             button.on_click(lambda _event, name=name: self._request(name))
             self._buttons[name] = button
+        self._time = None
+        if dynamic:
+            self._time = gui.add_slider("time τ", min=0.0, max=1.0, step=0.01, initial_value=0.0)
+            self._time.on_update(lambda _event: self._mark_all())
         self._plot = None
         self._plot_points = 0
         self._notes = gui.add_markdown("")
@@ -179,6 +184,16 @@ class ViewerServer:
     def _disconnect(self, client: Any) -> None:
         with self._lock:
             self._clients.pop(client.client_id, None)
+
+    def _mark_all(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.dirty = True
+
+    @property
+    def time(self) -> float:
+        """The time τ the slider shows (0 without one)."""
+        return float(self._time.value) if self._time is not None else 0.0
 
     def _request(self, name: str) -> None:
         with self._lock:
@@ -220,6 +235,7 @@ class ViewerServer:
                 cams = cameras_from_viser(camera.wxyz, camera.position, camera.fov, camera.aspect, self.resolution)
             except (AssertionError, ValueError, ZeroDivisionError):  # no camera message yet, or a degenerate one
                 continue
+            cams.time = torch.full_like(cams.time, self.time)
             image = to_uint8(render(cams))
             client.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=90)
             client.step = step

@@ -93,7 +93,8 @@ def view_run(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, res
     run.refresh()
     resolution = viewer_resolution(resolution, device)
     server = ViewerServer(f"{cfg.prompt} — {cfg.name} ({run_dir.name})", host, port, resolution,
-                          eval_cameras(cfg)[0:1], buttons=("export",))
+                          eval_cameras(cfg)[0:1], buttons=("export",),
+                          dynamic=bool(getattr(run.model, "dynamic", False)))
     print(f"viewer: {server.url}  ({run_dir}, step {run.step}; Ctrl-C to stop)", flush=True)
     notes = [f"loaded the checkpoint of step {run.step}"]
     max_steps = int(cfg.trainer.max_steps)
