@@ -84,11 +84,13 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
     stamps = {pid: next((out / "runs" / pid).glob("*/*/ckpts/last.ckpt")).stat().st_mtime_ns for pid in done1}
     # 2. run again, and kill the driver outright (SIGKILL: no clean-up) when another prompt is halfway
     driver = _dreamkit(args)
-    _wait(lambda: _running_with_checkpoint(out, len(done1) + 1), 240, "another prompt halfway", driver)
+    lock = out / ".batch.lock"
+    _wait(lambda: lock.read_text().strip() == str(driver.pid), 120, "the driver to hold the lock", driver)
     # a second driver on the same folder is refused while one runs
     blocked = subprocess.run([sys.executable, "-m", "dreamkit", *args], env=ENV, capture_output=True, text=True,
                              timeout=120)
-    assert blocked.returncode == 2 and "another dreamkit batch (pid" in blocked.stderr, blocked.stderr
+    assert blocked.returncode == 2 and f"another dreamkit batch (pid {driver.pid})" in blocked.stderr, blocked.stderr
+    _wait(lambda: _running_with_checkpoint(out, len(done1) + 1), 240, "another prompt halfway", driver)
     driver.kill()
     driver.communicate(timeout=60)
     stale = _manifest(out)
