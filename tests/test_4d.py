@@ -418,7 +418,7 @@ def test_short_4d_fit_resumes_exactly(tmp_path):
               "representation.densify.refine_start=10", "representation.densify.refine_every=10",
               "camera.time_range=[0, [9, 0, 1, 10]]", "trainer.max_steps=40", "trainer.checkpoint_every=20",
               "trainer.val_every=0", "trainer.progress=false", "camera.eval_views=4",
-              "export.formats=[glb]", "export.mesh_resolution=32", "export.texture_size=64",
+              "export.formats=[glb]", "export.mesh_resolution=32", "export.texture_size=64", "export.mesh_views=8",
               "export.mesh_preview=false", "export.turntable=false", "export.animation_keyframes=4",
               "report=false"]
     assert main(common + [f"output_dir={tmp_path / 'full'}"]) == 0
@@ -485,6 +485,7 @@ def test_eval_scores_a_4d_fit_against_the_prompted_motion(tmp_path):
                  "prior.resolution=24", "prior.ssaa=1", "camera.width=24", "camera.height=24",
                  "representation.num_points=300", "trainer.max_steps=30", "camera.time_range=[0, [9, 0, 1, 10]]",
                  "trainer.val_every=0", "trainer.progress=false", "camera.eval_views=4", "export.mesh_resolution=32",
+                 "export.mesh_views=8",
                  "export.animation_keyframes=4"])
     assert code == 0
     (row,) = list(csv.DictReader(open(out / "results.csv")))
