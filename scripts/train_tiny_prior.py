@@ -33,6 +33,10 @@ SAMPLE_PROMPTS = ["a red cube", "a blue sphere", "a green cylinder", "a yellow c
 #: the multi-view sample grid shows whether the views agree (cube, sphere) and whether fronts turn with the cameras
 MULTIVIEW_SAMPLE_PROMPTS = ["a red cube", "a blue sphere", "a snowman", "a house"]
 
+#: the video sample grid: one clip per row, the motions the probe (scripts/video_motion_probe.py) measures
+VIDEO_SAMPLE_PROMPTS = ["a red cube moving left", "a blue sphere moving right", "a green cylinder bouncing",
+                        "a house spinning", "a yellow cone still"]
+
 
 def git_commit() -> str:
     try:
@@ -86,6 +90,15 @@ def init_weights(unet, folder: Path) -> None:
     print(f"initialised from {folder}", flush=True)
 
 
+def load_video_dataset(data_dir: Path):
+    """Clips (``dreamkit.world.clips``): uint8 images [N, F, H, W, 3], caption indices [N], c2w [N, 4, 4] (one still
+    camera per clip), fovy [N], scene indices [N], frame times [N, F]."""
+    from dreamkit.world.clips import load_clip_dataset
+
+    meta, data = load_clip_dataset(data_dir)
+    return meta, data["images"], data["caption"], data["c2w"], data["fovy"], data["scene"], data["time"]
+
+
 def load_dataset(data_dir: Path):
     """uint8 images [N, H, W, 3] (multi-view: [G, V, H, W, 3]), caption indices [N] ([G]), c2w [N(, V), 4, 4],
     vertical field of view [N(, V)] in degrees, scene indices [N] ([G])."""
@@ -111,9 +124,16 @@ def main() -> int:
                    help="how often each scene kind is drawn when rendering the dataset")
     p.add_argument("--multiview", action="store_true",
                    help="train the V=4 multi-view prior (MVDream-style cross-view attention + camera embedding)")
+    p.add_argument("--video", action="store_true",
+                   help="train the tiny video prior: clips of --frames frames of the world's motions "
+                        "(dreamkit.world.clips), frames denoised jointly as views (joint spatio-temporal "
+                        "self-attention), each frame's time in the class embedding (pooled_text+time), one timestep "
+                        "per clip; --images then counts clips")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (--video)")
     p.add_argument("--class-condition", default="auto",
-                   help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera "
-                        "(auto: pooled_text, or pooled_text+camera with --multiview)")
+                   help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera | "
+                        "pooled_text+time (auto: pooled_text, pooled_text+camera with --multiview, pooled_text+time "
+                        "with --video)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of a trained prior folder (e.g. the text-to-image prior when training "
                         "the multi-view one, as MVDream starts from Stable Diffusion); new inputs (class-embedding "
@@ -172,6 +192,17 @@ def main() -> int:
                           ("cpu" if args.device == "auto" else args.device))
     args.work.mkdir(parents=True, exist_ok=True)
     data_dir = args.work / "data"
+    if args.video and args.multiview:
+        raise SystemExit("--video and --multiview are separate priors; pass one")
+    if args.video and not (data_dir / "captions.json").is_file():
+        from dreamkit.world.clips import build_clip_dataset
+
+        print(f"rendering {args.images} world clips of {args.frames} frames at {args.resolution}² into {data_dir} ...",
+              flush=True)
+        info = build_clip_dataset(data_dir, args.images, seed=args.seed, resolution=args.resolution,
+                                  frames=args.frames, shard_size=1024,
+                                  progress=lambda d, n, r: print(f"  {d}/{n} clips, {r:.0f} clips/s", flush=True))
+        print(f"dataset: {info['n_clips']} clips in {info['seconds']:.0f}s", flush=True)
     if not (data_dir / "captions.json").is_file():
         print(f"rendering {args.images} world images at {args.resolution}² into {data_dir} ...", flush=True)
         camera = None
@@ -191,10 +222,21 @@ def main() -> int:
                              kind_weights={k: float(v) for k, v in (kv.split("=") for kv in args.kind_weights.split(","))},
                              multiview=args.multiview, progress=lambda d, n, r: print(f"  {d}/{n} images, {r:.0f} images/s", flush=True))
         print(f"dataset: {info['n_images']} images in {info['seconds']:.0f}s", flush=True)
-    meta, images, caption_idx, cams_c2w, cams_fovy, scene_idx = load_dataset(data_dir)
-    views = int(meta.get("views", 1))
-    if bool(meta.get("multiview")) != args.multiview:
-        raise SystemExit(f"{data_dir} was rendered with multiview={meta.get('multiview')}; use another --work")
+    if (json.loads((data_dir / "captions.json").read_text()).get("kind") == "clips") != args.video:
+        raise SystemExit(f"{data_dir} holds {'clips' if not args.video else 'images'}, not what "
+                         f"{'--video' if args.video else 'an image prior'} trains on; use another --work")
+    frame_times = None
+    if args.video:
+        meta, images, caption_idx, cams_c2w, cams_fovy, scene_idx, frame_times = load_video_dataset(data_dir)
+        if int(meta["frames"]) != args.frames:
+            raise SystemExit(f"{data_dir} holds clips of {meta['frames']} frames, not --frames {args.frames}")
+        views, frames = 1, args.frames
+    else:
+        meta, images, caption_idx, cams_c2w, cams_fovy, scene_idx = load_dataset(data_dir)
+        views, frames = int(meta.get("views", 1)), 1
+        if bool(meta.get("multiview")) != args.multiview:
+            raise SystemExit(f"{data_dir} was rendered with multiview={meta.get('multiview')}; use another --work")
+    group = views * frames  # images denoised jointly, with one timestep
     captions = meta["captions"]
 
     # frozen text encoder: embed every caption once (and the empty prompt for classifier-free guidance)
@@ -208,7 +250,7 @@ def main() -> int:
     channels = tuple(int(c) for c in args.channels.split(","))
     class_condition = args.class_condition
     if class_condition == "auto":
-        class_condition = "pooled_text+camera" if views > 1 else "pooled_text"
+        class_condition = "pooled_text+camera" if views > 1 else ("pooled_text+time" if frames > 1 else "pooled_text")
     unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
                                               multiview=views > 1, class_condition=class_condition,
                                               camera_input=args.camera_input)).to(device)
@@ -216,10 +258,10 @@ def main() -> int:
         init_weights(unet, args.init_from)
     from dreamkit.priors.multiview import ViewSettings, set_multiview_attention
 
-    if views > 1:
-        set_multiview_attention(unet, views)
+    if group > 1:
+        set_multiview_attention(unet, group)  # a video prior's frames attend jointly, as a multi-view prior's views
     # the UNet's class-embedding and conv_in inputs are built by the same object the inference adapters use
-    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input)
+    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -268,8 +310,8 @@ def main() -> int:
         step = int(state["step"])
         print(f"resumed from step {step}", flush=True)
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"UNet {n_params / 1e6:.2f} M parameters, {len(images)} images, {len(captions)} captions, device {device}",
-          flush=True)
+    print(f"UNet {n_params / 1e6:.2f} M parameters, {len(images)} {'clips' if frames > 1 else 'images'}, "
+          f"{len(captions)} captions, device {device}", flush=True)
 
     def save_ckpt() -> None:
         atomic_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -282,10 +324,17 @@ def main() -> int:
 
         tmp = args.work / "ema_prior"
         save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
-                         class_condition=class_condition, camera_input=args.camera_input)
+                         class_condition=class_condition, camera_input=args.camera_input, frames=frames)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
-        from dreamkit.priors.sampling import sample_cameras
+        from dreamkit.priors.sampling import sample_cameras, sample_clip_cameras
 
+        if frames > 1:
+            prompts = VIDEO_SAMPLE_PROMPTS
+            cams = sample_clip_cameras(len(prompts), frames, args.resolution)
+            out = ddim_sample(prior, [p for p in prompts for _ in range(frames)], steps=30, guidance_scale=5.0,
+                              cameras=cams, generator=torch.Generator().manual_seed(0))
+            save_image_grid(out.permute(0, 2, 3, 1), args.work / "samples" / f"step_{step:06d}.png", columns=frames)
+            return
         if views > 1:
             prompts = MULTIVIEW_SAMPLE_PROMPTS
             cams = type(sample_cameras(views, args.resolution)).cat(
@@ -310,7 +359,7 @@ def main() -> int:
     unet.train()
     try:
         while step < args.max_steps and time.time() < deadline:
-            n = max(1, args.batch // views)  # scenes in the batch (groups of `views` images for the multi-view prior)
+            n = max(1, args.batch // group)  # scenes (groups of `views` images) or clips (of `frames` frames)
             if draw_weights is None:
                 idx = torch.randint(0, len(images), (n,), generator=gen)
             else:
@@ -321,11 +370,15 @@ def main() -> int:
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
             t = torch.randint(0, abar.shape[0], (n,), generator=gen).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
-            cond = cond.repeat_interleave(views, 0)
-            t = t.repeat_interleave(views, 0)  # one noise level per scene, as MVDream
+            cond = cond.repeat_interleave(group, 0)
+            t = t.repeat_interleave(group, 0)  # one noise level per scene (as MVDream) or per clip
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            cams = (cams_c2w[idx].reshape(-1, 4, 4), cams_fovy[idx].reshape(-1))  # one per image, on the host
+            if frame_times is not None:  # a clip's still camera repeated over its frames, each with its time
+                cams = (cams_c2w[idx].repeat_interleave(frames, 0), cams_fovy[idx].repeat_interleave(frames, 0),
+                        frame_times[idx].reshape(-1))
+            else:
+                cams = (cams_c2w[idx].reshape(-1, 4, 4), cams_fovy[idx].reshape(-1))  # one per image, on the host
             labels = view_settings.class_labels(cond, cams, device, x_t.dtype)
             x_in = view_settings.unet_input(x_t, cams, x_t.dtype)
             pred = unet(x_in, t, encoder_hidden_states=cond, class_labels=labels).sample
@@ -376,17 +429,23 @@ def main() -> int:
 
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
-                     camera_input=args.camera_input,
+                     camera_input=args.camera_input, frames=frames,
                      extra_index={"trained_steps": step, "resolution": args.resolution,
                                   **({} if args.sample_guidance_scale is None
                                      else {"sample_guidance_scale": args.sample_guidance_scale})})
-    kind = "text-to-image" if views == 1 else f"multi-view (V={views}, MVDream-style)"
+    kind = ("text-to-image" if views == 1 else f"multi-view (V={views}, MVDream-style)") if frames == 1 else \
+        f"text-to-video (F={frames} frames)"
     mv_text = "" if views == 1 else (
         f"\nMulti-view: {views} views of one scene 90° apart in azimuth at a random elevation, denoised jointly; every "
         "self-attention attends over the tokens of all views and the class embedding also receives each view's camera "
         "(flattened camera-to-world, OpenCV axes)"
         + ("; the UNet's input also carries each view's camera ray map (6 Plücker channels, `camera_input: plucker`)"
            if args.camera_input else "") + ", see `dreamkit/priors/multiview.py`.\n")
+    if frames > 1:
+        mv_text = (f"\nVideo: clips of {frames} frames of the world's motions (`dreamkit.world.clips`), frames "
+                   "denoised jointly as the views of a multi-view prior (every self-attention attends over the "
+                   "tokens of all frames), each frame's time τ in the class embedding ([sin, cos](2πkτ), k = 1..4, "
+                   "after the pooled text: `pooled_text+time`), one timestep per clip.\n")
     init_text = f"- initialised from: `{args.init_from}`\n" if args.init_from else ""
     (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny {kind} prior
 
@@ -399,7 +458,7 @@ conditioning is the pooled sentence vector; the class embedding receives `{class
 - produced by: `{command}`
 - at commit: `{git_commit()}`
 {init_text}- steps: {step}, batch {args.batch} images, lr {args.lr}, seed {args.seed}, device {device}
-- data: {len(images)} {"images" if views == 1 else f"groups of {views} views"} of {len(meta['scenes'])} scenes, {len(captions)} captions (`dreamkit.world.dataset`)
+- data: {len(images)} {"images" if group == 1 else (f"groups of {views} views" if frames == 1 else f"clips of {frames} frames")} of {len(meta['scenes'])} scenes, {len(captions)} captions (`dreamkit.world.dataset`)
 - it knows only the tiny world's prompts (see `model_index.json` → `world_captions`); others get a warning that
   names the nearest in-world prompts.
 """)

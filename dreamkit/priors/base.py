@@ -58,6 +58,7 @@ class Prior(nn.Module, ABC):
         the prior's own UNet (through the CUDA-graph cache when on) or ``network`` — another UNet of the same
         architecture, VSD's trainable copy — run eagerly with ``timestep_cond`` added to its time embedding."""
         self.view_settings.check_batch(x_t.shape[0], cameras)
+        self.view_settings.check_timesteps(t)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
         x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
         if network is None:

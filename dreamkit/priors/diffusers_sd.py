@@ -249,6 +249,7 @@ class StableDiffusionPrior(Prior):
         self.view_settings = ViewSettings.from_folder(Path(name).expanduser() if _looks_like_path(name) else None,
                                                       self.unet, default_class="camera", allowed=("camera",))
         self.views = self.view_settings.views
+        self.frames = self.view_settings.frames
 
         self.prediction_type = str(self.scheduler.config.get("prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):

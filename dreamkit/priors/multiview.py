@@ -46,7 +46,10 @@ import torch.nn.functional as F
 from ..cameras import Cameras
 
 CAMERA_DIM = 16
-CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera")
+#: harmonics k = 1..TIME_HARMONICS of a video prior's frame-time embedding: [sin(2πkτ)…, cos(2πkτ)…]
+TIME_HARMONICS = 4
+TIME_DIM = 2 * TIME_HARMONICS
+CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera", "pooled_text+time")
 CONVENTIONS = ("opencv", "opengl")
 CAMERA_INPUTS = ("plucker", "plucker_metric")
 RAY_CHANNELS = 6
@@ -68,6 +71,9 @@ class ViewSettings:
     class_condition: Optional[str] = None
     camera_convention: str = "opencv"
     camera_input: Optional[str] = None
+    #: frames per clip of a video prior (``model_index.json`` → ``"frames"``): the self-attention is joint over the
+    #: ``views × frames`` images of a group, which share one timestep; 1 for image and multi-view priors
+    frames: int = 1
 
     @classmethod
     def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
@@ -77,6 +83,7 @@ class ViewSettings:
         index_file = Path(folder) / "model_index.json" if folder is not None else None
         index = json.loads(index_file.read_text()) if index_file is not None and index_file.is_file() else {}
         views = int(index.get("views", 1))
+        frames = int(index.get("frames", 1))
         has_class = unet.config.get("class_embed_type") is not None
         condition = index.get("class_condition", "camera" if views > 1 else default_class) if has_class else None
         if condition is not None and condition not in allowed:
@@ -87,6 +94,8 @@ class ViewSettings:
             raise DreamkitError(f"{index_file}: camera_convention {convention!r} — expected opencv or opengl")
         if views < 1:
             raise DreamkitError(f"{index_file}: views must be ≥ 1, got {views}")
+        if frames < 1:
+            raise DreamkitError(f"{index_file}: frames must be ≥ 1, got {frames}")
         camera_input = index.get("camera_input")
         if camera_input is not None:
             if camera_input not in CAMERA_INPUTS:
@@ -97,19 +106,38 @@ class ViewSettings:
                 raise DreamkitError(f"{index_file}: camera_input {camera_input!r} needs a UNet with "
                                     f"{extra} more input than output channels; this one has "
                                     f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}")
-        if views > 1:
-            set_multiview_attention(unet, views)
-        return cls(views, condition, convention, camera_input)
+        if views * frames > 1:
+            set_multiview_attention(unet, views * frames)
+        return cls(views, condition, convention, camera_input, frames)
+
+    @property
+    def group(self) -> int:
+        """Images denoised jointly: ``views × frames``."""
+        return self.views * self.frames
 
     @property
     def needs_cameras(self) -> bool:
-        """Whether every image must come with its camera (multi-view, a camera class embedding or a ray map)."""
-        return self.views > 1 or (self.class_condition or "").endswith("camera") or self.camera_input is not None
+        """Whether every image must come with its camera (multi-view, a video prior's frame times, a camera class
+        embedding or a ray map)."""
+        return (self.group > 1 or (self.class_condition or "").endswith(("camera", "time"))
+                or self.camera_input is not None)
 
     def check_batch(self, batch: int, cameras: Optional[Cameras]) -> None:
-        if batch % self.views or (self.needs_cameras and (cameras is None or len(cameras) != batch)):
+        if batch % self.group or (self.needs_cameras and (cameras is None or len(cameras) != batch)):
+            if self.frames > 1:
+                raise ValueError(f"this video prior denoises clips of {self.frames} frames: pass a batch of "
+                                 f"n·{self.group} images with one camera each (its time is the frame's time; "
+                                 "consecutive frames are one clip)")
             raise ValueError(f"this multi-view prior denoises groups of {self.views} views: pass a batch of "
                              f"n·{self.views} images with one camera each (consecutive groups are one scene)")
+
+    def check_timesteps(self, t: torch.Tensor) -> None:
+        """A video prior was trained with one noise level per clip: ``t`` [B] must be constant within each group."""
+        if self.frames > 1 and t.numel() > 1:
+            groups = t.reshape(-1, self.group)
+            if bool((groups != groups[:, :1]).any()):
+                raise ValueError(f"this video prior denoises clips of {self.frames} frames with one timestep per "
+                                 "clip: t differs within a clip (repeat each clip's t over its frames)")
 
     def class_labels(self, cond: torch.Tensor, cameras: "Cameras | CameraTensors | None", device,
                      dtype) -> Optional[torch.Tensor]:
@@ -121,8 +149,13 @@ class ViewSettings:
         if self.class_condition is None:
             return None
         parts = []
-        if self.class_condition in ("pooled_text", "pooled_text+camera"):
+        if self.class_condition in ("pooled_text", "pooled_text+camera", "pooled_text+time"):
             parts.append(cond[:, 0].to(device, dtype))
+        if self.class_condition == "pooled_text+time":
+            if cameras is None:
+                raise ValueError("this video prior's class embedding takes each frame's time (class_condition "
+                                 "'pooled_text+time'): pass one camera per image, its time set")
+            parts.append(time_features(_camera_time(cameras).to(device)).to(device, dtype))
         if self.class_condition in ("camera", "pooled_text+camera"):
             if cameras is None:
                 raise ValueError(f"this prior's class embedding takes the camera (class_condition "
@@ -148,7 +181,24 @@ class ViewSettings:
 
 
 def _camera_tensors(cameras: "Cameras | CameraTensors") -> CameraTensors:
-    return (cameras.c2w, cameras.fovy) if isinstance(cameras, Cameras) else tuple(cameras)
+    return (cameras.c2w, cameras.fovy) if isinstance(cameras, Cameras) else tuple(cameras)[:2]
+
+
+def _camera_time(cameras: "Cameras | tuple") -> torch.Tensor:
+    """[B] frame times: ``Cameras.time``, or the third tensor of a ``(c2w, fovy, time)`` training tuple."""
+    if isinstance(cameras, Cameras):
+        return cameras.time
+    if len(cameras) < 3:
+        raise ValueError("a video prior needs each frame's time: pass Cameras or (c2w, fovy, time)")
+    return cameras[2]
+
+
+def time_features(tau: torch.Tensor) -> torch.Tensor:
+    """[B] clip times τ → [B, 8] = [sin(2πkτ), k = 1..4, cos(2πkτ), k = 1..4], the frame-time input of a video
+    prior's class embedding (GUIDANCE_4D.md §6.2), appended to the pooled text as the camera is for multi-view."""
+    k = torch.arange(1, TIME_HARMONICS + 1, device=tau.device, dtype=torch.float32)
+    angle = 2 * torch.pi * tau.float().reshape(-1, 1) * k
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
 def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int,

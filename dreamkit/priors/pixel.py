@@ -158,6 +158,7 @@ class PixelDiffusionPrior(Prior):
 
         self.view_settings = ViewSettings.from_folder(folder, self.unet)
         self.views = self.view_settings.views
+        self.frames = self.view_settings.frames
         self.class_condition = self.view_settings.class_condition
         self.channels = 3
         self.resolution = int(self.unet.config.sample_size)

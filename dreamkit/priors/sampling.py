@@ -34,6 +34,17 @@ def sample_cameras(n: int, resolution: int, elevation: float = 15.0, distance: f
                                       fovy=fovy, start_azimuth=g * 360.0 / n) for g in range(n // group)])
 
 
+def sample_clip_cameras(clips: int, frames: int, resolution: int, elevation: float = 15.0, distance: float = 2.75,
+                        fovy: float = 40.0, azimuth: float = 0.0, tau0: float = 0.0) -> Cameras:
+    """``clips × frames`` cameras for sampling a video prior: each clip one still camera (at ``azimuth``, default
+    the world's front) repeated over its frames at times τ_i = ``tau0`` + i/``frames``, clip-major."""
+    one = orbit_cameras(1, resolution, resolution, elevation=elevation, distance=distance, fovy=fovy,
+                        start_azimuth=azimuth)
+    cams = Cameras.cat([one] * (clips * frames))
+    cams.time = (tau0 + torch.arange(frames, dtype=torch.float32) / frames).repeat(clips).to(cams.c2w)
+    return cams
+
+
 @torch.no_grad()
 def ddim_sample(prior, prompts: Sequence[str], steps: int = 50, guidance_scale: float = 7.5,
                 negative: Optional[Sequence[str]] = None, cameras: Optional[Cameras] = None,

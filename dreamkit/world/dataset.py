@@ -112,6 +112,7 @@ def render_scene_views(
     generator: Optional[torch.Generator] = None,
     lights: Optional[Lights] = None,
     ssaa: int = 1,
+    verts: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Lights]:
     """Render ``scene`` from B cameras with flat colours and Lambertian shading.
 
@@ -123,6 +124,8 @@ def render_scene_views(
             of :func:`dreamkit.render.raster.render_mesh_colors` (the oracle prior's shading).
         lights: explicit :class:`Lights` with B entries.
         ssaa: supersampling factor (1 = aliased edges, the fast default; 2 = as the oracle prior).
+        verts: the scene's vertices [V, 3] moved (same faces and colours), e.g. by a motion at one time τ
+            (:func:`dreamkit.world.motion.transform_points`); default the scene at rest.
 
     Returns:
         rgb [B, H, W, 3] float32 in [0, 1], alpha [B, H, W, 1] coverage, and the lights used.
@@ -134,7 +137,8 @@ def render_scene_views(
     B = len(cameras)
     if lights is None:
         lights = sample_lights(B, generator) if generator is not None else _fixed_lights(B)
-    verts, faces, face_colors = scene.mesh()
+    rest, faces, face_colors = scene.mesh()
+    verts = rest if verts is None else verts.to(rest)
     W, H = cameras.width, cameras.height
     cams = cameras.with_resolution(W * ssaa, H * ssaa) if ssaa > 1 else cameras
     w, h = cams.width, cams.height
