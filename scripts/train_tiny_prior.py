@@ -72,21 +72,12 @@ def init_weights(unet, folder: Path) -> None:
     source = {}
     for f in files:
         source.update(load_file(f))
-    target = unet.state_dict()
-    for key, value in target.items():
-        if key not in source:
-            raise SystemExit(f"--init-from {folder}: weight {key} is missing (different architecture?)")
-        src = source[key]
-        if src.shape == value.shape:
-            value.copy_(src)
-        elif key == "class_embedding.linear_1.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
-            value.zero_()
-            value[:, : src.shape[1]].copy_(src)
-        elif key == "conv_in.weight" and src.shape[0] == value.shape[0] and src.shape[1] < value.shape[1]:
-            value.zero_()
-            value[:, : src.shape[1]].copy_(src)
-        else:
-            raise SystemExit(f"--init-from {folder}: {key} has shape {tuple(src.shape)}, expected {tuple(value.shape)}")
+    from dreamkit.priors.tiny_pixel import init_unet_from
+
+    try:
+        init_unet_from(unet, source)
+    except ValueError as err:
+        raise SystemExit(f"--init-from {folder}: {err}") from None
     print(f"initialised from {folder}", flush=True)
 
 

@@ -77,6 +77,27 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
     return folder
 
 
+def init_unet_from(unet, source: dict) -> None:
+    """Copy a trained UNet's weights (``source``: its state dict) into ``unet`` of the same layout except for inputs
+    that grew: ``class_embedding.linear_1`` with more input columns (pooled text → pooled text + camera, or + frame
+    time) or ``conv_in`` with more input channels (a camera ray map). Old weights are kept and the new inputs start
+    at zero, so ``unet`` initially computes what the source did (how the multi-view and video priors start from
+    tiny-t2i). Raises ValueError naming the first weight that does not fit."""
+    target = unet.state_dict()
+    for key, value in target.items():
+        if key not in source:
+            raise ValueError(f"weight {key} is missing (different architecture?)")
+        src = source[key]
+        if src.shape == value.shape:
+            value.copy_(src)
+        elif (key in ("class_embedding.linear_1.weight", "conv_in.weight") and src.shape[0] == value.shape[0]
+              and src.shape[1] < value.shape[1] and src.shape[2:] == value.shape[2:]):
+            value.zero_()
+            value[:, : src.shape[1]].copy_(src)
+        else:
+            raise ValueError(f"{key} has shape {tuple(src.shape)}, expected {tuple(value.shape)}")
+
+
 def _diffusers_version() -> str:
     import diffusers
 
