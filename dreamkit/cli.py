@@ -212,6 +212,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise DreamkitError(f"--views must be a multiple of this prior's {prior.views} joint views")
     guidance = float(args.guidance) if args.guidance is not None else float(prior.sample_guidance_scale)
     generator = torch.Generator().manual_seed(int(args.seed))
+    if int(getattr(prior, "frames", 1) or 1) > 1:
+        return _sample_video(args, prior, prior_cfg, prompts, guidance, generator)
     rows = []
     scored, verdicts = 0, []
     tally = {"groups": 0, "consistent": 0, "asymmetric": 0, "oriented": 0}
@@ -237,6 +239,59 @@ def cmd_sample(args: argparse.Namespace) -> int:
     path = save_image_grid(grid, unique_path(out), columns=views)
     print(f"wrote {path} ({len(prompts)} prompt(s) × {views} view(s), {prior_cfg.type} prior "
           f"{getattr(prior_cfg, 'name', '')}, guidance {guidance:g})")
+    return 0
+
+
+def _sample_video(args, prior, prior_cfg, prompts, guidance, generator) -> int:
+    """A video prior's samples: ``--clips`` clips per prompt from one still camera at the world's front, written as
+    a PNG grid (one clip per row, frames left to right) and an MP4 beside it (the clips side by side, looping)."""
+    import torch
+
+    from .eval.clip_motion import judge_clip
+    from .imageio_utils import save_image_grid, unique_path, write_video
+    from .priors.sampling import ddim_sample, sample_clip_cameras
+    from .run import slugify
+    from .world import parse_prompt
+    from .world.motion import split_motion_caption
+
+    frames, res, n = int(prior.frames), int(prior.resolution), int(args.clips)
+    if n < 1:
+        raise DreamkitError(f"--clips {n}: ask for at least one clip per prompt")
+
+    def sample(prompt: str) -> torch.Tensor:
+        cams = sample_clip_cameras(n, frames, res, tau0=0.5 / frames)
+        out = ddim_sample(prior, [prompt] * (n * frames), steps=int(args.steps), guidance_scale=guidance,
+                          cameras=cams, generator=generator)
+        return out.cpu().reshape(n, frames, 3, res, res)
+
+    clips, right, scored = [], 0, 0
+    for prompt in prompts:
+        batch = sample(prompt)
+        clips.append(batch)
+        if args.score:
+            obj, motion = split_motion_caption(prompt)
+            scene = parse_prompt(obj)
+            colour = scene.colours[0] if scene is not None and scene.kind == "single" else None
+            still = None
+            if motion.name == "spinning":  # a turn in place is judged against still clips of the same object
+                changes = sorted(judge_clip(c, "still", colour)["change"] for c in sample(f"{obj} still"))
+                still = changes[len(changes) // 2]
+            for i, clip in enumerate(batch):
+                verdict = judge_clip(clip, motion.name, colour, still_change=still)
+                right, scored = right + verdict["ok"], scored + 1
+                print(f"  {prompt!r} clip {i}: {'✓' if verdict['ok'] else '✗'} {motion.name}: {verdict['why']}")
+    if args.score:
+        print(f"clips that move as prompted (dreamkit.eval.clip_motion): {right}/{scored}")
+    everything = torch.cat(clips)  # [P·n, F, 3, r, r]
+    out = Path(args.output) if args.output else Path("samples") / f"{slugify(prompts[0])}.png"
+    path = save_image_grid(everything.flatten(0, 1).permute(0, 2, 3, 1), unique_path(out), columns=frames)
+    # the MP4: every clip side by side (a row per prompt), 4× larger, the clip played three times
+    tiles = everything.reshape(len(prompts), n, frames, 3, res, res).permute(2, 0, 4, 1, 5, 3)
+    movie = tiles.reshape(frames, len(prompts) * res, n * res, 3)
+    movie = torch.nn.functional.interpolate(movie.permute(0, 3, 1, 2), scale_factor=4, mode="nearest")
+    video = write_video(movie.permute(0, 2, 3, 1).repeat(3, 1, 1, 1), path.with_suffix(".mp4"), fps=6)
+    print(f"wrote {path} and {video} ({len(prompts)} prompt(s) × {n} clip(s) of {frames} frames, "
+          f"{prior_cfg.type} prior {getattr(prior_cfg, 'name', '')}, guidance {guidance:g})")
     return 0
 
 
@@ -390,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="oracle | shipped prior name | pixel or SD folder | hub id (default tiny-t2i)")
     p.add_argument("--config", "-c", help="take the prior from this recipe instead")
     p.add_argument("--views", type=int, default=4, help="columns: joint views (multi-view priors) or samples")
+    p.add_argument("--clips", type=int, default=2,
+                   help="video priors: clips per prompt (rows of the grid; an MP4 of the clips is written beside it)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the prior's own, from its model_index.json "
@@ -399,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="PNG path (default samples/<prompt>.png, numbered if it exists)")
     p.add_argument("--score", action="store_true",
                    help="judge world prompts against ground-truth renders: shape and colour of each sample; for a "
-                        "multi-view prior, whether each group of joint views shows one object (one front)")
+                        "multi-view prior, whether each group of joint views shows one object (one front); for a "
+                        "video prior, whether each clip moves as its prompt says")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="the world benchmark: fit world prompts, score geometry/colour/fronts vs truth")
