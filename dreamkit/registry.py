@@ -38,8 +38,13 @@ REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
         "stable-diffusion": ("dreamkit.priors.diffusers_sd:StableDiffusionPrior",
                              "dreamkit.priors.configs:StableDiffusionPriorConfig",
                              "diffusers Stable Diffusion 1.x/2.x folder or hub id (latent; epsilon or v-prediction)"),
+        "text-to-video": ("dreamkit.priors.diffusers_video:TextToVideoPrior",
+                          "dreamkit.priors.configs:TextToVideoPriorConfig",
+                          "diffusers text-to-video folder, ModelScope / zeroscope layout (UNet3DConditionModel): clips "
+                          "of F frames"),
         "pixel": ("dreamkit.priors.pixel:PixelDiffusionPrior", "dreamkit.priors.configs:PixelPriorConfig",
-                  "pixel-space diffusers folder, DeepFloyd-IF style (the embedded tiny priors; single or multi-view)"),
+                  "pixel-space diffusers folder, DeepFloyd-IF style (the embedded tiny priors: single-view, "
+                  "multi-view or video)"),
     },
     "guidance": {
         "sds": ("dreamkit.guidance.sds:SDSGuidance", "dreamkit.guidance.sds:SDSConfig",

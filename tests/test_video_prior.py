@@ -199,3 +199,126 @@ def test_shipped_tiny_video_folder():
     assert prior.frames == 8 and prior.class_condition == "pooled_text+time" and prior.resolution == 32
     # trained: the time columns left zero
     assert prior.unet.class_embedding.linear_1.weight[:, TEXT_DIM:].abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------------------- diffusers text-to-video adapter
+T2V_F = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_t2v_dir(tmp_path_factory):
+    from dreamkit.priors.tiny_random import build_tiny_t2v
+
+    return build_tiny_t2v(tmp_path_factory.mktemp("t2v"), frames=T2V_F)
+
+
+@pytest.fixture(scope="module")
+def t2v(tiny_t2v_dir):
+    from dreamkit.priors.diffusers_video import TextToVideoPrior
+
+    return TextToVideoPrior(str(tiny_t2v_dir))
+
+
+def _clips(prior, n=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    side = prior.resolution // prior.vae_scale_factor
+    x = torch.randn(n * T2V_F, 4, side, side, generator=gen)
+    t = torch.tensor([800, 120, 450][:n]).repeat_interleave(T2V_F)
+    cond = prior.encode_text(["a red cube bouncing", "a blue ball moving left", "a car"][:n]).cond
+    return x, t, cond.repeat_interleave(T2V_F, 0)
+
+
+def test_t2v_folder_is_modelscope_layout_and_loads_as_a_clip_prior(tiny_t2v_dir, t2v):
+    from diffusers import UNet3DConditionModel
+
+    from dreamkit.registry import component_class
+
+    index = json.loads((tiny_t2v_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "TextToVideoSDPipeline" and index["unet"] == ["diffusers", "UNet3DConditionModel"]
+    assert isinstance(t2v.unet, UNet3DConditionModel) and t2v.frames == T2V_F and t2v.views == 1
+    assert t2v.latent and t2v.channels == 4 and t2v.resolution == 16
+    assert not any(p.requires_grad for p in t2v.parameters())
+    assert component_class("prior", "text-to-video", "prior.type") is type(t2v)
+
+
+def test_t2v_predict_is_the_unet_on_clips(t2v):
+    """[n·F, 4, h, w] in, the UNet on [n, 4, F, h, w] with one t and one text per clip, ε̂ back in the input layout."""
+    x, t, cond = _clips(t2v)
+    out = t2v.predict(x, t, cond)
+    n, (c, h, w) = x.shape[0] // T2V_F, x.shape[1:]
+    by_hand = t2v.unet(x.reshape(n, T2V_F, c, h, w).permute(0, 2, 1, 3, 4), t[::T2V_F],
+                       encoder_hidden_states=cond[::T2V_F]).sample
+    assert torch.equal(out, by_hand.permute(0, 2, 1, 3, 4).reshape_as(x))
+    # each clip is denoised alone (the second clip does not change the first's output) ...
+    assert torch.allclose(t2v.predict(x[:T2V_F], t[:T2V_F], cond[:T2V_F]), out[:T2V_F], atol=1e-5)
+    # ... and its frames together, in order: reversing a clip is not its output reversed
+    rev = torch.arange(T2V_F - 1, -1, -1)
+    assert (t2v.predict(x[:T2V_F][rev], t[:T2V_F], cond[:T2V_F]) - out[:T2V_F][rev]).abs().max() > 1e-4
+
+
+def test_t2v_v_prediction_is_converted(tmp_path):
+    from dreamkit.priors.diffusers_video import TextToVideoPrior
+    from dreamkit.priors.tiny_random import build_tiny_t2v
+
+    prior = TextToVideoPrior(str(build_tiny_t2v(tmp_path / "v", frames=T2V_F, prediction_type="v_prediction")))
+    x, t, cond = _clips(prior, n=1)
+    v = prior.unet(x.reshape(1, T2V_F, 4, 8, 8).transpose(1, 2), t[:1], encoder_hidden_states=cond[:1]).sample
+    v = v.transpose(1, 2).reshape_as(x)
+    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(prior.predict(x, t, cond), abar.sqrt() * v + (1 - abar).sqrt() * x, atol=1e-6)
+
+
+def test_t2v_errors(t2v, tiny_t2v_dir, tmp_path):
+    import shutil
+
+    from dreamkit.errors import DreamkitError
+    from dreamkit.priors.diffusers_video import TextToVideoPrior
+
+    x, t, cond = _clips(t2v)
+    t_bad = t.clone()
+    t_bad[1] = 3
+    with pytest.raises(ValueError, match="one timestep per clip"):
+        t2v.predict(x, t_bad, cond)
+    with pytest.raises(ValueError, match="clips of 4 frames"):
+        t2v.predict(x[:6], t[:6], cond[:6])
+    mixed = cond.clone()
+    mixed[1] = cond[T2V_F]
+    with pytest.raises(ValueError, match="one text per clip"):
+        t2v.predict(x, t, mixed)
+    # frames: from prior.frames, else model_index.json, else a one-line error naming prior.frames
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_t2v_dir, bare)
+    index = json.loads((bare / "model_index.json").read_text())
+    del index["frames"]
+    (bare / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DreamkitError, match="prior.frames=F") as info:
+        TextToVideoPrior(str(bare))
+    assert "\n" not in str(info.value)
+    assert TextToVideoPrior(str(bare), frames=2).frames == 2
+    # weights from someone else are read from safetensors only, never unpickled
+    from diffusers import UNet3DConditionModel
+
+    unet = UNet3DConditionModel.from_pretrained(bare / "unet")
+    shutil.rmtree(bare / "unet")
+    unet.save_pretrained(bare / "unet", safe_serialization=False)
+    with pytest.raises(DreamkitError, match="unet/ has no .safetensors"):
+        TextToVideoPrior(str(bare), frames=2)
+
+
+def test_t2v_through_the_config_and_video_sds(t2v, tiny_t2v_dir):
+    from dreamkit.config import merge_structured
+    from dreamkit.guidance.sds import SDSConfig, SDSGuidance
+    from dreamkit.priors.configs import TextToVideoPriorConfig, build_prior
+
+    cfg = merge_structured(TextToVideoPriorConfig, {"name": str(tiny_t2v_dir)}, prefix="prior")
+    prior = build_prior(cfg, torch.device("cpu"))
+    assert prior.frames == T2V_F
+    guidance = SDSGuidance(OmegaConf.structured(SDSConfig(guidance_scale=7.5)), prior, 100)
+    cams = sample_clip_cameras(2, T2V_F, 16)
+    images = torch.rand(2 * T2V_F, 3, 16, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    text = prior.encode_text(["a red cube bouncing"])
+    batch = Batch(cams, type(text)(text.cond.expand(2 * T2V_F, -1, -1), text.uncond.expand(2 * T2V_F, -1, -1),
+                                   ["a red cube bouncing"] * (2 * T2V_F)), Layout(frames=T2V_F))
+    out = guidance.distill(images, batch, 10, torch.Generator().manual_seed(0))
+    out["loss_sds"].backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0

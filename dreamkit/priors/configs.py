@@ -41,6 +41,23 @@ class StableDiffusionPriorConfig:
 
 
 @dataclass
+class TextToVideoPriorConfig:
+    type: str = "text-to-video"
+    #: a ModelScope / zeroscope-layout diffusers folder (unet/ with a UNet3DConditionModel, vae/, text_encoder/,
+    #: tokenizer/, scheduler/) or a Hugging Face hub id
+    name: str = "ali-vilab/text-to-video-ms-1.7b"
+    #: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16
+    dtype: str = "auto"
+    #: never reach the network (default: try the local cache, then the hub)
+    local_files_only: Optional[bool] = None
+    #: frames per clip F (camera.frames must match); 0 = the folder's model_index.json "frames" (a published
+    #: ModelScope / zeroscope folder has none: set it to the frames it was trained on, 16 or 24)
+    frames: int = 0
+    #: replay the UNet from CUDA graphs when no gradient is needed (priors/base.py CudaGraphCache): auto = on CUDA
+    cuda_graph: Any = "auto"
+
+
+@dataclass
 class PixelPriorConfig:
     type: str = "pixel"
     #: a shipped prior (assets/priors/<name>) or a local diffusers folder with unet/, scheduler/, a text encoder

@@ -101,26 +101,37 @@ def _download_hint(name: str) -> str:
             f"(`huggingface-cli download` on older huggingface_hub), copy DIR here and pass prior.name=DIR")
 
 
-def _load_components(source: str, local_files_only: bool, dtype: torch.dtype) -> dict:
-    """Load the five parts from a folder or hub id, on the CPU; the UNet and VAE already in ``dtype``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+def _load_components(source: str, local_files_only: bool, dtype: torch.dtype,
+                     unet_class: str = "UNet2DConditionModel", safetensors_only: bool = False) -> dict:
+    """Load the five parts from a folder or hub id, on the CPU; the UNet (diffusers' ``unet_class``: the 2D UNet of
+    Stable Diffusion, or ``UNet3DConditionModel`` of a ModelScope text-to-video folder) and VAE already in
+    ``dtype``. No code from the folder runs (no ``trust_remote_code``); with ``safetensors_only`` the weights must
+    be safetensors (never a pickle)."""
+    import diffusers
+    from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import AutoTokenizer, CLIPTextModel
 
+    unet_type = getattr(diffusers, unet_class)
+
     kw = {"local_files_only": local_files_only}
-    model_kw = dict(kw, torch_dtype=dtype)  # in from_pretrained, so diffusers keeps its fp32-only modules
+    model_kw = dict(kw, torch_dtype=dtype)
+    if safetensors_only:
+        model_kw["use_safetensors"] = True  # in from_pretrained, so diffusers keeps its fp32-only modules
     if importlib.util.find_spec("accelerate") is None:
         model_kw["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, without the warning
     return {
         "tokenizer": AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
-        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw),
-        "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **model_kw),
+        "text_encoder": CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw,
+                                                      **({"use_safetensors": True} if safetensors_only else {})),
+        "unet": unet_type.from_pretrained(source, subfolder="unet", **model_kw),
         "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **model_kw),
         # SD folders ship a PNDM config; DDIM reads the same β schedule and prediction_type from it.
         "scheduler": DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
     }
 
 
-def _load_from_folder(name: str, dtype: torch.dtype) -> tuple[dict, str]:
+def _load_from_folder(name: str, dtype: torch.dtype, unet_class: str = "UNet2DConditionModel",
+                      safetensors_only: bool = False) -> tuple[dict, str]:
     folder = Path(name).expanduser()
     if not folder.exists():
         raise DreamkitError(f"prior folder not found: {name} — pass prior.name=<folder with model_index.json> "
@@ -137,7 +148,8 @@ def _load_from_folder(name: str, dtype: torch.dtype) -> tuple[dict, str]:
         raise DreamkitError(f"{name} looks like Stable Diffusion XL (it has text_encoder_2/), which "
                             f"StableDiffusionPrior does not support — pass an SD 1.x/2.x folder")
     try:
-        parts = _load_components(str(folder), local_files_only=True, dtype=dtype)
+        parts = _load_components(str(folder), local_files_only=True, dtype=dtype, unet_class=unet_class,
+                                 safetensors_only=safetensors_only)
     except OSError as err:
         raise DreamkitError(f"could not load the prior from {name}: {_one_line(err)} — check that the folder is a "
                             f"complete diffusers Stable Diffusion pipeline (StableDiffusionPipeline.save_pretrained)"
@@ -149,11 +161,13 @@ def _load_from_folder(name: str, dtype: torch.dtype) -> tuple[dict, str]:
     return parts, f"{resolved}@{stamp}"
 
 
-def _load_from_hub(name: str, local_files_only: Optional[bool], dtype: torch.dtype) -> tuple[dict, str]:
+def _load_from_hub(name: str, local_files_only: Optional[bool], dtype: torch.dtype,
+                   unet_class: str = "UNet2DConditionModel", safetensors_only: bool = False) -> tuple[dict, str]:
     """Cache first (no network, fails in milliseconds), then — unless offline — a short probe of the hub before the
     download, because the hub client retries unreachable hosts for tens of seconds."""
     try:
-        return _load_components(name, local_files_only=True, dtype=dtype), name
+        return _load_components(name, local_files_only=True, dtype=dtype, unet_class=unet_class,
+                                 safetensors_only=safetensors_only), name
     except Exception as err:  # noqa: BLE001 - any failure to load from the cache means: try the network
         local_error = err
     if _hub_offline(local_files_only):
@@ -177,7 +191,8 @@ def _load_from_hub(name: str, local_files_only: Optional[bool], dtype: torch.dty
         raise DreamkitError(f"could not load {name!r}: no local folder or cached copy and the hub is unreachable "
                             f"({_one_line(err, 80)}) — {_download_hint(name)}") from err
     try:
-        return _load_components(name, local_files_only=False, dtype=dtype), name
+        return _load_components(name, local_files_only=False, dtype=dtype, unet_class=unet_class,
+                                 safetensors_only=safetensors_only), name
     except OSError as err:
         raise DreamkitError(f"could not download {name!r} from the hub: {_one_line(err)} — "
                             f"{_download_hint(name)}") from err
@@ -204,6 +219,10 @@ class StableDiffusionPrior(Prior):
     """
 
     latent = True
+    #: the diffusers UNet class of the folder's unet/
+    unet_class: ClassVar[str] = "UNet2DConditionModel"
+    #: load safetensors weights only (never a pickled .bin)
+    safetensors_only: ClassVar[bool] = False
     #: (model identity, dtype, text) → [T, D] embedding, shared by every instance in the process.
     _text_cache: ClassVar[dict[tuple[str, str, str], torch.Tensor]] = {}
 
@@ -216,9 +235,10 @@ class StableDiffusionPrior(Prior):
         device = torch.device(device)
         torch_dtype = resolve_dtype(dtype, device)
         if _looks_like_path(name):
-            parts, identity = _load_from_folder(name, torch_dtype)
+            parts, identity = _load_from_folder(name, torch_dtype, self.unet_class, self.safetensors_only)
         else:
-            parts, identity = _load_from_hub(name, local_files_only, torch_dtype)
+            parts, identity = _load_from_hub(name, local_files_only, torch_dtype, self.unet_class,
+                                             self.safetensors_only)
 
         self.name = name
         self._identity = identity
@@ -243,11 +263,7 @@ class StableDiffusionPrior(Prior):
         self.text_encoder.to(device=device, dtype=torch_dtype)
         if enable_attention_slicing:
             self.unet.set_attention_slice("auto")
-        # multi-view (MVDream-style) folders: "views" and "class_condition": "camera" in model_index.json
-        from .multiview import ViewSettings
-
-        self.view_settings = ViewSettings.from_folder(Path(name).expanduser() if _looks_like_path(name) else None,
-                                                      self.unet, default_class="camera", allowed=("camera",))
+        self.view_settings = self._view_settings(name)
         self.views = self.view_settings.views
         self.frames = self.view_settings.frames
 
@@ -267,6 +283,13 @@ class StableDiffusionPrior(Prior):
         self.shift_factor = float(self.vae.config.get("shift_factor", None) or 0.0)
 
     # ----------------------------------------------------------------------------------------------------- basics
+    def _view_settings(self, name: str):
+        """Multi-view (MVDream-style) folders: "views" and "class_condition": "camera" in model_index.json."""
+        from .multiview import ViewSettings
+
+        return ViewSettings.from_folder(Path(name).expanduser() if _looks_like_path(name) else None,
+                                        self.unet, default_class="camera", allowed=("camera",))
+
     def _frozen_modules(self) -> tuple[nn.Module, ...]:
         return (self.unet, self.vae, self.text_encoder)
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
-__all__ = ["build_tiny_sd", "build_sd21_random", "ensure_sd21_random", "sd21_configs", "TINY_WORDS"]
+__all__ = ["build_tiny_sd", "build_tiny_t2v", "build_sd21_random", "ensure_sd21_random", "sd21_configs", "TINY_WORDS"]
 
 #: Words that get whole-word tokens in the tiny tokenizer (any other text still tokenizes, byte by byte).
 TINY_WORDS: tuple[str, ...] = (
@@ -191,6 +191,58 @@ def build_tiny_sd(folder: Union[str, Path], prediction_type: str = "epsilon", se
     )
     folder.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_t2v(folder: Union[str, Path], frames: Optional[int] = 4, prediction_type: str = "epsilon",
+                   seed: int = 0, *, sample_size: int = 8, max_length: int = 77) -> Path:
+    """Write a tiny random text-to-video pipeline in the ModelScope / zeroscope layout (``TextToVideoSDPipeline``:
+    a ``UNet3DConditionModel`` with temporal convolutions and temporal attention, the tiny VAE, CLIP text encoder,
+    tokenizer and DDIM scheduler of :func:`build_tiny_sd`) with ``save_pretrained``, and return the folder.
+
+    ``frames``: written to model_index.json as ``"frames"`` (what a dreamkit video folder carries; None leaves it
+    out, as in a published ModelScope folder). Images are ``2·sample_size`` pixels. About 5 MB."""
+    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    folder = Path(folder).expanduser()
+    tokenizer = _tiny_tokenizer(max_length)
+    torch.manual_seed(seed)
+    unet = UNet3DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    )
+    # the temporal convolutions' last layers start at zero (ModelScope's init): perturb them, so that frame order
+    # matters to this random model as it does to a trained one
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "temp_convs" in name and "conv4" in name:
+                param.normal_(0.0, 0.05)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
+        latent_channels=4, norm_num_groups=32, sample_size=2 * sample_size, scaling_factor=0.18215,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=max_length, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                              steps_offset=1, prediction_type=prediction_type)
+    pipeline = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                     scheduler=scheduler)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline.save_pretrained(folder)
+    if frames is not None:
+        index_file = folder / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["frames"] = int(frames)
+        index_file.write_text(json.dumps(index, indent=2) + "\n")
     return folder
 
 
