@@ -15,6 +15,7 @@ Bad input (unknown key, wrong type, missing file, ...) prints one line starting 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -108,12 +109,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _prior_config_for(name: str):
     """--prior NAME → a prior config section: 'oracle', a shipped/local pixel folder, an SD folder or a hub id."""
     from .config import merge_structured
-    from .priors.configs import OraclePriorConfig, PixelPriorConfig, StableDiffusionPriorConfig
+    from .priors.configs import OraclePriorConfig, PixelPriorConfig, StableDiffusionPriorConfig, TextToVideoPriorConfig
 
     if name == "oracle":
         return merge_structured(OraclePriorConfig, {}, prefix="prior")
     path = Path(os.path.expanduser(name))
     if path.is_dir() and (path / "vae").is_dir():
+        unet_config = path / "unet" / "config.json"
+        if unet_config.is_file() and json.loads(unet_config.read_text()).get("_class_name") == "UNet3DConditionModel":
+            return merge_structured(TextToVideoPriorConfig, {"name": name}, prefix="prior")
         return merge_structured(StableDiffusionPriorConfig, {"name": name}, prefix="prior")
     from .priors.pixel import resolve_prior_folder
 

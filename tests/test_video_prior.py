@@ -322,3 +322,17 @@ def test_t2v_through_the_config_and_video_sds(t2v, tiny_t2v_dir):
     out = guidance.distill(images, batch, 10, torch.Generator().manual_seed(0))
     out["loss_sds"].backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_dreamkit_sample_writes_a_video_priors_clips(random_video, tiny_t2v_dir, tmp_path):
+    import imageio.v2 as imageio
+
+    from dreamkit.cli import main
+
+    for folder, frames, side in ((random_video.folder, F, R), (tiny_t2v_dir, T2V_F, 16)):
+        out = tmp_path / f"{Path(folder).name}.png"
+        assert main(["sample", "--prior", str(folder), "a red cube bouncing", "a car", "--steps", "2", "--clips",
+                     "2", "--seed", "1", "-o", str(out)]) == 0
+        grid = imageio.imread(out)
+        assert grid.shape[:2] == (4 * side, frames * side)  # a row per clip (2 prompts × 2), a column per frame
+        assert out.with_suffix(".mp4").stat().st_size > 0
