@@ -121,6 +121,9 @@ def main() -> int:
                         "self-attention), each frame's time in the class embedding (pooled_text+time), one timestep "
                         "per clip; --images then counts clips")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (--video)")
+    p.add_argument("--frame-input", default=None, choices=("time_map",),
+                   help="--video: also give the UNet a per-pixel map of each pixel's x, y and the frame's time "
+                        "(3 channels after the image; dreamkit/priors/multiview.py time_map), zero-initialised")
     p.add_argument("--class-condition", default="auto",
                    help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera | "
                         "pooled_text+time (auto: pooled_text, pooled_text+camera with --multiview, pooled_text+time "
@@ -185,6 +188,8 @@ def main() -> int:
     data_dir = args.work / "data"
     if args.video and args.multiview:
         raise SystemExit("--video and --multiview are separate priors; pass one")
+    if args.frame_input and not args.video:
+        raise SystemExit("--frame-input is for the video prior (--video)")
     if args.video and not (data_dir / "captions.json").is_file():
         from dreamkit.world.clips import build_clip_dataset
 
@@ -244,7 +249,8 @@ def main() -> int:
         class_condition = "pooled_text+camera" if views > 1 else ("pooled_text+time" if frames > 1 else "pooled_text")
     unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
                                               multiview=views > 1, class_condition=class_condition,
-                                              camera_input=args.camera_input)).to(device)
+                                              camera_input=args.camera_input,
+                                              frame_input=args.frame_input)).to(device)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         init_weights(unet, args.init_from)
     from dreamkit.priors.multiview import ViewSettings, set_multiview_attention
@@ -252,7 +258,7 @@ def main() -> int:
     if group > 1:
         set_multiview_attention(unet, group)  # a video prior's frames attend jointly, as a multi-view prior's views
     # the UNet's class-embedding and conv_in inputs are built by the same object the inference adapters use
-    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames)
+    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -315,7 +321,8 @@ def main() -> int:
 
         tmp = args.work / "ema_prior"
         save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
-                         class_condition=class_condition, camera_input=args.camera_input, frames=frames)
+                         class_condition=class_condition, camera_input=args.camera_input, frames=frames,
+                         frame_input=args.frame_input)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
         from dreamkit.priors.sampling import sample_cameras, sample_clip_cameras
 
@@ -420,7 +427,7 @@ def main() -> int:
 
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
-                     camera_input=args.camera_input, frames=frames,
+                     camera_input=args.camera_input, frames=frames, frame_input=args.frame_input,
                      extra_index={"trained_steps": step, "resolution": args.resolution,
                                   **({} if args.sample_guidance_scale is None
                                      else {"sample_guidance_scale": args.sample_guidance_scale})})
@@ -436,7 +443,9 @@ def main() -> int:
         mv_text = (f"\nVideo: clips of {frames} frames of the world's motions (`dreamkit.world.clips`), frames "
                    "denoised jointly as the views of a multi-view prior (every self-attention attends over the "
                    "tokens of all frames), each frame's time τ in the class embedding ([sin, cos](2πkτ), k = 1..4, "
-                   "after the pooled text: `pooled_text+time`), one timestep per clip.\n")
+                   "after the pooled text: `pooled_text+time`)"
+                   + ("; the UNet's input also carries a per-pixel time map (each pixel's x, y and the frame's 2τ − 1, "
+                      "`frame_input: time_map`)" if args.frame_input else "") + ", one timestep per clip.\n")
     init_text = f"- initialised from: `{args.init_from}`\n" if args.init_from else ""
     (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny {kind} prior
 

@@ -55,6 +55,10 @@ CAMERA_INPUTS = ("plucker", "plucker_metric")
 RAY_CHANNELS = 6
 #: channels each camera_input adds to the UNet's input
 CAMERA_INPUT_CHANNELS = {"plucker": RAY_CHANNELS, "plucker_metric": RAY_CHANNELS + 1}
+#: a video prior's per-pixel frame input (``model_index.json`` → ``"frame_input"``): "time_map" appends 3 channels,
+#: the pixel's x and y in [-1, 1] and the frame's 2τ − 1 (after any camera ray map)
+FRAME_INPUTS = ("time_map",)
+FRAME_INPUT_CHANNELS = {"time_map": 3}
 CameraTensors = tuple[torch.Tensor, torch.Tensor]  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
 
 
@@ -74,6 +78,8 @@ class ViewSettings:
     #: frames per clip of a video prior (``model_index.json`` → ``"frames"``): the self-attention is joint over the
     #: ``views × frames`` images of a group, which share one timestep; 1 for image and multi-view priors
     frames: int = 1
+    #: a video prior's per-pixel frame input (:data:`FRAME_INPUTS`; see :meth:`unet_input`), or None
+    frame_input: Optional[str] = None
 
     @classmethod
     def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
@@ -97,18 +103,24 @@ class ViewSettings:
         if frames < 1:
             raise DreamkitError(f"{index_file}: frames must be ≥ 1, got {frames}")
         camera_input = index.get("camera_input")
-        if camera_input is not None:
-            if camera_input not in CAMERA_INPUTS:
-                raise DreamkitError(f"{index_file}: camera_input {camera_input!r} is not supported — expected "
-                                    f"{' or '.join(CAMERA_INPUTS)}, or leave the key out")
-            extra = CAMERA_INPUT_CHANNELS[camera_input]
+        frame_input = index.get("frame_input")
+        if camera_input is not None and camera_input not in CAMERA_INPUTS:
+            raise DreamkitError(f"{index_file}: camera_input {camera_input!r} is not supported — expected "
+                                f"{' or '.join(CAMERA_INPUTS)}, or leave the key out")
+        if frame_input is not None and frame_input not in FRAME_INPUTS:
+            raise DreamkitError(f"{index_file}: frame_input {frame_input!r} is not supported — expected "
+                                f"{' or '.join(FRAME_INPUTS)}, or leave the key out")
+        if camera_input is not None or frame_input is not None:
+            extra = CAMERA_INPUT_CHANNELS.get(camera_input, 0) + FRAME_INPUT_CHANNELS.get(frame_input, 0)
+            what = " and ".join(f"{k} {v!r}" for k, v in (("camera_input", camera_input),
+                                                          ("frame_input", frame_input)) if v is not None)
             if unet.config.in_channels != unet.config.out_channels + extra:
-                raise DreamkitError(f"{index_file}: camera_input {camera_input!r} needs a UNet with "
+                raise DreamkitError(f"{index_file}: {what} needs a UNet with "
                                     f"{extra} more input than output channels; this one has "
                                     f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}")
         if views * frames > 1:
             set_multiview_attention(unet, views * frames)
-        return cls(views, condition, convention, camera_input, frames)
+        return cls(views, condition, convention, camera_input, frames, frame_input)
 
     @property
     def group(self) -> int:
@@ -120,7 +132,7 @@ class ViewSettings:
         """Whether every image must come with its camera (multi-view, a video prior's frame times, a camera class
         embedding or a ray map)."""
         return (self.group > 1 or (self.class_condition or "").endswith(("camera", "time"))
-                or self.camera_input is not None)
+                or self.camera_input is not None or self.frame_input is not None)
 
     def check_batch(self, batch: int, cameras: Optional[Cameras]) -> None:
         if batch % self.group or (self.needs_cameras and (cameras is None or len(cameras) != batch)):
@@ -170,14 +182,20 @@ class ViewSettings:
         ``cameras`` as for :meth:`class_labels`.
         """
         x_t = x_t.to(dtype)
-        if self.camera_input is None:
+        if self.camera_input is None and self.frame_input is None:
             return x_t
         if cameras is None:
-            raise ValueError("this prior takes a camera ray map (camera_input: plucker): pass one camera per image")
-        c2w, fovy = _camera_tensors(cameras)
-        rays = plucker_rays(c2w.to(x_t.device), fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1],
-                            metric=self.camera_input == "plucker_metric")
-        return torch.cat([x_t, rays.to(dtype)], dim=1)
+            raise ValueError(f"this prior takes a per-pixel {'camera ray map' if self.camera_input else 'time map'}: "
+                             "pass one camera per image")
+        parts = [x_t]
+        if self.camera_input is not None:
+            c2w, fovy = _camera_tensors(cameras)
+            rays = plucker_rays(c2w.to(x_t.device), fovy.to(x_t.device), x_t.shape[-2], x_t.shape[-1],
+                                metric=self.camera_input == "plucker_metric")
+            parts.append(rays.to(dtype))
+        if self.frame_input is not None:
+            parts.append(time_map(_camera_time(cameras).to(x_t.device), x_t.shape[-2], x_t.shape[-1]).to(dtype))
+        return torch.cat(parts, dim=1)
 
 
 def _camera_tensors(cameras: "Cameras | CameraTensors") -> CameraTensors:
@@ -191,6 +209,20 @@ def _camera_time(cameras: "Cameras | tuple") -> torch.Tensor:
     if len(cameras) < 3:
         raise ValueError("a video prior needs each frame's time: pass Cameras or (c2w, fovy, time)")
     return cameras[2]
+
+
+def time_map(tau: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B] frame times → [B, 3, H, W]: each pixel's x and y (pixel centres, −1 … 1, x to the right, y down) and the
+    frame's 2τ − 1 — a video prior's per-pixel frame input (``frame_input: time_map``). The class embedding's time is
+    one vector per frame, a channel bias that does not say *where* the object of "moving left" is at τ; with these
+    channels a first layer can form ``a·x + b·τ`` (a moving edge) at every pixel, as the camera ray map taught
+    tiny-mv where its views' fronts are."""
+    b = tau.shape[0]
+    ys = (torch.arange(height, device=tau.device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=tau.device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    t = (2 * tau.float() - 1).view(b, 1, 1).expand(b, height, width)
+    return torch.stack([grid_x.expand(b, height, width), grid_y.expand(b, height, width), t], dim=1)
 
 
 def time_features(tau: torch.Tensor) -> torch.Tensor:

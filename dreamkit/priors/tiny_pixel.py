@@ -10,14 +10,15 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, TIME_DIM
+from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, FRAME_INPUT_CHANNELS, TIME_DIM
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
 
 def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128), text_dim: int = TEXT_DIM,
                 norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False,
-                class_condition: Optional[str] = None, camera_input: Optional[str] = None) -> dict:
+                class_condition: Optional[str] = None, camera_input: Optional[str] = None,
+                frame_input: Optional[str] = None) -> dict:
     """UNet config. ``camera_input="plucker"`` adds the 6 channels of a per-pixel camera ray map to the input
     (``dreamkit/priors/multiview.py``), ``"plucker_metric"`` 7 (the map in scene units and each ray's distance from
     the origin). The class embedding (a Linear-SiLU-Linear added to the timestep embedding)
@@ -30,7 +31,8 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
     up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * (n - attention_levels)
     return dict(
         sample_size=resolution, out_channels=3,
-        in_channels=3 + (CAMERA_INPUT_CHANNELS[camera_input] if camera_input else 0),
+        in_channels=3 + (CAMERA_INPUT_CHANNELS[camera_input] if camera_input else 0)
+        + (FRAME_INPUT_CHANNELS[frame_input] if frame_input else 0),
         layers_per_block=1,
         block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
@@ -53,7 +55,7 @@ def scheduler_config(prediction_type: str = "epsilon") -> dict:
 
 def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
                      extra_index: Optional[dict] = None, class_condition: Optional[str] = None,
-                     camera_input: Optional[str] = None, frames: int = 1) -> Path:
+                     camera_input: Optional[str] = None, frames: int = 1, frame_input: Optional[str] = None) -> Path:
     """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json
     (``frames`` > 1: a video prior, clips of ``frames`` frames, ``"frames"`` in model_index.json)."""
     folder = Path(folder)
@@ -71,6 +73,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
              "camera_convention": "opencv",
              **({"frames": int(frames)} if frames > 1 else {}),
              **({"camera_input": camera_input} if camera_input else {}),
+             **({"frame_input": frame_input} if frame_input else {}),
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -107,7 +110,7 @@ def _diffusers_version() -> str:
 def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
                                   seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1,
                                   class_condition: Optional[str] = None, camera_input: Optional[str] = None,
-                                  frames: int = 1) -> Path:
+                                  frames: int = 1, frame_input: Optional[str] = None) -> Path:
     """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -115,7 +118,7 @@ def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1,
                                               multiview=views > 1, class_condition=class_condition,
-                                              camera_input=camera_input))
+                                              camera_input=camera_input, frame_input=frame_input))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
                             world_captions=world_captions, views=views, class_condition=class_condition,
-                            camera_input=camera_input, frames=frames)
+                            camera_input=camera_input, frames=frames, frame_input=frame_input)
