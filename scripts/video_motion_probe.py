@@ -3,8 +3,9 @@
 
     python scripts/video_motion_probe.py [PRIOR] [--samples 2] [--steps 20] [--guidance 5] [--out DIR]
 
-PRIOR is a shipped prior name or a folder (default ``tiny-video``; a training run's ``<work>/ema_prior`` probes its
-latest EMA weights). For "moving left", "moving right" and "bouncing" prompts of four coloured primitives and
+PRIOR is a shipped prior name or a folder (default ``tiny-video``), or a training run's work folder
+(``scripts/train_tiny_prior.py --video --work W``): its checkpoint's EMA weights (``W/ckpt.pt``) are written into a
+copy of the run's last sample folder ``W/ema_prior`` (``W/probe_prior``, with ``trained_steps``) and probed. For "moving left", "moving right" and "bouncing" prompts of four coloured primitives and
 "spinning" prompts of four objects whose turn is visible (a cube, a ring, a car, a house; a sphere's is not), it
 draws ``--samples`` clips each by DDIM (``dreamkit.priors.sampling.ddim_sample``, the prior's own sampler) from one
 still camera at the world's front (azimuth 0, elevation 15°, distance 2.75, 40°; frame times τ₀ + i/F, τ₀ = 1/2F),
@@ -47,6 +48,30 @@ def probe_prompts(samples: int) -> list[dict]:
     return rows
 
 
+def from_checkpoint(work: Path) -> Path:
+    """A training run's checkpoint (EMA weights) as a prior folder ``work/probe_prior``."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    template = work / "ema_prior"
+    if not (template / "unet").is_dir():
+        raise SystemExit(f"{work}: no ema_prior/ yet (written with the first sample grid) to take the layout from")
+    state = torch.load(work / "ckpt.pt", map_location="cpu", weights_only=True)
+    unet = UNet2DConditionModel.from_pretrained(template / "unet")
+    unet.load_state_dict(state["ema"])
+    out = work / "probe_prior"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(template, out)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    index = json.loads((out / "model_index.json").read_text())
+    index["trained_steps"] = int(state["step"])
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(f"probing the EMA weights of {work}/ckpt.pt at step {state['step']}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prior", nargs="?", default="tiny-video")
@@ -65,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from dreamkit.priors.pixel import PixelDiffusionPrior
     from dreamkit.priors.sampling import ddim_sample, sample_clip_cameras
 
-    prior = PixelDiffusionPrior(args.prior, warn_outside_world=False)
+    prior = PixelDiffusionPrior(str(from_checkpoint(Path(args.prior))) if (Path(args.prior) / "ckpt.pt").is_file()
+                                else args.prior, warn_outside_world=False)
     frames, res = int(prior.frames), int(prior.resolution)
     if frames < 2:
         raise SystemExit(f"{args.prior} is not a video prior (frames = {frames})")
@@ -112,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         marks.append(colour.expand(1, 3, res, res))
     grid = torch.cat([torch.cat([c, m]) for c, m in zip(clips, marks)])  # [rows·(F+1), 3, r, r]
     save_image_grid(grid.permute(0, 2, 3, 1), args.out / "probe.png", columns=frames + 1)
-    header = (f"# Motion probe of `{args.prior}`\n\n`python scripts/video_motion_probe.py {' '.join(sys.argv[1:])}`"
+    steps_note = json.loads((Path(prior.folder) / "model_index.json").read_text()).get("trained_steps")
+    header = (f"# Motion probe of `{args.prior}`" + (f" (step {steps_note})" if steps_note else "") + "\n\n`python scripts/video_motion_probe.py {' '.join(sys.argv[1:])}`"
               f" — {len(rows)} clips of {frames} frames at {res}², DDIM {args.steps} steps, guidance "
               f"{args.guidance:g}, seed {args.seed}, camera at the front (azimuth 0, elevation 15°), "
               f"{seconds:.0f} s.\n\n")
@@ -121,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "probe.md").write_text(header + "\n".join(table) + f"\n\nMoves as prompted: **{fraction:.0%}** "
                                        "(issue 23 asks for ≥ 80%).\n\n`probe.png`, one row per clip:\n\n"
                                        + legend + "\n")
-    (args.out / "probe.json").write_text(json.dumps({"prior": str(args.prior), "fraction": fraction,
+    (args.out / "probe.json").write_text(json.dumps({"prior": str(args.prior), "trained_steps": steps_note,
+                                                     "fraction": fraction,
                                                      "seconds": seconds, "clips": rows}, indent=1))
     print("\n".join(table))
     print(f"moves as prompted: {total_ok}/{total} = {fraction:.0%}; wrote {args.out}/probe.md, probe.json, probe.png")

@@ -27,11 +27,12 @@ def image_prior(tmp_path_factory):
     return PixelDiffusionPrior(str(folder), warn_outside_world=False)
 
 
-def _video_from(image_prior, folder: Path, frames: int = F) -> PixelDiffusionPrior:
+def _video_from(image_prior, folder: Path, frames: int = F, frame_input=None) -> PixelDiffusionPrior:
     """A video prior folder whose UNet starts from ``image_prior``'s weights (the training script's init)."""
     from diffusers import UNet2DConditionModel
 
-    build_tiny_random_pixel_prior(folder, resolution=R, seed=1, frames=frames, class_condition="pooled_text+time")
+    build_tiny_random_pixel_prior(folder, resolution=R, seed=1, frames=frames, class_condition="pooled_text+time",
+                                  frame_input=frame_input)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     init_unet_from(unet, image_prior.unet.state_dict())
     unet.save_pretrained(folder / "unet", safe_serialization=True)
@@ -42,7 +43,7 @@ def _video_from(image_prior, folder: Path, frames: int = F) -> PixelDiffusionPri
 def random_video(tmp_path_factory):
     """A random video prior (its time columns random too)."""
     folder = build_tiny_random_pixel_prior(tmp_path_factory.mktemp("video"), resolution=R, seed=2, frames=F,
-                                           class_condition="pooled_text+time")
+                                           class_condition="pooled_text+time", frame_input="time_map")
     return PixelDiffusionPrior(str(folder), warn_outside_world=False)
 
 
@@ -56,11 +57,14 @@ def _inputs(prior, clips: int = 2, seed: int = 0):
     return x, t, cond, cams
 
 
-def test_video_prior_at_init_is_the_image_prior_per_frame_bitwise(image_prior, tmp_path):
-    video = _video_from(image_prior, tmp_path / "video")
+@pytest.mark.parametrize("frame_input", [None, "time_map"])
+def test_video_prior_at_init_is_the_image_prior_per_frame_bitwise(image_prior, tmp_path, frame_input):
+    video = _video_from(image_prior, tmp_path / "video", frame_input=frame_input)
     assert video.frames == F and video.views == 1 and video.class_condition == "pooled_text+time"
     weight = video.unet.class_embedding.linear_1.weight
     assert weight.shape[1] == TEXT_DIM + TIME_DIM and bool((weight[:, TEXT_DIM:] == 0).all())
+    conv_in = video.unet.conv_in.weight
+    assert conv_in.shape[1] == (6 if frame_input else 3) and bool((conv_in[:, 3:] == 0).all())
     x, t, cond, cams = _inputs(video)
     per_frame = image_prior.predict(x, t, cond)
     joint = video.predict(x, t, cond, cams)
@@ -70,7 +74,7 @@ def test_video_prior_at_init_is_the_image_prior_per_frame_bitwise(image_prior, t
     video.unet.set_attn_processor(image_prior.unet.attn_processors)
     assert torch.equal(video.predict(x, t, cond, cams), per_frame)
     # F = 1: no joint attention is installed, and the zero time columns leave the image prior, bitwise
-    single = _video_from(image_prior, tmp_path / "single", frames=1)
+    single = _video_from(image_prior, tmp_path / "single", frames=1, frame_input=frame_input)
     assert single.frames == 1 and "frames" not in json.loads((tmp_path / "single" / "model_index.json").read_text())
     assert torch.equal(single.predict(x, t, cond, cams), per_frame)
 
@@ -81,24 +85,35 @@ def _permuted(prior, x, t, cond, cams, order):
     return prior.predict(x[idx], t, cond, cams), idx
 
 
-def test_frame_order_comes_only_from_the_time_embedding(random_video):
+@pytest.mark.parametrize("keep", ["class embedding", "time map"])
+def test_frame_order_comes_only_from_the_time_inputs(random_video, keep):
+    """Time reaches the prior twice (class embedding, per-pixel time map): zeroed both, it cannot tell frame order;
+    either alone breaks the symmetry."""
     x, t, cond, cams = _inputs(random_video)
     order = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
-    base = random_video.predict(x, t, cond, cams)
-    shuffled, idx = _permuted(random_video, x, t, cond, cams, order)
-    assert (shuffled - base[idx]).abs().max() > 1e-3  # time on: a shuffled clip is not the clip shuffled
     weight = random_video.unet.class_embedding.linear_1.weight
-    saved = weight[:, TEXT_DIM:].clone()
+    conv_in = random_video.unet.conv_in.weight
+    saved = weight.clone(), conv_in.clone()
     try:
         with torch.no_grad():
             weight[:, TEXT_DIM:] = 0
+            conv_in[:, 5] = 0  # the time map's τ channel (x and y are the same in every frame)
         base = random_video.predict(x, t, cond, cams)
         shuffled, idx = _permuted(random_video, x, t, cond, cams, order)
         assert torch.allclose(shuffled, base[idx], atol=1e-5)  # time zeroed: equivariant to frame permutations
         assert (base[:F] - base[F:]).abs().max() > 1e-3  # (and not because everything is the same)
+        with torch.no_grad():
+            if keep == "class embedding":
+                weight.copy_(saved[0])
+            else:
+                conv_in.copy_(saved[1])
+        base = random_video.predict(x, t, cond, cams)
+        shuffled, idx = _permuted(random_video, x, t, cond, cams, order)
+        assert (shuffled - base[idx]).abs().max() > 1e-3  # time on: a shuffled clip is not the clip shuffled
     finally:
         with torch.no_grad():
-            weight[:, TEXT_DIM:] = saved
+            weight.copy_(saved[0])
+            conv_in.copy_(saved[1])
 
 
 def test_shapes_cameras_and_one_timestep_per_clip(random_video):
@@ -117,6 +132,19 @@ def test_shapes_cameras_and_one_timestep_per_clip(random_video):
     # the frame times reach the class embedding: other times, other output
     later = sample_clip_cameras(2, F, R, tau0=0.09)
     assert (random_video.predict(x, t, cond, later) - out).abs().max() > 1e-4
+
+
+def test_time_map_by_hand(random_video):
+    from dreamkit.priors.multiview import time_map
+
+    cams = sample_clip_cameras(1, F, R, tau0=0.0)
+    x = torch.zeros(F, 3, R, R)
+    x_in = random_video.view_settings.unet_input(x, cams, torch.float32)
+    assert x_in.shape == (F, 6, R, R) and torch.equal(x_in[:, :3], x)
+    assert torch.equal(x_in[:, 3:], time_map(cams.time, R, R))
+    assert torch.allclose(x_in[2, 5], torch.full((R, R), 2 * 2 / F - 1))  # frame 2 at τ = 2/8
+    assert torch.allclose(x_in[0, 3, 0, :], (torch.arange(R) + 0.5) / R * 2 - 1)  # x grows to the right
+    assert torch.allclose(x_in[0, 4, :, 0], (torch.arange(R) + 0.5) / R * 2 - 1)  # y grows downwards
 
 
 def test_time_features_by_hand():
