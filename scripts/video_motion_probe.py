@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     grid = torch.cat([torch.cat([c, m]) for c, m in zip(clips, marks)])  # [rows·(F+1), 3, r, r]
     save_image_grid(grid.permute(0, 2, 3, 1), args.out / "probe.png", columns=frames + 1)
     steps_note = json.loads((Path(prior.folder) / "model_index.json").read_text()).get("trained_steps")
-    header = (f"# Motion probe of `{args.prior}`" + (f" (step {steps_note})" if steps_note else "") + "\n\n`python scripts/video_motion_probe.py {' '.join(sys.argv[1:])}`"
-              f" — {len(rows)} clips of {frames} frames at {res}², DDIM {args.steps} steps, guidance "
+    header = (f"# Motion probe of `{args.prior}`" + (f" (step {steps_note})" if steps_note else "")
+              + f"\n\n`python scripts/video_motion_probe.py {' '.join(sys.argv[1:])}`"
+              + f" — {len(rows)} clips of {frames} frames at {res}², DDIM {args.steps} steps, guidance "
               f"{args.guidance:g}, seed {args.seed}, camera at the front (azimuth 0, elevation 15°), "
               f"{seconds:.0f} s.\n\n")
     legend = "\n".join(f"{i}. {r['prompt']} (sample {r['sample']}): {'✓' if r['ok'] else '✗'} {r['why']}"
