@@ -103,45 +103,42 @@ def prompt_id(index: int, prompt: str) -> str:
 def driver_lock(out: Path):
     """Hold ``<out>/.batch.lock`` (an exclusive flock, released by the OS whatever way this process ends) with this
     process's PID in it; another driver on the same folder is refused with one line naming the holder."""
+    with _flock(out / LOCK, f"{os.getpid()}\n", lambda holder: DreamkitError(
+            f"another dreamkit batch (pid {holder}) is working on {out} — wait for it to end or stop it (Ctrl-C), or "
+            "pass another --out")):
+        yield
+
+
+@contextlib.contextmanager
+def prompt_lock(folder: Path):
+    """Hold ``<folder>/.lock`` for one prompt's fit; :class:`~dreamkit.engine.Busy` if another process holds it."""
+    from .engine import Busy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with _flock(folder / ".lock", f"{os.uname().nodename}:{os.getpid()}\n", lambda holder: Busy(
+            f"{folder.name} is being fitted by another process ({holder}) — run the same command again when it has "
+            "ended")):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, owner: str, refused):
+    """Hold an exclusive ``flock`` on ``path`` (its text: ``owner``) while the block runs; when another process
+    holds it, raise ``refused(<its owner text>)``. The lock goes with the file descriptor (a killed holder frees it)."""
     import fcntl
 
-    path = out / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise DreamkitError(f"another dreamkit batch (pid {holder}) is working on {out} — wait for it to end or "
-                                "stop it (Ctrl-C), or pass another --out") from None
+            raise refused(holder) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, owner.encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-@contextlib.contextmanager
-def prompt_lock(folder: Path):
-    """Hold ``<folder>/.lock`` for one prompt's fit; :class:`~dreamkit.engine.Busy` if another process holds it."""
-    import fcntl
-
-    from .engine import Busy
-
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise Busy(f"{folder.name} is being fitted by another process ({holder}) — run the same command again "
-                       "when it has ended") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.uname().nodename}:{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

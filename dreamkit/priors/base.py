@@ -135,6 +135,18 @@ class Prior(nn.Module, ABC):
         return eps_u + guidance_scale * (eps_c - eps_u)
 
 
+def epsilon_from_output(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+                        prediction_type: str) -> torch.Tensor:
+    """A network's output as ε̂: as it is (``epsilon``); from v = √ᾱ·ε − √(1−ᾱ)·x0 and x_t = √ᾱ·x0 + √(1−ᾱ)·ε,
+    ε = √ᾱ·v + √(1−ᾱ)·x_t (``v_prediction``, Salimans & Ho 2022); from x0, ε = (x_t − √ᾱ·x0)/√(1−ᾱ) (``sample``)."""
+    if prediction_type == "epsilon":
+        return out
+    abar = alphas_cumprod.to(x_t.device)[t.long()].view(-1, *([1] * (x_t.dim() - 1)))
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * out + (1 - abar).sqrt() * x_t.float()
+    return (x_t.float() - abar.sqrt() * out) / (1 - abar).sqrt()
+
+
 def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                         schedule: str = "scaled_linear") -> torch.Tensor:
     """ᾱ_t for the DDPM β schedules used by Stable Diffusion (scaled_linear) and DDPM (linear)."""

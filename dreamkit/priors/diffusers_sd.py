@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from ..cameras import Cameras
 from ..errors import DreamkitError
 from ..types import TextCond
-from .base import Prior
+from .base import Prior, epsilon_from_output
 
 __all__ = ["StableDiffusionPrior", "resolve_dtype"]
 
@@ -392,14 +392,7 @@ class StableDiffusionPrior(Prior):
             t = t.expand(x_t.shape[0])
         dtype = self.dtype if network is None else next(network.parameters()).dtype
         out = self._unet_output(x_t, t, cond, cameras, dtype, network, timestep_cond)
-        if self.prediction_type == "epsilon":
-            return out
-        alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)
-        if self.prediction_type == "v_prediction":
-            # v = √ᾱ·ε − √(1−ᾱ)·x0 and x_t = √ᾱ·x0 + √(1−ᾱ)·ε  ⇒  ε = √ᾱ·v + √(1−ᾱ)·x_t (Salimans & Ho 2022).
-            return alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * x_t.float()
-        # "sample" (x0-prediction): ε = (x_t − √ᾱ·x0) / √(1−ᾱ).
-        return (x_t.float() - alpha_bar.sqrt() * out) / (1 - alpha_bar).sqrt()
+        return epsilon_from_output(out, x_t, t, self.alphas_cumprod, self.prediction_type)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, resolution={self.resolution}, prediction_type={self.prediction_type!r}, "

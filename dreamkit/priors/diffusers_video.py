@@ -27,6 +27,7 @@ import torch
 
 from ..cameras import Cameras
 from ..errors import DreamkitError
+from .base import epsilon_from_output
 from .diffusers_sd import StableDiffusionPrior, _looks_like_path
 
 __all__ = ["TextToVideoPrior"]
@@ -111,12 +112,7 @@ class TextToVideoPrior(StableDiffusionPrior):
         out = self._denoiser(self._unet_forward, sample, t.reshape(n, frames)[:, 0].contiguous(),
                              per_clip[:, 0].to(dtype).contiguous())
         out = out.transpose(1, 2).reshape(b, c, h, w).float()
-        if self.prediction_type == "epsilon":
-            return out
-        alpha_bar = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)
-        if self.prediction_type == "v_prediction":
-            return alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * x_t.float()
-        return (x_t.float() - alpha_bar.sqrt() * out) / (1 - alpha_bar).sqrt()
+        return epsilon_from_output(out, x_t, t, self.alphas_cumprod, self.prediction_type)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", frames={self.frames}"

@@ -29,7 +29,7 @@ from torch import nn
 from ..cameras import Cameras
 from ..errors import DreamkitError
 from ..types import TextCond
-from .base import Prior
+from .base import Prior, epsilon_from_output
 
 MAX_TOKENS = 16
 
@@ -227,10 +227,4 @@ class PixelDiffusionPrior(Prior):
         t = t.to(x_t.device).expand(x_t.shape[0]) if t.dim() == 0 else t.to(x_t.device)
         out = self._unet_output(x_t, t, cond, cameras, dtype, network, timestep_cond)
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
-        if self.prediction_type == "v_prediction":
-            abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-            out = abar.sqrt() * out + (1 - abar).sqrt() * x_t.float()
-        elif self.prediction_type == "sample":
-            abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-            out = (x_t.float() - abar.sqrt() * out) / (1 - abar).sqrt()
-        return out
+        return epsilon_from_output(out, x_t, t, self.alphas_cumprod, self.prediction_type)
