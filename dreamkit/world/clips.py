@@ -32,7 +32,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..cameras import Cameras, CameraSampler
-from .dataset import DEFAULT_BACKGROUND, Lights, render_scene_views, sample_lights
+from .dataset import (DEFAULT_BACKGROUND, Lights, _draw_scenes, render_scene_views, sample_lights,
+                      weighted_choice)
 from .motion import MOTIONS, Motion, transform_points
 from .scenes import Scene, all_single_scenes, asymmetric_scenes, composition_scenes
 
@@ -98,14 +99,6 @@ def render_clip(scene: Scene, motion: Union[str, Motion], cameras: Cameras, ligh
     return torch.stack(frames)
 
 
-def _choice(weights: dict[str, float], n: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
-    names = list(weights)
-    probs = torch.tensor([float(weights[k]) for k in names], dtype=torch.float64)
-    if bool((probs < 0).any()) or float(probs.sum()) <= 0:
-        raise ValueError(f"weights must be ≥ 0 with a positive sum, got {weights}")
-    return names, torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
-
-
 def build_clip_dataset(
     out_dir: Union[str, Path],
     n_clips: int,
@@ -158,14 +151,8 @@ def _build(out_dir, n_clips, seed, resolution, frames, motion_weights, kind_weig
     shards, done, start = [], 0, _time.perf_counter()
     for shard_id, first_clip in enumerate(range(0, n_clips, shard_size)):
         n = min(shard_size, n_clips - first_clip)
-        kind_names, kind_idx = _choice({k: kind_weights[k] for k in kinds}, n, generator)
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        scene_idx = torch.empty(n, dtype=torch.long)
-        for i, kind in enumerate(kind_names):
-            members = torch.tensor([j for j, s in enumerate(scenes) if s.kind == kind])
-            sel = kind_idx == i
-            scene_idx[sel] = members[(u[sel] * len(members)).long().clamp(max=len(members) - 1)]
-        motion_names, motion_pick = _choice(motion_weights, n, generator)
+        scene_idx = _draw_scenes(n, scenes, {k: kind_weights[k] for k in kinds}, generator)
+        motion_names, motion_pick = weighted_choice(motion_weights, n, generator)
         motion_idx = torch.tensor([MOTIONS.index(motion_names[k]) for k in motion_pick.tolist()], dtype=torch.long)
         pick = torch.rand(n, generator=generator, dtype=torch.float64)
         caption_idx = torch.empty(n, dtype=torch.long)

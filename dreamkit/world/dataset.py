@@ -168,12 +168,20 @@ def dataset_scenes(n_compositions: int = 512, seed: int = 0) -> list[Scene]:
     return all_single_scenes() + asymmetric_scenes() + composition_scenes(n_compositions, seed)
 
 
+def weighted_choice(weights: dict[str, float], n: int, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """(the names of ``weights``, [n] indices into them drawn with replacement in proportion to the weights)."""
+    names = list(weights)
+    probs = torch.tensor([float(weights[k]) for k in names], dtype=torch.float64)
+    if bool((probs < 0).any()) or float(probs.sum()) <= 0:
+        raise ValueError(f"weights must be ≥ 0 with a positive sum, got {weights}")
+    return names, torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
+
+
 def _draw_scenes(n: int, scenes: Sequence[Scene], kind_weights: dict[str, float],
                  generator: torch.Generator) -> torch.Tensor:
     """[n] scene indices: a kind by ``kind_weights``, then a scene uniformly within the kind."""
-    kinds = [k for k in kind_weights if any(s.kind == k for s in scenes)]
-    probs = torch.tensor([kind_weights[k] for k in kinds], dtype=torch.float64)
-    kind_idx = torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
+    kinds, kind_idx = weighted_choice({k: kind_weights[k] for k in kind_weights if any(s.kind == k for s in scenes)},
+                                      n, generator)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     out = torch.empty(n, dtype=torch.long)
     for i, kind in enumerate(kinds):
