@@ -114,42 +114,13 @@ def _tiny_tokenizer(max_length: int):
     return tokenizer
 
 
-def build_tiny_sd(folder: Union[str, Path], prediction_type: str = "epsilon", seed: int = 0, *,
-                  sample_size: int = 16, max_length: int = 77) -> Path:
-    """Write a tiny random Stable Diffusion pipeline to ``folder`` (diffusers format) and return the folder.
-
-    Args:
-        folder: where to save; created if missing, files inside are overwritten.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (written to the scheduler config, as SD 2.x does).
-        seed: seeds the random weights, so the same arguments give the same weights.
-        sample_size: latent side of the UNet; the VAE downsamples by 2, so images are ``2·sample_size`` pixels.
-        max_length: tokenizer ``model_max_length`` and text-encoder positions (77 as in CLIP).
-
-    The parts: UNet (32, 64) channels with cross-attention at the low resolution (~0.6 M params), a 2-level VAE
-    (scale factor 2, 4 latent channels), a 2-layer CLIP text encoder of width 32, a ~1k-token CLIP BPE tokenizer
-    and a DDIM scheduler with SD's scaled-linear β schedule. About 5 MB on disk.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def _tiny_sd_parts(tokenizer, sample_size: int, max_length: int, prediction_type: str):
+    """The tiny VAE (2 levels, scale factor 2, 4 latent channels), 2-layer CLIP text encoder of width 32 and DDIM
+    scheduler (SD's scaled-linear β) that the tiny SD and text-to-video folders share; built after their UNet, from
+    the global RNG as it stands."""
+    from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
-    folder = Path(folder).expanduser()
-    tokenizer = _tiny_tokenizer(max_length)
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -185,6 +156,45 @@ def build_tiny_sd(folder: Union[str, Path], prediction_type: str = "epsilon", se
         steps_offset=1,
         prediction_type=prediction_type,
     )
+    return vae, text_encoder, scheduler
+
+
+def build_tiny_sd(folder: Union[str, Path], prediction_type: str = "epsilon", seed: int = 0, *,
+                  sample_size: int = 16, max_length: int = 77) -> Path:
+    """Write a tiny random Stable Diffusion pipeline to ``folder`` (diffusers format) and return the folder.
+
+    Args:
+        folder: where to save; created if missing, files inside are overwritten.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (written to the scheduler config, as SD 2.x does).
+        seed: seeds the random weights, so the same arguments give the same weights.
+        sample_size: latent side of the UNet; the VAE downsamples by 2, so images are ``2·sample_size`` pixels.
+        max_length: tokenizer ``model_max_length`` and text-encoder positions (77 as in CLIP).
+
+    The parts: UNet (32, 64) channels with cross-attention at the low resolution (~0.6 M params), a 2-level VAE
+    (scale factor 2, 4 latent channels), a 2-layer CLIP text encoder of width 32, a ~1k-token CLIP BPE tokenizer
+    and a DDIM scheduler with SD's scaled-linear β schedule. About 5 MB on disk.
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    folder = Path(folder).expanduser()
+    tokenizer = _tiny_tokenizer(max_length)
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae, text_encoder, scheduler = _tiny_sd_parts(tokenizer, sample_size, max_length, prediction_type)
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -202,8 +212,7 @@ def build_tiny_t2v(folder: Union[str, Path], frames: Optional[int] = 4, predicti
 
     ``frames``: written to model_index.json as ``"frames"`` (what a dreamkit video folder carries; None leaves it
     out, as in a published ModelScope folder). Images are ``2·sample_size`` pixels. About 5 MB."""
-    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
@@ -221,19 +230,7 @@ def build_tiny_t2v(folder: Union[str, Path], frames: Optional[int] = 4, predicti
         for name, param in unet.named_parameters():
             if "temp_convs" in name and "conv4" in name:
                 param.normal_(0.0, 0.05)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
-        latent_channels=4, norm_num_groups=32, sample_size=2 * sample_size, scaling_factor=0.18215,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=max_length, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                              steps_offset=1, prediction_type=prediction_type)
+    vae, text_encoder, scheduler = _tiny_sd_parts(tokenizer, sample_size, max_length, prediction_type)
     pipeline = TextToVideoSDPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                      scheduler=scheduler)
     folder.mkdir(parents=True, exist_ok=True)
@@ -302,8 +299,7 @@ def build_sd21_random(folder: Union[str, Path], seed: int = 0, device: Union[str
     :func:`build_tiny_sd` (the real 49k-token vocabulary cannot be made offline); the text encoder keeps SD's 49408
     embeddings, so it has the real size. Predictions are noise: for timing and memory, never quality.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     folder = Path(folder).expanduser()
     if device is None:
