@@ -34,7 +34,8 @@ from ..errors import ConfigError
 from ..types import RenderOutput
 from .gaussians import GaussianConfig, GaussianModel
 
-__all__ = ["DeformableGaussianConfig", "DeformableGaussianModel", "HexPlaneDeformation", "symmetric_kl_diag"]
+__all__ = ["DeformableGaussianConfig", "DeformableGaussianModel", "HexPlaneDeformation", "kplanes_product",
+           "symmetric_kl_diag"]
 
 #: the coordinate pairs of the six planes: (x, y), (x, z), (y, z) spatial; (x, τ), (y, τ), (z, τ) in time
 PLANES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
@@ -110,18 +111,9 @@ class HexPlaneDeformation(nn.Module):
         T, N = tau.shape[0], x.shape[0]
         xyz = (x / self.bound).clamp(-1, 1)
         coords = torch.cat([xyz[None].expand(T, N, 3), (tau * 2 - 1)[:, None, None].expand(T, N, 1)], -1)
-        coords = coords.reshape(1, T * N, 1, 4)
-        out = []
-        for level in range(self.levels):
-            feat = None
-            for j, (a, b) in enumerate(PLANES):
-                plane = self.planes[level * len(PLANES) + j]
-                grid = torch.stack([coords[..., a], coords[..., b]], -1)  # [1, T·N, 1, 2]
-                sample = torch.nn.functional.grid_sample(plane, grid, mode="bilinear", padding_mode="border",
-                                                         align_corners=True)  # [1, C, T·N, 1]
-                sample = sample[0, :, :, 0].T  # [T·N, C]
-                feat = sample if feat is None else feat * sample
-            out.append(feat)
+        coords = coords.reshape(T * N, 4)
+        k = len(PLANES)
+        out = [kplanes_product(self.planes[level * k:(level + 1) * k], coords) for level in range(self.levels)]
         return torch.cat(out, -1).reshape(T, N, -1)
 
     def forward(self, x: torch.Tensor, tau: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,6 +141,18 @@ class HexPlaneDeformation(nn.Module):
                 total = total + (plane[..., 2:, :] - 2 * plane[..., 1:-1, :] + plane[..., :-2, :]).square().mean()
                 count += 1
         return total / max(count, 1)
+
+
+def kplanes_product(planes, coords: torch.Tensor) -> torch.Tensor:
+    """The six planes of :data:`PLANES` ([1, C, H, W] each) sampled bilinearly at coords [N, 4] (x, y, z, τ in
+    [−1, 1]; plane (a, b) reads coordinate a along W, b along H) and multiplied: [N, C] (K-planes' Hadamard product)."""
+    feat = None
+    for (a, b), plane in zip(PLANES, planes):
+        grid = torch.stack([coords[:, a], coords[:, b]], -1)[None, :, None]  # [1, N, 1, 2]
+        sample = torch.nn.functional.grid_sample(plane, grid, mode="bilinear", padding_mode="border",
+                                                 align_corners=True)[0, :, :, 0].T  # [N, C]
+        feat = sample if feat is None else feat * sample
+    return feat
 
 
 def symmetric_kl_diag(mu1: torch.Tensor, var1: torch.Tensor, mu2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:

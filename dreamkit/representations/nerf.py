@@ -189,18 +189,11 @@ class VolumeModel(nn.Module):
         return getattr(self, "time_planes", None) is not None
 
     def _time_features(self, points01: torch.Tensor) -> torch.Tensor:
-        from .deformable import PLANES
+        from .deformable import kplanes_product
 
         n = points01.shape[0]
         tau = torch.full((n, 1), float(self._tau) * 2 - 1, dtype=points01.dtype, device=points01.device)
-        coords = torch.cat([points01 * 2 - 1, tau], -1)
-        feat = None
-        for (a, b), plane in zip(PLANES, self.time_planes):
-            grid = torch.stack([coords[:, a], coords[:, b]], -1)[None, :, None]  # [1, N, 1, 2]
-            sample = torch.nn.functional.grid_sample(plane, grid, mode="bilinear", padding_mode="border",
-                                                     align_corners=True)[0, :, :, 0].T  # [N, D]
-            feat = sample if feat is None else feat * sample
-        return feat
+        return kplanes_product(self.time_planes, torch.cat([points01 * 2 - 1, tau], -1))
 
     def _time_groups(self) -> list[dict]:
         if not self.dynamic:
