@@ -95,6 +95,12 @@ class Cameras:
             fovy=self.fovy[idx], time=self.time[idx],
         )
 
+    def time_groups(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the distinct times [T], ascending; for each, the indices of the cameras at it) — a 4D scene is drawn
+        once per distinct time."""
+        times, inverse = torch.unique(self.time, return_inverse=True)
+        return times, [(inverse == i).nonzero().flatten() for i in range(len(times))]
+
     def with_resolution(self, width: int, height: int) -> "Cameras":
         """Same poses and field of view at another image size (intrinsics rescaled)."""
         K = self.K.clone()

@@ -152,11 +152,10 @@ class OraclePrior(Prior):
 
         if self.motions[k].name == "still":
             return render(verts, cameras).contiguous()
-        times, inverse = torch.unique(cameras.time, return_inverse=True)
+        times, groups = cameras.time_groups()
         moved = transform_points(verts, self.motions[k], times.cpu()).to(verts)
         out = torch.empty(len(cameras), 3, cameras.height, cameras.width, device=verts.device)
-        for i in range(len(times)):
-            idx = (inverse == i).nonzero().flatten()
+        for i, idx in enumerate(groups):
             out[idx] = render(moved[i], cameras[idx])
         return out
 

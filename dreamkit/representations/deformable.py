@@ -253,11 +253,10 @@ class DeformableGaussianModel(GaussianModel):
         the outputs come back in camera order, with extras["means"] [T, N, 3] (the centres at the T times)."""
         if options.get("part") is not None:
             raise ConfigError("deformable Gaussians have no layout parts (render(part=...))")
-        times, inverse = torch.unique(cameras.time, return_inverse=True)
+        times, groups = cameras.time_groups()
         moved = self.deformed(times)
         rgbs, alphas, depths, means2d, radii, order = [], [], [], [], [], []
-        for i in range(len(times)):
-            idx = (inverse == i).nonzero().flatten()
+        for i, idx in enumerate(groups):
             bg = background[idx] if background is not None and background.dim() == 2 else background
             out = self._splat(cameras[idx], moved["means"][i], moved["quats"][i], moved["scales"][i], bg, step)
             rgbs.append(out.rgb)

@@ -299,8 +299,8 @@ class VolumeModel(nn.Module):
         outs = []
         stratified = self.training and torch.is_grad_enabled()
         if self.dynamic and not getattr(self, "time_planes_fixed", False):  # 4D: each time its own field
-            times, inverse = torch.unique(cameras.time, return_inverse=True)
-            groups = [((inverse == i).nonzero().flatten(), float(times[i])) for i in range(len(times))]
+            times, indices = cameras.time_groups()
+            groups = [(idx, float(tau)) for idx, tau in zip(indices, times)]
         else:
             groups = [(torch.arange(B, device=cameras.c2w.device), None)]
         order = []
