@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dreamkit.cli import main
-from dreamkit.run import run_folders
+from dreamkit.run import checkpoint_step, run_folders
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # make the worktree's dreamkit win in the child processes (as it does here)
@@ -55,14 +55,24 @@ def _manifest(out: Path) -> dict | None:
         return None
 
 
-def _running_with_checkpoint(out: Path, done_at_least: int):
-    """The manifest once ≥ ``done_at_least`` prompts are done and a running one has a checkpoint (halfway)."""
+#: the batch test's fit length: long enough that a fit caught in its first half (a checkpoint at step ≤ STEPS/2) is
+#: still training when the stop request or the SIGKILL arrives (these fits run ~55 steps/s on one quiet core)
+STEPS = 400
+
+
+def _running_with_checkpoint(out: Path, done_at_least: int, since_ns: int = 0):
+    """The manifest once ≥ ``done_at_least`` prompts are done and a running one is halfway: it has a checkpoint,
+    written in its first half (so the interruption that follows cannot come after its last step) and after
+    ``since_ns`` (by this driver)."""
     m = _manifest(out)
     if not m or sum(e["state"] == "done" for e in m["prompts"]) < done_at_least:
         return None
     for e in m["prompts"]:
-        if e["state"] == "running" and list((out / "runs" / e["id"]).glob("*/*/ckpts/last.ckpt")):
-            return m
+        if e["state"] != "running":
+            continue
+        for ckpt in (out / "runs" / e["id"]).glob("*/*/ckpts/last.ckpt"):
+            if ckpt.stat().st_mtime_ns > since_ns and 0 <= checkpoint_step(ckpt.parent.parent) <= STEPS // 2:
+                return m
     return None
 
 
@@ -70,7 +80,7 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
     pytest.importorskip("ray")
     out = tmp_path / "batch"
     args = ["batch", "--config", "gs_oracle.yaml", "--prompts", *PROMPTS, "--out", str(out), "--jobs", "2",
-            *FAST, "trainer.max_steps=200", "trainer.checkpoint_every=20", "export.mesh_resolution=32"]
+            *FAST, f"trainer.max_steps={STEPS}", "trainer.checkpoint_every=20", "export.mesh_resolution=32"]
     # 1. Ctrl-C once a prompt is done and another is halfway: the running fits checkpoint, the driver exits 130
     driver = _dreamkit(args)
     _wait(lambda: _running_with_checkpoint(out, 1), 240, "a prompt done and one halfway", driver)
@@ -83,6 +93,7 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
     assert done1 and len(done1) < len(PROMPTS)
     stamps = {pid: next((out / "runs" / pid).glob("*/*/ckpts/last.ckpt")).stat().st_mtime_ns for pid in done1}
     # 2. run again, and kill the driver outright (SIGKILL: no clean-up) when another prompt is halfway
+    started = time.time_ns()
     driver = _dreamkit(args)
     lock = out / ".batch.lock"
     _wait(lambda: lock.read_text().strip() == str(driver.pid), 120, "the driver to hold the lock", driver)
@@ -90,7 +101,7 @@ def test_batch_on_ray_survives_ctrl_c_and_a_killed_driver_without_fitting_a_prom
     blocked = subprocess.run([sys.executable, "-m", "dreamkit", *args], env=ENV, capture_output=True, text=True,
                              timeout=120)
     assert blocked.returncode == 2 and f"another dreamkit batch (pid {driver.pid})" in blocked.stderr, blocked.stderr
-    _wait(lambda: _running_with_checkpoint(out, len(done1) + 1), 240, "another prompt halfway", driver)
+    _wait(lambda: _running_with_checkpoint(out, len(done1), since_ns=started), 240, "another prompt halfway", driver)
     driver.kill()
     driver.communicate(timeout=60)
     stale = _manifest(out)
