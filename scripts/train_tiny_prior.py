@@ -83,11 +83,12 @@ def init_weights(unet, folder: Path) -> None:
 
 def load_video_dataset(data_dir: Path):
     """Clips (``dreamkit.world.clips``): uint8 images [N, F, H, W, 3], caption indices [N], c2w [N, 4, 4] (one still
-    camera per clip), fovy [N], scene indices [N], frame times [N, F]."""
+    camera per clip), fovy [N], scene indices [N], frame times [N, F], motion indices [N] (into meta["motions"])."""
     from dreamkit.world.clips import load_clip_dataset
 
     meta, data = load_clip_dataset(data_dir)
-    return meta, data["images"], data["caption"], data["c2w"], data["fovy"], data["scene"], data["time"]
+    return (meta, data["images"], data["caption"], data["c2w"], data["fovy"], data["scene"], data["time"],
+            data["motion"])
 
 
 def load_dataset(data_dir: Path):
@@ -126,8 +127,12 @@ def main() -> int:
                         "(3 channels after the image; dreamkit/priors/multiview.py time_map), zero-initialised")
     p.add_argument("--class-condition", default="auto",
                    help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera | "
-                        "pooled_text+time (auto: pooled_text, pooled_text+camera with --multiview, pooled_text+time "
-                        "with --video)")
+                        "pooled_text+time | pooled_text+time+motion (auto: pooled_text, pooled_text+camera with "
+                        "--multiview, pooled_text+time with --video); +motion (--video): the caption's motion as a "
+                        "one-hot too (dreamkit/priors/multiview.py motion_token), zero-initialised")
+    p.add_argument("--motion-sampling", type=str, default=None,
+                   help="--video: relative weight of each motion when drawing training clips, e.g. "
+                        "'moving left=2,moving right=2,spinning=2' (others: 1); default: uniform over the clips")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of a trained prior folder (e.g. the text-to-image prior when training "
                         "the multi-view one, as MVDream starts from Stable Diffusion); new inputs (class-embedding "
@@ -223,7 +228,8 @@ def main() -> int:
                          f"{'--video' if args.video else 'an image prior'} trains on; use another --work")
     frame_times = None
     if args.video:
-        meta, images, caption_idx, cams_c2w, cams_fovy, scene_idx, frame_times = load_video_dataset(data_dir)
+        (meta, images, caption_idx, cams_c2w, cams_fovy, scene_idx, frame_times,
+         motion_idx) = load_video_dataset(data_dir)
         if int(meta["frames"]) != args.frames:
             raise SystemExit(f"{data_dir} holds clips of {meta['frames']} frames, not --frames {args.frames}")
         views, frames = 1, args.frames
@@ -235,18 +241,34 @@ def main() -> int:
     group = views * frames  # images denoised jointly, with one timestep
     captions = meta["captions"]
 
+    class_condition = args.class_condition
+    if class_condition == "auto":
+        class_condition = "pooled_text+camera" if views > 1 else ("pooled_text+time" if frames > 1 else "pooled_text")
+    motions = None
+    if class_condition.endswith("+motion"):
+        if frames == 1:
+            raise SystemExit(f"--class-condition {class_condition} is for the video prior (--video)")
+        from dreamkit.world.motion import MOTIONS
+
+        motions = tuple(MOTIONS)
+        if list(meta["motions"]) != list(motions):
+            raise SystemExit(f"{data_dir} was rendered with the motions {meta['motions']}, the world now has "
+                             f"{list(motions)}: render the clips again (another --work)")
+
     # frozen text encoder: embed every caption once (and the empty prompt for classifier-free guidance)
     encoder = SentenceEncoder()
     with torch.no_grad():
         table = torch.cat([encoder(captions[i:i + 256]) for i in range(0, len(captions), 256)])
         empty = encoder([""])[0]
+    if motions is not None:  # the motion one-hot token, as the prior's encode_text appends it
+        from dreamkit.priors.multiview import motion_token
+
+        table = torch.cat([table, motion_token(captions, motions, table.shape[-1])], dim=1)
+        empty = torch.cat([empty, motion_token([""], motions, empty.shape[-1])[0]], dim=0)
     table, empty = table.to(device), empty.to(device)
 
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in args.channels.split(","))
-    class_condition = args.class_condition
-    if class_condition == "auto":
-        class_condition = "pooled_text+camera" if views > 1 else ("pooled_text+time" if frames > 1 else "pooled_text")
     unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
                                               multiview=views > 1, class_condition=class_condition,
                                               camera_input=args.camera_input,
@@ -258,7 +280,7 @@ def main() -> int:
     if group > 1:
         set_multiview_attention(unet, group)  # a video prior's frames attend jointly, as a multi-view prior's views
     # the UNet's class-embedding and conv_in inputs are built by the same object the inference adapters use
-    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input)
+    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input, motions)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -293,6 +315,22 @@ def main() -> int:
         share = {k: float(draw_weights[[kinds[i] == k for i in scene_idx.tolist()]].sum() / draw_weights.sum())
                  for k in sorted(set(kinds))}
         print("batch draws by scene kind: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()), flush=True)
+    if args.motion_sampling:
+        if frames == 1:
+            raise SystemExit("--motion-sampling is for the video prior (--video)")
+        try:
+            factors = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.motion_sampling.split(","))}
+        except ValueError:
+            raise SystemExit(f"--motion-sampling {args.motion_sampling!r}: expected MOTION=FACTOR[,...], e.g. "
+                             "'moving left=2,moving right=2'") from None
+        names = list(meta["motions"])
+        unknown = set(factors) - set(names)
+        if unknown:
+            raise SystemExit(f"--motion-sampling: unknown motion(s) {sorted(unknown)}; expected {', '.join(names)}")
+        by_motion = torch.tensor([factors.get(names[i], 1.0) for i in motion_idx.tolist()])
+        draw_weights = by_motion if draw_weights is None else draw_weights * by_motion
+        share = {m: float(draw_weights[motion_idx == i].sum() / draw_weights.sum()) for i, m in enumerate(names)}
+        print("batch draws by motion: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()), flush=True)
     step = 0
     ckpt_path = args.work / "ckpt.pt"
     if ckpt_path.is_file():
@@ -379,7 +417,7 @@ def main() -> int:
                 cams = (cams_c2w[idx].reshape(-1, 4, 4), cams_fovy[idx].reshape(-1))  # one per image, on the host
             labels = view_settings.class_labels(cond, cams, device, x_t.dtype)
             x_in = view_settings.unet_input(x_t, cams, x_t.dtype)
-            pred = unet(x_in, t, encoder_hidden_states=cond, class_labels=labels).sample
+            pred = unet(x_in, t, encoder_hidden_states=view_settings.text_tokens(cond), class_labels=labels).sample
             if args.prediction_type == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022)
                 target = a.sqrt() * noise - (1 - a).sqrt() * x0
             else:

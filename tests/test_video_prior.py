@@ -27,11 +27,12 @@ def image_prior(tmp_path_factory):
     return PixelDiffusionPrior(str(folder), warn_outside_world=False)
 
 
-def _video_from(image_prior, folder: Path, frames: int = F, frame_input=None) -> PixelDiffusionPrior:
+def _video_from(image_prior, folder: Path, frames: int = F, frame_input=None,
+                class_condition: str = "pooled_text+time") -> PixelDiffusionPrior:
     """A video prior folder whose UNet starts from ``image_prior``'s weights (the training script's init)."""
     from diffusers import UNet2DConditionModel
 
-    build_tiny_random_pixel_prior(folder, resolution=R, seed=1, frames=frames, class_condition="pooled_text+time",
+    build_tiny_random_pixel_prior(folder, resolution=R, seed=1, frames=frames, class_condition=class_condition,
                                   frame_input=frame_input)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     init_unet_from(unet, image_prior.unet.state_dict())
@@ -45,6 +46,12 @@ def random_video(tmp_path_factory):
     folder = build_tiny_random_pixel_prior(tmp_path_factory.mktemp("video"), resolution=R, seed=2, frames=F,
                                            class_condition="pooled_text+time", frame_input="time_map")
     return PixelDiffusionPrior(str(folder), warn_outside_world=False)
+
+
+def same_as_image_prior(video_out: torch.Tensor, image_out: torch.Tensor) -> None:
+    """Equal up to float32 rounding of the widened class-embedding GEMM (zero columns added to its sum); a real
+    difference (a time or motion column not zero, joint attention on) is ≥ 1e-4 here."""
+    torch.testing.assert_close(video_out, image_out, rtol=0, atol=2e-6)
 
 
 def _inputs(prior, clips: int = 2, seed: int = 0):
@@ -70,13 +77,15 @@ def test_video_prior_at_init_is_the_image_prior_per_frame_bitwise(image_prior, t
     joint = video.predict(x, t, cond, cams)
     # the frames attend to each other: not the image prior yet ...
     assert (joint - per_frame).abs().max() > 1e-4
-    # ... and with the joint attention off (the image prior's own processors) it is, to the bit
+    # ... and with the joint attention off (the image prior's own processors) it is, to float32 rounding: the class
+    # embedding's first layer now sums over 392 inputs instead of 384 (the 8 extra products are exact zeros), and a
+    # CPU GEMM may block a longer sum differently — bitwise on one machine, the last bit apart on another
     video.unet.set_attn_processor(image_prior.unet.attn_processors)
-    assert torch.equal(video.predict(x, t, cond, cams), per_frame)
+    same_as_image_prior(video.predict(x, t, cond, cams), per_frame)
     # F = 1: no joint attention is installed, and the zero time columns leave the image prior, bitwise
     single = _video_from(image_prior, tmp_path / "single", frames=1, frame_input=frame_input)
     assert single.frames == 1 and "frames" not in json.loads((tmp_path / "single" / "model_index.json").read_text())
-    assert torch.equal(single.predict(x, t, cond, cams), per_frame)
+    same_as_image_prior(single.predict(x, t, cond, cams), per_frame)
 
 
 def _permuted(prior, x, t, cond, cams, order):
@@ -364,3 +373,67 @@ def test_dreamkit_sample_writes_a_video_priors_clips(random_video, tiny_t2v_dir,
         grid = imageio.imread(out)
         assert grid.shape[:2] == (4 * side, frames * side)  # a row per clip (2 prompts × 2), a column per frame
         assert out.with_suffix(".mp4").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------- the motion one-hot (+motion)
+def test_motion_token_by_hand():
+    from dreamkit.priors.multiview import motion_token
+    from dreamkit.world.motion import MOTIONS
+
+    texts = ["a red cube moving left", "A red cube moving right.", "a red cube", "", "a house spinning",
+             "a blue sphere still"]
+    token = motion_token(texts, MOTIONS, 12)
+    assert token.shape == (6, 1, 12)
+    expected = torch.zeros(6, 12)
+    for row, name in enumerate(["moving left", "moving right", "still", None, "spinning", "still"]):
+        if name is not None:
+            expected[row, MOTIONS.index(name)] = 1.0
+    assert torch.equal(token[:, 0], expected)
+    # a motion the prior was not trained on: no one-hot
+    assert torch.equal(motion_token(["a red cube bouncing"], ("still", "spinning"), 4), torch.zeros(1, 1, 4))
+
+
+def test_motion_conditioned_video_prior_starts_as_the_image_prior_and_reads_the_motion(image_prior, tmp_path):
+    from dreamkit.world.motion import MOTIONS
+
+    video = _video_from(image_prior, tmp_path / "video", class_condition="pooled_text+time+motion")
+    index = json.loads((tmp_path / "video" / "model_index.json").read_text())
+    assert index["motions"] == list(MOTIONS) and video.view_settings.motions == tuple(MOTIONS)
+    weight = video.unet.class_embedding.linear_1.weight
+    assert weight.shape[1] == TEXT_DIM + TIME_DIM + len(MOTIONS) and bool((weight[:, TEXT_DIM:] == 0).all())
+    prompts = ["a red cube moving left", "a blue sphere bouncing"]
+    text = video.encode_text(prompts)
+    plain = image_prior.encode_text(prompts)
+    # one more token than the image prior's: the motion one-hot; the negative ("") has none set
+    assert text.cond.shape[1] == plain.cond.shape[1] + 1 and torch.equal(text.cond[:, :-1], plain.cond)
+    assert text.cond[0, -1, MOTIONS.index("moving left")] == 1 and text.cond[1, -1, MOTIONS.index("bouncing")] == 1
+    assert float(text.uncond[:, -1].abs().sum()) == 0
+    x, t, _, cams = _inputs(video)
+    cond = text.cond.repeat_interleave(F, 0)
+    video.unet.set_attn_processor(image_prior.unet.attn_processors)
+    # at init, the image prior per frame to the bit: the cross-attention does not see the motion token
+    same_as_image_prior(video.predict(x, t, cond, cams), image_prior.predict(x, t, plain.cond.repeat_interleave(F, 0)))
+    right = video.encode_text(["a red cube moving right", "a blue sphere bouncing"]).cond.repeat_interleave(F, 0)
+    # the motion reaches the output through its class-embedding columns only
+    swapped = cond.clone()
+    swapped[:, -1] = right[:, -1]  # same text tokens, the other motion
+    assert torch.equal(video.predict(x, t, swapped, cams), video.predict(x, t, cond, cams))
+    with torch.no_grad():
+        weight[:, TEXT_DIM + TIME_DIM:] = torch.randn_like(weight[:, TEXT_DIM + TIME_DIM:])
+    assert (video.predict(x, t, swapped, cams) - video.predict(x, t, cond, cams)).abs().max() > 1e-4
+    labels = video.view_settings.class_labels(cond, cams, "cpu", torch.float32)
+    assert torch.equal(labels[:, TEXT_DIM + TIME_DIM:], cond[:, -1, : len(MOTIONS)])
+
+
+def test_motion_condition_needs_its_motion_list(image_prior, tmp_path):
+    from dreamkit.errors import DreamkitError
+
+    _video_from(image_prior, tmp_path / "video", class_condition="pooled_text+time+motion")
+    index_file = tmp_path / "video" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({k: v for k, v in index.items() if k != "motions"}))
+    with pytest.raises(DreamkitError, match="needs \"motions\""):
+        PixelDiffusionPrior(str(tmp_path / "video"), warn_outside_world=False)
+    index_file.write_text(json.dumps({**index, "motions": index["motions"][:-1]}))
+    with pytest.raises(DreamkitError, match="do not fit the UNet's class embedding"):
+        PixelDiffusionPrior(str(tmp_path / "video"), warn_outside_world=False)

@@ -60,6 +60,7 @@ class Prior(nn.Module, ABC):
         self.view_settings.check_batch(x_t.shape[0], cameras)
         self.view_settings.check_timesteps(t)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
+        cond = self.view_settings.text_tokens(cond)
         x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
         if network is None:
             extra = () if labels is None else (labels,)

@@ -49,7 +49,7 @@ CAMERA_DIM = 16
 #: harmonics k = 1..TIME_HARMONICS of a video prior's frame-time embedding: [sin(2πkτ)…, cos(2πkτ)…]
 TIME_HARMONICS = 4
 TIME_DIM = 2 * TIME_HARMONICS
-CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera", "pooled_text+time")
+CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera", "pooled_text+time", "pooled_text+time+motion")
 CONVENTIONS = ("opencv", "opengl")
 CAMERA_INPUTS = ("plucker", "plucker_metric")
 RAY_CHANNELS = 6
@@ -80,6 +80,10 @@ class ViewSettings:
     frames: int = 1
     #: a video prior's per-pixel frame input (:data:`FRAME_INPUTS`; see :meth:`unet_input`), or None
     frame_input: Optional[str] = None
+    #: the motions of a video prior whose class embedding takes the prompt's motion as a one-hot
+    #: (class_condition "pooled_text+time+motion", ``model_index.json`` → ``"motions"``; see :func:`motion_token`),
+    #: in one-hot order; None otherwise
+    motions: Optional[tuple[str, ...]] = None
 
     @classmethod
     def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
@@ -118,9 +122,21 @@ class ViewSettings:
                 raise DreamkitError(f"{index_file}: {what} needs a UNet with "
                                     f"{extra} more input than output channels; this one has "
                                     f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}")
+        motions = index.get("motions")
+        if condition == "pooled_text+time+motion":
+            if not (isinstance(motions, list) and motions and all(isinstance(m, str) for m in motions)):
+                raise DreamkitError(f"{index_file}: class_condition 'pooled_text+time+motion' needs \"motions\": "
+                                    "the list of motion names of its one-hot, in order")
+            width = unet.config.get("projection_class_embeddings_input_dim")
+            if width is not None and width != int(unet.config.cross_attention_dim) + TIME_DIM + len(motions):
+                raise DreamkitError(f"{index_file}: {len(motions)} motions do not fit the UNet's class embedding "
+                                    f"input of {width}")
+            motions = tuple(motions)
+        else:
+            motions = None
         if views * frames > 1:
             set_multiview_attention(unet, views * frames)
-        return cls(views, condition, convention, camera_input, frames, frame_input)
+        return cls(views, condition, convention, camera_input, frames, frame_input, motions)
 
     @property
     def group(self) -> int:
@@ -131,7 +147,8 @@ class ViewSettings:
     def needs_cameras(self) -> bool:
         """Whether every image must come with its camera (multi-view, a video prior's frame times, a camera class
         embedding or a ray map)."""
-        return (self.group > 1 or (self.class_condition or "").endswith(("camera", "time"))
+        parts = (self.class_condition or "").split("+")
+        return (self.group > 1 or "camera" in parts or "time" in parts
                 or self.camera_input is not None or self.frame_input is not None)
 
     def check_batch(self, batch: int, cameras: Optional[Cameras]) -> None:
@@ -161,13 +178,19 @@ class ViewSettings:
         if self.class_condition is None:
             return None
         parts = []
-        if self.class_condition in ("pooled_text", "pooled_text+camera", "pooled_text+time"):
+        inputs = self.class_condition.split("+")
+        if "pooled_text" in inputs:
             parts.append(cond[:, 0].to(device, dtype))
-        if self.class_condition == "pooled_text+time":
+        if "time" in inputs:
             if cameras is None:
-                raise ValueError("this video prior's class embedding takes each frame's time (class_condition "
-                                 "'pooled_text+time'): pass one camera per image, its time set")
+                raise ValueError(f"this video prior's class embedding takes each frame's time (class_condition "
+                                 f"{self.class_condition!r}): pass one camera per image, its time set")
             parts.append(time_features(_camera_time(cameras).to(device)).to(device, dtype))
+        if "motion" in inputs:
+            if self.motions is None or cond.shape[1] < 2:
+                raise ValueError("this video prior's class embedding takes the prompt's motion: encode the text "
+                                 "with the prior's encode_text (its last token is the motion one-hot)")
+            parts.append(cond[:, -1, : len(self.motions)].to(device, dtype))
         if self.class_condition in ("camera", "pooled_text+camera"):
             if cameras is None:
                 raise ValueError(f"this prior's class embedding takes the camera (class_condition "
@@ -175,6 +198,12 @@ class ViewSettings:
             c2w, _ = _camera_tensors(cameras)
             parts.append(camera_features(c2w.to(device), self.camera_convention).to(device, dtype))
         return torch.cat(parts, dim=-1)
+
+    def text_tokens(self, cond: torch.Tensor) -> torch.Tensor:
+        """What the UNet's cross-attention sees of ``cond``: every token but a motion token (:func:`motion_token`),
+        which only the class embedding reads — so a video prior started from the image prior attends to the same
+        tokens as it, and begins as it exactly."""
+        return cond[:, :-1] if self.motions is not None else cond
 
     def unet_input(self, x_t: torch.Tensor, cameras: "Cameras | CameraTensors | None", dtype) -> torch.Tensor:
         """What goes into ``conv_in``: the noisy image, with the ray map appended when ``camera_input`` says so.
@@ -209,6 +238,29 @@ def _camera_time(cameras: "Cameras | tuple") -> torch.Tensor:
     if len(cameras) < 3:
         raise ValueError("a video prior needs each frame's time: pass Cameras or (c2w, fovy, time)")
     return cameras[2]
+
+
+def motion_token(texts: "list[str]", motions: "tuple[str, ...]", dim: int) -> torch.Tensor:
+    """[P] prompts → [P, 1, dim]: a token whose first ``len(motions)`` entries are the one-hot of each prompt's motion
+    (the world's caption grammar, :func:`dreamkit.world.motion.split_motion_caption`: "a red cube moving left" →
+    "moving left"; a caption without a motion phrase is "still"), zeros for the empty prompt (the unconditional
+    branch of classifier-free guidance) and for a motion the prior was not trained on.
+
+    Why: a frozen sentence encoder hardly separates the world's motions — the pooled all-MiniLM-L6-v2 vectors of
+    "a red cube moving left" and "… moving right" have cosine 0.974 — so a tiny video prior conditioned on them drew
+    both directions at once (``benchmarks/2026-12-05/tiny_video_probe_step1500``). The motion as its own one-hot in the
+    class embedding (zero-initialised columns, like the frame time) says it without ambiguity; the tiny world's
+    motions are a closed vocabulary, as its shapes and colours are."""
+    from ..world.motion import split_motion_caption
+
+    token = torch.zeros(len(texts), 1, dim)
+    index = {m: i for i, m in enumerate(motions)}
+    for row, text in enumerate(texts):
+        if text.strip():
+            name = split_motion_caption(text)[1].name
+            if name in index:
+                token[row, 0, index[name]] = 1.0
+    return token
 
 
 def time_map(tau: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ from ..cameras import Cameras
 from ..errors import DreamkitError
 from ..types import TextCond
 from .base import Prior, epsilon_from_output
+from .multiview import motion_token
 
 MAX_TOKENS = 16
 
@@ -188,7 +189,12 @@ class PixelDiffusionPrior(Prior):
             negative = [""] * len(prompts)
         if self.world_captions and self.warn_outside_world:
             self._warn_outside(prompts)
-        return TextCond(self._embed(list(prompts)), self._embed(list(negative)), list(prompts))
+        cond, uncond = self._embed(list(prompts)), self._embed(list(negative))
+        motions = self.view_settings.motions
+        if motions is not None:  # the motion one-hot, read by the class embedding only (multiview.motion_token)
+            cond = torch.cat([cond, motion_token(list(prompts), motions, cond.shape[-1]).to(cond)], dim=1)
+            uncond = torch.cat([uncond, motion_token(list(negative), motions, uncond.shape[-1]).to(uncond)], dim=1)
+        return TextCond(cond, uncond, list(prompts))
 
     def _warn_outside(self, prompts: Sequence[str]) -> None:
         known = {c.lower().strip() for c in self.world_captions}

@@ -44,8 +44,11 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
 def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM) -> int:
     if class_condition not in CLASS_CONDITIONS:
         raise ValueError(f"class_condition {class_condition!r}: expected one of {', '.join(CLASS_CONDITIONS)}")
+    from ..world.motion import MOTIONS
+
     return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16,
-            "pooled_text+time": text_dim + TIME_DIM}[class_condition]
+            "pooled_text+time": text_dim + TIME_DIM,
+            "pooled_text+time+motion": text_dim + TIME_DIM + len(MOTIONS)}[class_condition]
 
 
 def scheduler_config(prediction_type: str = "epsilon") -> dict:
@@ -74,6 +77,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
              **({"frames": int(frames)} if frames > 1 else {}),
              **({"camera_input": camera_input} if camera_input else {}),
              **({"frame_input": frame_input} if frame_input else {}),
+             **({"motions": list(_motions())} if (class_condition or "").endswith("+motion") else {}),
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -99,6 +103,13 @@ def init_unet_from(unet, source: dict) -> None:
             value[:, : src.shape[1]].copy_(src)
         else:
             raise ValueError(f"{key} has shape {tuple(src.shape)}, expected {tuple(value.shape)}")
+
+
+def _motions() -> tuple[str, ...]:
+    """The one-hot order of a "pooled_text+time+motion" class embedding: the world's motions."""
+    from ..world.motion import MOTIONS
+
+    return tuple(MOTIONS)
 
 
 def _diffusers_version() -> str:
