@@ -122,6 +122,9 @@ def main() -> int:
                         "self-attention), each frame's time in the class embedding (pooled_text+time), one timestep "
                         "per clip; --images then counts clips")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (--video)")
+    p.add_argument("--frame-attention", default="joint", choices=("joint", "none"),
+                   help="--video: joint = every self-attention over the tokens of all frames (as tiny-mv's views); "
+                        "none = each frame denoised on its own (its time and motion inputs place the object)")
     p.add_argument("--frame-input", default=None, choices=("time_map",),
                    help="--video: also give the UNet a per-pixel map of each pixel's x, y and the frame's time "
                         "(3 channels after the image; dreamkit/priors/multiview.py time_map), zero-initialised")
@@ -277,10 +280,11 @@ def main() -> int:
         init_weights(unet, args.init_from)
     from dreamkit.priors.multiview import ViewSettings, set_multiview_attention
 
-    if group > 1:
+    if group > 1 and (views > 1 or args.frame_attention == "joint"):
         set_multiview_attention(unet, group)  # a video prior's frames attend jointly, as a multi-view prior's views
     # the UNet's class-embedding and conv_in inputs are built by the same object the inference adapters use
-    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input, motions)
+    view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input, motions,
+                                 args.frame_attention)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -360,7 +364,7 @@ def main() -> int:
         tmp = args.work / "ema_prior"
         save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
                          class_condition=class_condition, camera_input=args.camera_input, frames=frames,
-                         frame_input=args.frame_input)
+                         frame_input=args.frame_input, frame_attention=args.frame_attention)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
         from dreamkit.priors.sampling import sample_cameras, sample_clip_cameras
 
@@ -466,6 +470,7 @@ def main() -> int:
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
                      camera_input=args.camera_input, frames=frames, frame_input=args.frame_input,
+                     frame_attention=args.frame_attention,
                      extra_index={"trained_steps": step, "resolution": args.resolution,
                                   **({} if args.sample_guidance_scale is None
                                      else {"sample_guidance_scale": args.sample_guidance_scale})})

@@ -59,6 +59,7 @@ CAMERA_INPUT_CHANNELS = {"plucker": RAY_CHANNELS, "plucker_metric": RAY_CHANNELS
 #: the pixel's x and y in [-1, 1] and the frame's 2τ − 1 (after any camera ray map)
 FRAME_INPUTS = ("time_map",)
 FRAME_INPUT_CHANNELS = {"time_map": 3}
+FRAME_ATTENTIONS = ("joint", "none")
 CameraTensors = tuple[torch.Tensor, torch.Tensor]  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
 
 
@@ -84,6 +85,10 @@ class ViewSettings:
     #: (class_condition "pooled_text+time+motion", ``model_index.json`` → ``"motions"``; see :func:`motion_token`),
     #: in one-hot order; None otherwise
     motions: Optional[tuple[str, ...]] = None
+    #: how a video prior's frames see each other (``model_index.json`` → ``"frame_attention"``): "joint" (every
+    #: self-attention over the tokens of all frames, as a multi-view prior's views) or "none" (each frame denoised on
+    #: its own: its time and motion inputs alone place the object)
+    frame_attention: str = "joint"
 
     @classmethod
     def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
@@ -134,9 +139,13 @@ class ViewSettings:
             motions = tuple(motions)
         else:
             motions = None
-        if views * frames > 1:
+        frame_attention = index.get("frame_attention", "joint")
+        if frame_attention not in FRAME_ATTENTIONS:
+            raise DreamkitError(f"{index_file}: frame_attention {frame_attention!r} — expected "
+                                f"{' or '.join(FRAME_ATTENTIONS)}")
+        if views * frames > 1 and (frame_attention == "joint" or views > 1):
             set_multiview_attention(unet, views * frames)
-        return cls(views, condition, convention, camera_input, frames, frame_input, motions)
+        return cls(views, condition, convention, camera_input, frames, frame_input, motions, frame_attention)
 
     @property
     def group(self) -> int:

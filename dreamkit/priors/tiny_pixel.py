@@ -58,7 +58,8 @@ def scheduler_config(prediction_type: str = "epsilon") -> dict:
 
 def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
                      extra_index: Optional[dict] = None, class_condition: Optional[str] = None,
-                     camera_input: Optional[str] = None, frames: int = 1, frame_input: Optional[str] = None) -> Path:
+                     camera_input: Optional[str] = None, frames: int = 1, frame_input: Optional[str] = None,
+                     frame_attention: Optional[str] = None) -> Path:
     """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json
     (``frames`` > 1: a video prior, clips of ``frames`` frames, ``"frames"`` in model_index.json)."""
     folder = Path(folder)
@@ -77,6 +78,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
              **({"frames": int(frames)} if frames > 1 else {}),
              **({"camera_input": camera_input} if camera_input else {}),
              **({"frame_input": frame_input} if frame_input else {}),
+             **({"frame_attention": frame_attention} if frame_attention and frames > 1 else {}),
              **({"motions": list(_motions())} if (class_condition or "").endswith("+motion") else {}),
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
