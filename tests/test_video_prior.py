@@ -437,3 +437,25 @@ def test_motion_condition_needs_its_motion_list(image_prior, tmp_path):
     index_file.write_text(json.dumps({**index, "motions": index["motions"][:-1]}))
     with pytest.raises(DreamkitError, match="do not fit the UNet's class embedding"):
         PixelDiffusionPrior(str(tmp_path / "video"), warn_outside_world=False)
+
+
+def test_frames_on_their_own_start_as_the_image_prior_without_swapping_processors(image_prior, tmp_path):
+    """frame_attention "none": no joint attention is installed, so at init the video prior is the image prior per
+    frame as it stands; a bad value is refused by name."""
+    from dreamkit.errors import DreamkitError
+
+    folder = tmp_path / "video"
+    _video_from(image_prior, folder, class_condition="pooled_text+time+motion")
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({**index, "frame_attention": "none"}))
+    video = PixelDiffusionPrior(str(folder), warn_outside_world=False)
+    assert video.view_settings.frame_attention == "none" and video.frames == F
+    assert not any(type(p).__name__ == "MultiViewAttnProcessor" for p in video.unet.attn_processors.values())
+    prompts = ["a red cube moving left", "a blue sphere bouncing"]
+    x, t, _, cams = _inputs(video)
+    same_as_image_prior(video.predict(x, t, video.encode_text(prompts).cond.repeat_interleave(F, 0), cams),
+                        image_prior.predict(x, t, image_prior.encode_text(prompts).cond.repeat_interleave(F, 0)))
+    index_file.write_text(json.dumps({**index, "frame_attention": "temporal"}))
+    with pytest.raises(DreamkitError, match="frame_attention 'temporal'"):
+        PixelDiffusionPrior(str(folder), warn_outside_world=False)
