@@ -164,6 +164,10 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--input-map-lr-mult", type=float, default=1.0,
+                   help="learning-rate factor for the conv_in channels of the per-pixel maps (camera ray map, "
+                        "time map) after the 3 image channels: they start at zero and, at the base rate, a video "
+                        "prior's time map stayed near zero for thousands of steps (applied as a scaled Adam step)")
     p.add_argument("--class-embedding-lr-mult", type=float, default=1.0,
                    help="learning-rate factor for the class embedding (pooled text and, for --multiview, the camera)")
     p.add_argument("--sample-guidance-scale", type=float, default=None,
@@ -303,6 +307,9 @@ def main() -> int:
                              {"params": class_params, "lr_mult": args.class_embedding_lr_mult}],
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
+    map_lr_mult = float(args.input_map_lr_mult)
+    if map_lr_mult != 1.0 and unet.conv_in.weight.shape[1] <= 3:
+        raise SystemExit("--input-map-lr-mult: this UNet has no per-pixel map channels (--camera-input / --frame-input)")
     draw_weights = None
     if args.kind_sampling:
         try:
@@ -441,7 +448,13 @@ def main() -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            if map_lr_mult != 1.0:  # Adam ignores a gradient's scale: scale the step of the map channels instead
+                map_before = unet.conv_in.weight.detach()[:, 3:].clone()
             opt.step()
+            if map_lr_mult != 1.0:
+                with torch.no_grad():
+                    w = unet.conv_in.weight[:, 3:]
+                    w.copy_(map_before + map_lr_mult * (w - map_before))
             with torch.no_grad():
                 decay = min(args.ema, (1 + step) / (10 + step))
                 for pe, pm in zip(ema.parameters(), unet.parameters()):
