@@ -81,6 +81,29 @@ def init_weights(unet, folder: Path) -> None:
     print(f"initialised from {folder}", flush=True)
 
 
+def sampling_factors(spec: str, flag: str, valid: list[str], what: str, form: str) -> dict[str, float]:
+    """``flag``'s "NAME=FACTOR,..." → {name: factor}, every name one of ``valid``."""
+    try:
+        factors = {k.strip(): float(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+    except ValueError:
+        raise SystemExit(f"{flag} {spec!r}: expected {form}") from None
+    unknown = set(factors) - set(valid)
+    if unknown:
+        raise SystemExit(f"{flag}: unknown {what} {sorted(unknown)}; expected {', '.join(valid)}")
+    return factors
+
+
+def draw_weights_by(labels: list[str], factors: dict[str, float], order: list[str], what: str,
+                    weights: "torch.Tensor | None" = None) -> torch.Tensor:
+    """Each item's draw weight: its label's factor (1 when not named), times ``weights`` when given; prints the
+    share of the draws each label gets."""
+    mine = torch.tensor([factors.get(label, 1.0) for label in labels])
+    weights = mine if weights is None else weights * mine
+    share = {k: float(weights[[label == k for label in labels]].sum() / weights.sum()) for k in order}
+    print(f"batch draws by {what}: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()), flush=True)
+    return weights
+
+
 def load_video_dataset(data_dir: Path):
     """Clips (``dreamkit.world.clips``): uint8 images [N, F, H, W, 3], caption indices [N], c2w [N, 4, 4] (one still
     camera per clip), fovy [N], scene indices [N], frame times [N, F], motion indices [N] (into meta["motions"])."""
@@ -282,13 +305,12 @@ def main() -> int:
                                               frame_input=args.frame_input)).to(device)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         init_weights(unet, args.init_from)
-    from dreamkit.priors.multiview import ViewSettings, set_multiview_attention
+    from dreamkit.priors.multiview import ViewSettings
 
-    if group > 1 and (views > 1 or args.frame_attention == "joint"):
-        set_multiview_attention(unet, group)  # a video prior's frames attend jointly, as a multi-view prior's views
-    # the UNet's class-embedding and conv_in inputs are built by the same object the inference adapters use
+    # the UNet's attention, class-embedding and conv_in inputs are set up by the object the inference adapters use
     view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input, motions,
                                  args.frame_attention)
+    view_settings.install_attention(unet)  # a video prior's frames attend jointly (unless none), as tiny-mv's views
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -312,36 +334,19 @@ def main() -> int:
         raise SystemExit("--input-map-lr-mult: this UNet has no per-pixel map channels (--camera-input / --frame-input)")
     draw_weights = None
     if args.kind_sampling:
-        try:
-            factors = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.kind_sampling.split(","))}
-        except ValueError:
-            raise SystemExit(f"--kind-sampling {args.kind_sampling!r}: expected KIND=FACTOR[,KIND=FACTOR...], "
-                             "e.g. asymmetric=3") from None
-        unknown = set(factors) - {"single", "asymmetric", "composition"}
-        if unknown:
-            raise SystemExit(f"--kind-sampling: unknown scene kind(s) {sorted(unknown)}; "
-                             "expected single, asymmetric, composition")
+        factors = sampling_factors(args.kind_sampling, "--kind-sampling", ["single", "asymmetric", "composition"],
+                                   "scene kind(s)", "KIND=FACTOR[,KIND=FACTOR...], e.g. asymmetric=3")
         kinds = [s["kind"] for s in meta["scenes"]]
-        draw_weights = torch.tensor([factors.get(kinds[i], 1.0) for i in scene_idx.tolist()])
-        share = {k: float(draw_weights[[kinds[i] == k for i in scene_idx.tolist()]].sum() / draw_weights.sum())
-                 for k in sorted(set(kinds))}
-        print("batch draws by scene kind: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()), flush=True)
+        draw_weights = draw_weights_by([kinds[i] for i in scene_idx.tolist()], factors, sorted(set(kinds)),
+                                       "scene kind")
     if args.motion_sampling:
         if frames == 1:
             raise SystemExit("--motion-sampling is for the video prior (--video)")
-        try:
-            factors = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.motion_sampling.split(","))}
-        except ValueError:
-            raise SystemExit(f"--motion-sampling {args.motion_sampling!r}: expected MOTION=FACTOR[,...], e.g. "
-                             "'moving left=2,moving right=2'") from None
         names = list(meta["motions"])
-        unknown = set(factors) - set(names)
-        if unknown:
-            raise SystemExit(f"--motion-sampling: unknown motion(s) {sorted(unknown)}; expected {', '.join(names)}")
-        by_motion = torch.tensor([factors.get(names[i], 1.0) for i in motion_idx.tolist()])
-        draw_weights = by_motion if draw_weights is None else draw_weights * by_motion
-        share = {m: float(draw_weights[motion_idx == i].sum() / draw_weights.sum()) for i, m in enumerate(names)}
-        print("batch draws by motion: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()), flush=True)
+        factors = sampling_factors(args.motion_sampling, "--motion-sampling", names, "motion(s)",
+                                   "MOTION=FACTOR[,...], e.g. 'moving left=2,moving right=2'")
+        draw_weights = draw_weights_by([names[i] for i in motion_idx.tolist()], factors, names, "motion",
+                                       draw_weights)
     step = 0
     ckpt_path = args.work / "ckpt.pt"
     if ckpt_path.is_file():

@@ -143,14 +143,20 @@ class ViewSettings:
         if frame_attention not in FRAME_ATTENTIONS:
             raise DreamkitError(f"{index_file}: frame_attention {frame_attention!r} — expected "
                                 f"{' or '.join(FRAME_ATTENTIONS)}")
-        if views * frames > 1 and (frame_attention == "joint" or views > 1):
-            set_multiview_attention(unet, views * frames)
-        return cls(views, condition, convention, camera_input, frames, frame_input, motions, frame_attention)
+        settings = cls(views, condition, convention, camera_input, frames, frame_input, motions, frame_attention)
+        settings.install_attention(unet)
+        return settings
 
     @property
     def group(self) -> int:
         """Images denoised jointly: ``views × frames``."""
         return self.views * self.frames
+
+    def install_attention(self, unet) -> None:
+        """Joint self-attention over the ``group`` images (:func:`set_multiview_attention`) when they attend to
+        each other: a multi-view prior's views always, a video prior's frames unless ``frame_attention`` is none."""
+        if self.group > 1 and (self.views > 1 or self.frame_attention == "joint"):
+            set_multiview_attention(unet, self.group)
 
     @property
     def needs_cameras(self) -> bool:

@@ -44,11 +44,9 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
 def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM) -> int:
     if class_condition not in CLASS_CONDITIONS:
         raise ValueError(f"class_condition {class_condition!r}: expected one of {', '.join(CLASS_CONDITIONS)}")
-    from ..world.motion import MOTIONS
-
     return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16,
             "pooled_text+time": text_dim + TIME_DIM,
-            "pooled_text+time+motion": text_dim + TIME_DIM + len(MOTIONS)}[class_condition]
+            "pooled_text+time+motion": text_dim + TIME_DIM + len(_motions())}[class_condition]
 
 
 def scheduler_config(prediction_type: str = "epsilon") -> dict:
