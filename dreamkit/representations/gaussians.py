@@ -375,14 +375,18 @@ def uniform_ball(n: int, generator: torch.Generator, radius: float = 1.0) -> tor
 
 
 def knn_mean_distance(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
-    """[N, 3] → [N] mean distance to the k nearest other points (3DGS's scale initialisation)."""
+    """[N, 3] → [N] mean distance to the k nearest other points (3DGS's scale initialisation).
+
+    Distances are differences, not torch.cdist's default ``|x|² + |y|² - 2x·y`` matrix product: that one loses
+    the digits of nearby points and came out differently from one process to another on the same machine (MKL's
+    GEMM), so the same seed gave different initial scales and a fit was not reproducible (nor its resume exact)."""
     n = points.shape[0]
     if n <= 1:
         return torch.ones(n)
     k = min(k, n - 1)
     out = []
     for start in range(0, n, chunk):
-        d = torch.cdist(points[start:start + chunk], points)
+        d = torch.cdist(points[start:start + chunk], points, compute_mode="donot_use_mm_for_euclid_dist")
         d[torch.arange(d.shape[0]), torch.arange(start, start + d.shape[0])] = math.inf
         out.append(d.topk(k, largest=False).values.mean(dim=1))
     return torch.cat(out)
