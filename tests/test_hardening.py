@@ -166,6 +166,11 @@ def _fit_cmd(out: Path, *extra: str) -> list[str]:
             "trainer.max_steps=60", "trainer.checkpoint_every=0", f"output_dir={out}", *QUICK, *extra]
 
 
+# the fits of the signal tests run on one thread: their bitwise comparison then checks the resume alone, not how a
+# busy 2-core CI machine schedules the intra-op threads (a clean-clone CI run once found all three runs different)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _final_state(run: Path) -> dict:
     return load_checkpoint(run / "ckpts" / "last.ckpt")["state_dict"]
 
@@ -173,7 +178,7 @@ def _final_state(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("plain")
-    subprocess.run(_fit_cmd(out), check=True, capture_output=True, cwd=REPO, timeout=300)
+    subprocess.run(_fit_cmd(out), check=True, capture_output=True, cwd=REPO, timeout=300, env=ONE_THREAD)
     (run,) = [p for p in (out / "gs_oracle").iterdir() if not p.is_symlink()]
     return _final_state(run)
 
@@ -181,7 +186,8 @@ def uninterrupted(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_fit_checkpoints_exits_nonzero_and_resumes_to_the_same_result(sig, tmp_path, uninterrupted):
     out = tmp_path / "out"
-    proc = subprocess.Popen(_fit_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(_fit_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=ONE_THREAD)
     for line in proc.stdout:  # TextProgress prints every 3 steps of 60
         if line.startswith("step 15/"):
             proc.send_signal(sig)
@@ -198,7 +204,7 @@ def test_signal_mid_fit_checkpoints_exits_nonzero_and_resumes_to_the_same_result
     assert load_checkpoint(run / "ckpts" / "last.ckpt")["global_step"] == step  # a valid checkpoint of that step
 
     resumed = subprocess.run([sys.executable, "-m", "dreamkit", "fit", f"resume={run}", "--no-export"],
-                             capture_output=True, text=True, cwd=REPO, timeout=300)
+                             capture_output=True, text=True, cwd=REPO, timeout=300, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from step {step} of 60" in resumed.stdout
     assert f"trained {60 - step} steps (steps {step}–60, resumed)" in resumed.stdout
