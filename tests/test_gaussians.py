@@ -11,6 +11,13 @@ from dreamkit.representations.gaussian_strategy import quat_to_rotmat
 from dreamkit.representations.gaussians import GaussianConfig, GaussianModel, knn_mean_distance
 
 
+def knn_reference(points):
+    """Mean distance to the 3 nearest other points in float64, from differences (an independent reference)."""
+    d = torch.cdist(points.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(math.inf)
+    return d.topk(3, largest=False).values.mean(1)
+
+
 def make(**kw):
     densify = kw.pop("densify", {})
     cfg = OmegaConf.structured(GaussianConfig(**kw))
@@ -30,9 +37,7 @@ def test_sphere_init_and_knn_scale():
     assert m.num_gaussians == 500
     assert m.means.norm(dim=-1).max() <= 0.5 + 1e-6
     pts = m.means.detach()
-    d = torch.cdist(pts.double(), pts.double(), compute_mode="donot_use_mm_for_euclid_dist") + torch.eye(500) * 1e9
-    expected = d.topk(3, largest=False).values.mean(1)
-    assert torch.allclose(m.scales[:, 0].double(), expected, rtol=2e-6)
+    assert torch.allclose(m.scales[:, 0].double(), knn_reference(pts), rtol=2e-6)
     assert torch.allclose(m.opacities, torch.full((500,), 0.1))
     # colour round trip through SH degree 0
     rgb = m.params["sh0"][:, 0] * 0.28209479177387814 + 0.5
@@ -301,9 +306,6 @@ def test_knn_scale_init_is_exact_for_a_cloud_away_from_the_origin():
     differently from one process to another, so one seed gave two different fits."""
     g = torch.Generator().manual_seed(0)
     points = torch.randn(700, 3, generator=g) * 0.6 + 5.0
-    d = torch.cdist(points.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
-    d.fill_diagonal_(math.inf)
-    expected = d.topk(3, largest=False).values.mean(1)
     got = knn_mean_distance(points, k=3, chunk=256)
     assert got.dtype == torch.float32 and got.shape == (700,)
-    torch.testing.assert_close(got.double(), expected, rtol=2e-6, atol=0)
+    torch.testing.assert_close(got.double(), knn_reference(points), rtol=2e-6, atol=0)
