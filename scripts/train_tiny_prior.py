@@ -148,9 +148,10 @@ def main() -> int:
     p.add_argument("--frame-attention", default="joint", choices=("joint", "none"),
                    help="--video: joint = every self-attention over the tokens of all frames (as tiny-mv's views); "
                         "none = each frame denoised on its own (its time and motion inputs place the object)")
-    p.add_argument("--frame-input", default=None, choices=("time_map",),
+    p.add_argument("--frame-input", default=None, choices=("time_map", "cond_map"),
                    help="--video: also give the UNet a per-pixel map of each pixel's x, y and the frame's time "
-                        "(3 channels after the image; dreamkit/priors/multiview.py time_map), zero-initialised")
+                        "(3 channels after the image; dreamkit/priors/multiview.py time_map), zero-initialised; "
+                        "cond_map: the time map and a learned map of the class-embedding input (CondMap)")
     p.add_argument("--class-condition", default="auto",
                    help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera | "
                         "pooled_text+time | pooled_text+time+motion (auto: pooled_text, pooled_text+camera with "
@@ -311,6 +312,16 @@ def main() -> int:
     view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input, motions,
                                  args.frame_attention)
     view_settings.install_attention(unet)  # a video prior's frames attend jointly (unless none), as tiny-mv's views
+    if args.frame_input == "cond_map":
+        # the map of the class-embedding input (dreamkit/priors/multiview.py CondMap): its last layer is zero (the map
+        # is 0, the prior starts as --init-from's), so conv_in's weights for its channels start random, or neither
+        # would get a gradient; a checkpoint restores both below
+        from dreamkit.priors.multiview import COND_MAP_CHANNELS, CondMap, attach_cond_map
+
+        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim)))
+        if not (args.work / "ckpt.pt").is_file():
+            with torch.no_grad():
+                unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -432,7 +443,7 @@ def main() -> int:
             else:
                 cams = (cams_c2w[idx].reshape(-1, 4, 4), cams_fovy[idx].reshape(-1))  # one per image, on the host
             labels = view_settings.class_labels(cond, cams, device, x_t.dtype)
-            x_in = view_settings.unet_input(x_t, cams, x_t.dtype)
+            x_in = view_settings.unet_input(x_t, cams, x_t.dtype, labels, unet)
             pred = unet(x_in, t, encoder_hidden_states=view_settings.text_tokens(cond), class_labels=labels).sample
             if args.prediction_type == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022)
                 target = a.sqrt() * noise - (1 - a).sqrt() * x0

@@ -58,12 +58,20 @@ def from_checkpoint(work: Path) -> Path:
     if not (template / "unet").is_dir():
         raise SystemExit(f"{work}: no ema_prior/ yet (written with the first sample grid) to take the layout from")
     state = torch.load(work / "ckpt.pt", map_location="cpu", weights_only=True)
+    from dreamkit.priors.multiview import CondMap, attach_cond_map, save_cond_map
+
     unet = UNet2DConditionModel.from_pretrained(template / "unet")
+    has_map = any(k.startswith(CondMap.ATTRIBUTE + ".") for k in state["ema"])
+    if has_map:  # frame_input cond_map: the map network is trained with the UNet, stored beside it
+        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim)))
     unet.load_state_dict(state["ema"])
     out = work / "probe_prior"
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(template, out)
+    if has_map:
+        save_cond_map(out, unet)
+        delattr(unet, CondMap.ATTRIBUTE)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     index = json.loads((out / "model_index.json").read_text())
     index["trained_steps"] = int(state["step"])

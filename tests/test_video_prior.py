@@ -459,3 +459,56 @@ def test_frames_on_their_own_start_as_the_image_prior_without_swapping_processor
     index_file.write_text(json.dumps({**index, "frame_attention": "temporal"}))
     with pytest.raises(DreamkitError, match="frame_attention 'temporal'"):
         PixelDiffusionPrior(str(folder), warn_outside_world=False)
+
+
+def test_cond_map_prior_starts_as_the_image_prior_and_its_map_reaches_the_output_by_motion_and_time(image_prior,
+                                                                                                  tmp_path):
+    """frame_input cond_map (a learned map of the class-embedding input appended to the UNet input): stored beside the
+    UNet as safetensors, exactly the image prior at init even with conv_in's map weights random (the map is 0), and
+    once its last layer is not zero the output depends on the motion and each frame's time through it."""
+    from dreamkit.errors import DreamkitError
+    from dreamkit.priors.multiview import COND_MAP_CHANNELS, COND_MAP_FILE, CondMap
+
+    folder = tmp_path / "video"
+    video = _video_from(image_prior, folder, frame_input="cond_map", class_condition="pooled_text+time+motion")
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.startswith(CondMap.ATTRIBUTE)]  # a plain diffusers UNet folder
+    assert (folder / COND_MAP_FILE).is_file()
+    cond_map = getattr(video.unet, CondMap.ATTRIBUTE)
+    assert not any(p.requires_grad for p in cond_map.parameters())  # frozen with the prior
+    conv_in = video.unet.conv_in.weight
+    assert conv_in.shape[1] == 3 + 3 + COND_MAP_CHANNELS
+    with torch.no_grad():  # as the training script starts it: the map's conv_in weights random
+        conv_in[:, -COND_MAP_CHANNELS:] = torch.randn_like(conv_in[:, -COND_MAP_CHANNELS:])
+    video.unet.set_attn_processor(image_prior.unet.attn_processors)
+    prompts = ["a red cube moving left", "a blue sphere bouncing"]
+    x, t, _, cams = _inputs(video)
+    cond = video.encode_text(prompts).cond.repeat_interleave(F, 0)
+    plain = image_prior.encode_text(prompts).cond.repeat_interleave(F, 0)
+    same_as_image_prior(video.predict(x, t, cond, cams), image_prior.predict(x, t, plain))
+    # a trained map: the motion (same text tokens) and the frame's time now change the output through it alone
+    with torch.no_grad():
+        cond_map.linear_2.weight.normal_(0, 0.5)
+    right = video.encode_text(["a red cube moving right", "a blue sphere bouncing"]).cond.repeat_interleave(F, 0)
+    swapped = cond.clone()
+    swapped[:, -1] = right[:, -1]
+    assert (video.predict(x, t, swapped, cams) - video.predict(x, t, cond, cams)).abs().max() > 1e-4
+    labels = video.view_settings.class_labels(cond, cams, "cpu", torch.float32)
+    maps = cond_map(labels, R, R)
+    assert maps.shape == (x.shape[0], COND_MAP_CHANNELS, R, R) and (maps[0] - maps[F - 1]).abs().max() > 1e-4
+    x_in = video.view_settings.unet_input(x, cams, torch.float32, labels, video.unet)
+    assert torch.equal(x_in[:, -COND_MAP_CHANNELS:], maps)
+    with pytest.raises(ValueError, match="pass the class labels"):
+        video.view_settings.unet_input(x, cams, torch.float32)
+    # a folder without its map network, or with one of another width, is refused in one line
+    (folder / COND_MAP_FILE).unlink()
+    with pytest.raises(DreamkitError, match="needs cond_map/model.safetensors"):
+        PixelDiffusionPrior(str(folder), warn_outside_world=False)
+    from safetensors.torch import save_file
+
+    save_file({k: v[..., :3].contiguous() if v.dim() == 2 else v for k, v in cond_map.state_dict().items()},
+              str(folder / COND_MAP_FILE))
+    with pytest.raises(DreamkitError, match="do not fit"):
+        PixelDiffusionPrior(str(folder), warn_outside_world=False)

@@ -61,7 +61,8 @@ class Prior(nn.Module, ABC):
         self.view_settings.check_timesteps(t)
         labels = self.view_settings.class_labels(cond, cameras, x_t.device, dtype)
         cond = self.view_settings.text_tokens(cond)
-        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype))
+        x_in = self._layout(self.view_settings.unet_input(x_t, cameras, dtype, labels,
+                                                          self.unet if network is None else network))
         if network is None:
             extra = () if labels is None else (labels,)
             return self._denoiser(self._unet_forward, x_in, t, cond.to(dtype), *extra).float()

@@ -56,9 +56,14 @@ RAY_CHANNELS = 6
 #: channels each camera_input adds to the UNet's input
 CAMERA_INPUT_CHANNELS = {"plucker": RAY_CHANNELS, "plucker_metric": RAY_CHANNELS + 1}
 #: a video prior's per-pixel frame input (``model_index.json`` → ``"frame_input"``): "time_map" appends 3 channels,
-#: the pixel's x and y in [-1, 1] and the frame's 2τ − 1 (after any camera ray map)
-FRAME_INPUTS = ("time_map",)
-FRAME_INPUT_CHANNELS = {"time_map": 3}
+#: the pixel's x and y in [-1, 1] and the frame's 2τ − 1 (after any camera ray map); "cond_map" appends the time map
+#: and the :data:`COND_MAP_CHANNELS` channels of a learned map of the class-embedding input (:class:`CondMap`)
+FRAME_INPUTS = ("time_map", "cond_map")
+#: channels of :class:`CondMap`'s output, its side before upsampling, and its hidden width
+COND_MAP_CHANNELS, COND_MAP_SIZE, COND_MAP_HIDDEN = 4, 8, 128
+FRAME_INPUT_CHANNELS = {"time_map": 3, "cond_map": 3 + COND_MAP_CHANNELS}
+#: where a prior folder keeps a "cond_map" prior's map network (safetensors; see :func:`load_cond_map`)
+COND_MAP_FILE = "cond_map/model.safetensors"
 FRAME_ATTENTIONS = ("joint", "none")
 CameraTensors = tuple[torch.Tensor, torch.Tensor]  # (c2w [B, 4, 4] OpenCV camera-to-world, fovy_deg [B])
 
@@ -145,6 +150,11 @@ class ViewSettings:
                                 f"{' or '.join(FRAME_ATTENTIONS)}")
         settings = cls(views, condition, convention, camera_input, frames, frame_input, motions, frame_attention)
         settings.install_attention(unet)
+        if frame_input == "cond_map":
+            if folder is None or condition is None:
+                raise DreamkitError(f"{index_file}: frame_input 'cond_map' needs a class embedding and the folder's "
+                                    f"{COND_MAP_FILE}")
+            attach_cond_map(unet, load_cond_map(Path(folder), int(unet.config.projection_class_embeddings_input_dim)))
         return settings
 
     @property
@@ -220,8 +230,11 @@ class ViewSettings:
         tokens as it, and begins as it exactly."""
         return cond[:, :-1] if self.motions is not None else cond
 
-    def unet_input(self, x_t: torch.Tensor, cameras: "Cameras | CameraTensors | None", dtype) -> torch.Tensor:
-        """What goes into ``conv_in``: the noisy image, with the ray map appended when ``camera_input`` says so.
+    def unet_input(self, x_t: torch.Tensor, cameras: "Cameras | CameraTensors | None", dtype,
+                   labels: Optional[torch.Tensor] = None, unet=None) -> torch.Tensor:
+        """What goes into ``conv_in``: the noisy image, with the ray map appended when ``camera_input`` says so and
+        the frame input when ``frame_input`` does ("cond_map": also the map of ``labels``, the batch's
+        :meth:`class_labels`, by ``unet``'s :class:`CondMap`).
 
         ``cameras`` as for :meth:`class_labels`.
         """
@@ -239,6 +252,12 @@ class ViewSettings:
             parts.append(rays.to(dtype))
         if self.frame_input is not None:
             parts.append(time_map(_camera_time(cameras).to(x_t.device), x_t.shape[-2], x_t.shape[-1]).to(dtype))
+        if self.frame_input == "cond_map":
+            module = getattr(unet, CondMap.ATTRIBUTE, None)
+            if labels is None or module is None:
+                raise ValueError("this video prior's input includes a map of its class-embedding input "
+                                 "(frame_input 'cond_map'): pass the class labels and the UNet that holds the map")
+            parts.append(module(labels, x_t.shape[-2], x_t.shape[-1]).to(dtype))
         return torch.cat(parts, dim=1)
 
 
@@ -290,6 +309,82 @@ def time_map(tau: torch.Tensor, height: int, width: int) -> torch.Tensor:
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     t = (2 * tau.float() - 1).view(b, 1, 1).expand(b, height, width)
     return torch.stack([grid_x.expand(b, height, width), grid_y.expand(b, height, width), t], dim=1)
+
+
+class CondMap(torch.nn.Module):
+    """A learned spatial map of the class-embedding input (``frame_input: cond_map``): Linear → SiLU → Linear to
+    :data:`COND_MAP_CHANNELS` maps of :data:`COND_MAP_SIZE`², upsampled bilinearly to the image and appended to the
+    UNet's input channels.
+
+    Why: in a video prior the object's place in a frame depends on the product of the motion and the frame's time
+    ("moving right" at τ = 0.9 is on the right, "moving left" at 0.9 on the left). The class embedding carries both but
+    only as a per-channel bias, which cannot say where; the time map's x, y and τ channels can, but only through
+    products a first convolution cannot form, so from zero their weights had no consistent gradient (averaged over
+    left and right and early and late frames it cancels) and stayed near zero through 3000 steps of four fine-tunes
+    (``benchmarks/2026-12-05/tiny_video_probe_step1500``). This MLP forms the products in its hidden layer and writes
+    the result *at pixels*: its output gets a consistent gradient where the object should be. Its last layer starts at
+    zero, so the map is exactly 0 and the prior starts as the image prior (``conv_in``'s weights for these channels
+    start random, so that the map's gradient is not zero too). Stored beside the UNet in :data:`COND_MAP_FILE`."""
+
+    #: the attribute of the UNet that holds the map network (so the training script's optimizer, EMA and checkpoint
+    #: and VSD's trainable copy carry it with the UNet)
+    ATTRIBUTE = "dreamkit_cond_map"
+
+    def __init__(self, input_dim: int, channels: int = COND_MAP_CHANNELS, size: int = COND_MAP_SIZE,
+                 hidden: int = COND_MAP_HIDDEN):
+        super().__init__()
+        self.channels, self.size = channels, size
+        self.linear_1 = torch.nn.Linear(input_dim, hidden)
+        self.linear_2 = torch.nn.Linear(hidden, channels * size * size)
+        torch.nn.init.zeros_(self.linear_2.weight)
+        torch.nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        w = self.linear_2.weight
+        maps = self.linear_2(F.silu(self.linear_1(labels.to(w.dtype))))
+        maps = maps.view(-1, self.channels, self.size, self.size)
+        if (height, width) != (self.size, self.size):
+            maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
+        return maps
+
+
+def attach_cond_map(unet, module: CondMap) -> None:
+    """Make ``module`` a submodule of ``unet`` (:attr:`CondMap.ATTRIBUTE`), in the UNet's dtype, frozen like it when
+    the UNet is frozen."""
+    first = next(unet.parameters())
+    module.to(device=first.device, dtype=first.dtype).requires_grad_(first.requires_grad)
+    unet.add_module(CondMap.ATTRIBUTE, module)
+
+
+def load_cond_map(folder: Path, input_dim: int) -> CondMap:
+    """The map network of a "cond_map" prior folder: tensors only (safetensors), shapes checked against
+    ``input_dim`` and the module's layout; a missing or mismatched file is a DreamkitError naming it."""
+    from safetensors.torch import load_file
+
+    from ..errors import DreamkitError
+
+    path = Path(folder) / COND_MAP_FILE
+    if not path.is_file():
+        raise DreamkitError(f"{folder}: frame_input 'cond_map' needs {COND_MAP_FILE} (the map network's weights)")
+    module = CondMap(input_dim)
+    state = load_file(str(path))
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        raise DreamkitError(f"{path}: tensors {got} do not fit a map of a {input_dim}-wide class embedding "
+                            f"(expected {expected})")
+    module.load_state_dict(state)
+    return module
+
+
+def save_cond_map(folder: Path, unet) -> None:
+    """Write ``unet``'s map network into ``folder`` (:data:`COND_MAP_FILE`)."""
+    from safetensors.torch import save_file
+
+    module = getattr(unet, CondMap.ATTRIBUTE)
+    path = Path(folder) / COND_MAP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
 def time_features(tau: torch.Tensor) -> torch.Tensor:

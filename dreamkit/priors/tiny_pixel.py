@@ -62,7 +62,20 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
     (``frames`` > 1: a video prior, clips of ``frames`` frames, ``"frames"`` in model_index.json)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    from .multiview import CondMap, save_cond_map
+
+    cond_map = getattr(unet, CondMap.ATTRIBUTE, None)
+    if (frame_input == "cond_map") != (cond_map is not None):
+        raise ValueError("frame_input 'cond_map' and a UNet holding a CondMap go together")
+    if cond_map is not None:  # the UNet folder stays a plain diffusers UNet; the map is stored beside it
+        delattr(unet, CondMap.ATTRIBUTE)
+        try:
+            unet.save_pretrained(folder / "unet", safe_serialization=True)
+        finally:
+            unet.add_module(CondMap.ATTRIBUTE, cond_map)
+        save_cond_map(folder, unet)
+    else:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
     (folder / "text_encoder").mkdir(exist_ok=True)
     (folder / "text_encoder" / "dreamkit_text_encoder.json").write_text(json.dumps(
@@ -130,6 +143,10 @@ def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction
     unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1,
                                               multiview=views > 1, class_condition=class_condition,
                                               camera_input=camera_input, frame_input=frame_input))
+    if frame_input == "cond_map":
+        from .multiview import CondMap, attach_cond_map
+
+        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim)))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
                             world_captions=world_captions, views=views, class_condition=class_condition,
                             camera_input=camera_input, frames=frames, frame_input=frame_input)
