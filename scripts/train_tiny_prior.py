@@ -183,6 +183,9 @@ def main() -> int:
     p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction"),
                    help="what the UNet predicts; v_prediction learns the image's mean colour at high noise, where "
                         "ε-prediction with a near-zero terminal SNR (our cosine schedule) cannot")
+    p.add_argument("--timestep-range", default=None, metavar="LO:HI",
+                   help="draw the training timesteps from [LO, HI) only (default: all 1000) — e.g. 700:1000 to spend "
+                        "a fine-tune on the high-noise steps where an object's place is decided")
     p.add_argument("--min-snr-gamma", type=float, default=0.0, help="Min-SNR-γ loss weighting (0 = off; 5 is usual)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -341,6 +344,14 @@ def main() -> int:
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
     map_lr_mult = float(args.input_map_lr_mult)
+    t_lo, t_hi = 0, int(abar.shape[0])
+    if args.timestep_range:
+        try:
+            t_lo, t_hi = (int(v) for v in args.timestep_range.split(":"))
+        except ValueError:
+            raise SystemExit(f"--timestep-range {args.timestep_range!r}: expected LO:HI, e.g. 700:1000")
+        if not 0 <= t_lo < t_hi <= abar.shape[0]:
+            raise SystemExit(f"--timestep-range {args.timestep_range}: need 0 ≤ LO < HI ≤ {abar.shape[0]}")
     if map_lr_mult != 1.0 and unet.conv_in.weight.shape[1] <= 3:
         raise SystemExit("--input-map-lr-mult: this UNet has no per-pixel map channels (--camera-input / --frame-input)")
     draw_weights = None
@@ -431,7 +442,7 @@ def main() -> int:
             cond = table[caption_idx[idx].to(device)]
             drop = (torch.rand(n, generator=gen) < args.cond_dropout).to(device)
             cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-            t = torch.randint(0, abar.shape[0], (n,), generator=gen).to(device)
+            t = torch.randint(t_lo, t_hi, (n,), generator=gen).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             cond = cond.repeat_interleave(group, 0)
             t = t.repeat_interleave(group, 0)  # one noise level per scene (as MVDream) or per clip
