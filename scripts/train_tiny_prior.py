@@ -319,9 +319,10 @@ def main() -> int:
         # the map of the class-embedding input (dreamkit/priors/multiview.py CondMap): its last layer is zero (the map
         # is 0, the prior starts as --init-from's), so conv_in's weights for its channels start random, or neither
         # would get a gradient; a checkpoint restores both below
-        from dreamkit.priors.multiview import COND_MAP_CHANNELS, CondMap, attach_cond_map
+        from dreamkit.priors.multiview import COND_MAP_CHANNELS, CondMap, attach_cond_map, cond_map_cross
 
-        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim)))
+        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim),
+                                      cross=cond_map_cross(class_condition, motions)))
         if not (args.work / "ckpt.pt").is_file():
             with torch.no_grad():
                 unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)

@@ -61,9 +61,14 @@ def from_checkpoint(work: Path) -> Path:
     from dreamkit.priors.multiview import CondMap, attach_cond_map, save_cond_map
 
     unet = UNet2DConditionModel.from_pretrained(template / "unet")
-    has_map = any(k.startswith(CondMap.ATTRIBUTE + ".") for k in state["ema"])
+    map_w = state["ema"].get(CondMap.ATTRIBUTE + ".linear_1.weight")
+    has_map = map_w is not None
     if has_map:  # frame_input cond_map: the map network is trained with the UNet, stored beside it
-        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim)))
+        width = int(unet.config.projection_class_embeddings_input_dim)
+        from dreamkit.priors.multiview import TIME_DIM
+
+        cross = (TIME_DIM, (map_w.shape[1] - width) // TIME_DIM) if map_w.shape[1] > width else None
+        attach_cond_map(unet, CondMap(width, cross=cross))
     unet.load_state_dict(state["ema"])
     out = work / "probe_prior"
     if out.exists():

@@ -468,6 +468,7 @@ def test_cond_map_prior_starts_as_the_image_prior_and_its_map_reaches_the_output
     once its last layer is not zero the output depends on the motion and each frame's time through it."""
     from dreamkit.errors import DreamkitError
     from dreamkit.priors.multiview import COND_MAP_CHANNELS, COND_MAP_FILE, CondMap
+    from dreamkit.world.motion import MOTIONS
 
     folder = tmp_path / "video"
     video = _video_from(image_prior, folder, frame_input="cond_map", class_condition="pooled_text+time+motion")
@@ -478,6 +479,14 @@ def test_cond_map_prior_starts_as_the_image_prior_and_its_map_reaches_the_output
     assert (folder / COND_MAP_FILE).is_file()
     cond_map = getattr(video.unet, CondMap.ATTRIBUTE)
     assert not any(p.requires_grad for p in cond_map.parameters())  # frozen with the prior
+    # its input: the class-embedding input and the products of the motion one-hot with the time harmonics
+    assert cond_map.cross == (TIME_DIM, len(MOTIONS))
+    assert cond_map.linear_1.weight.shape[1] == TEXT_DIM + TIME_DIM + len(MOTIONS) + TIME_DIM * len(MOTIONS)
+    lab = torch.randn(2, TEXT_DIM + TIME_DIM + len(MOTIONS))
+    feats = cond_map.features(lab)
+    m, k = 3, 5
+    assert torch.equal(feats[:, : lab.shape[1]], lab)
+    assert torch.equal(feats[:, lab.shape[1] + m * TIME_DIM + k], lab[:, TEXT_DIM + TIME_DIM + m] * lab[:, TEXT_DIM + k])
     conv_in = video.unet.conv_in.weight
     assert conv_in.shape[1] == 3 + 3 + COND_MAP_CHANNELS
     with torch.no_grad():  # as the training script starts it: the map's conv_in weights random

@@ -154,7 +154,8 @@ class ViewSettings:
             if folder is None or condition is None:
                 raise DreamkitError(f"{index_file}: frame_input 'cond_map' needs a class embedding and the folder's "
                                     f"{COND_MAP_FILE}")
-            attach_cond_map(unet, load_cond_map(Path(folder), int(unet.config.projection_class_embeddings_input_dim)))
+            attach_cond_map(unet, load_cond_map(Path(folder), int(unet.config.projection_class_embeddings_input_dim),
+                                                cond_map_cross(condition, motions)))
         return settings
 
     @property
@@ -331,21 +332,42 @@ class CondMap(torch.nn.Module):
     ATTRIBUTE = "dreamkit_cond_map"
 
     def __init__(self, input_dim: int, channels: int = COND_MAP_CHANNELS, size: int = COND_MAP_SIZE,
-                 hidden: int = COND_MAP_HIDDEN):
+                 hidden: int = COND_MAP_HIDDEN, cross: Optional[tuple[int, int]] = None):
         super().__init__()
         self.channels, self.size = channels, size
-        self.linear_1 = torch.nn.Linear(input_dim, hidden)
+        #: (time features, motions): the input's last ``motions`` entries are a one-hot and the ``time`` before them
+        #: the frame-time harmonics; their outer product is appended to the input (see :meth:`features`)
+        self.cross = tuple(cross) if cross else None
+        extra = self.cross[0] * self.cross[1] if self.cross else 0
+        self.linear_1 = torch.nn.Linear(input_dim + extra, hidden)
         self.linear_2 = torch.nn.Linear(hidden, channels * size * size)
         torch.nn.init.zeros_(self.linear_2.weight)
         torch.nn.init.zeros_(self.linear_2.bias)
 
+    def features(self, labels: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's input: ``labels``, and with ``cross`` the products motion_m · time_k of the one-hot and
+        the time harmonics. Why the products: where "moving left" puts the object is odd in τ − ½ and opposite to
+        "moving right", so an input column of the motion alone gets, summed over a clip's frames, a gradient that
+        cancels (an XOR for the hidden layer to discover by chance); a product column's gradient does not cancel.
+        Generic feature crosses (the network still learns what each motion does over time), not the motions' paths."""
+        if not self.cross:
+            return labels
+        t, m = self.cross
+        time, motion = labels[:, -(t + m): -m], labels[:, -m:]
+        return torch.cat([labels, (motion[:, :, None] * time[:, None, :]).flatten(1)], dim=1)
+
     def forward(self, labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
         w = self.linear_2.weight
-        maps = self.linear_2(F.silu(self.linear_1(labels.to(w.dtype))))
+        maps = self.linear_2(F.silu(self.linear_1(self.features(labels.to(w.dtype)))))
         maps = maps.view(-1, self.channels, self.size, self.size)
         if (height, width) != (self.size, self.size):
             maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
         return maps
+
+
+def cond_map_cross(class_condition: Optional[str], motions: Optional[tuple[str, ...]]) -> Optional[tuple[int, int]]:
+    """A :class:`CondMap`'s ``cross`` for a class condition: (time harmonics, motions) when it has both."""
+    return (TIME_DIM, len(motions)) if class_condition == "pooled_text+time+motion" and motions else None
 
 
 def attach_cond_map(unet, module: CondMap) -> None:
@@ -356,9 +378,10 @@ def attach_cond_map(unet, module: CondMap) -> None:
     unet.add_module(CondMap.ATTRIBUTE, module)
 
 
-def load_cond_map(folder: Path, input_dim: int) -> CondMap:
+def load_cond_map(folder: Path, input_dim: int, cross: Optional[tuple[int, int]] = None) -> CondMap:
     """The map network of a "cond_map" prior folder: tensors only (safetensors), shapes checked against
-    ``input_dim`` and the module's layout; a missing or mismatched file is a DreamkitError naming it."""
+    ``input_dim`` and the module's layout (with the motion × time products of ``cross`` when its first layer is
+    that much wider); a missing or mismatched file is a DreamkitError naming it."""
     from safetensors.torch import load_file
 
     from ..errors import DreamkitError
@@ -366,8 +389,10 @@ def load_cond_map(folder: Path, input_dim: int) -> CondMap:
     path = Path(folder) / COND_MAP_FILE
     if not path.is_file():
         raise DreamkitError(f"{folder}: frame_input 'cond_map' needs {COND_MAP_FILE} (the map network's weights)")
-    module = CondMap(input_dim)
     state = load_file(str(path))
+    width = tuple(state.get("linear_1.weight", torch.empty(0, 0)).shape[1:])
+    crossed = cross is not None and width == (input_dim + cross[0] * cross[1],)
+    module = CondMap(input_dim, cross=cross if crossed else None)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:

@@ -144,9 +144,11 @@ def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction
                                               multiview=views > 1, class_condition=class_condition,
                                               camera_input=camera_input, frame_input=frame_input))
     if frame_input == "cond_map":
-        from .multiview import CondMap, attach_cond_map
+        from .multiview import CondMap, attach_cond_map, cond_map_cross
 
-        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim)))
+        motions = _motions() if (class_condition or "").endswith("+motion") else None
+        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim),
+                                      cross=cond_map_cross(class_condition, motions)))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
                             world_captions=world_captions, views=views, class_condition=class_condition,
                             camera_input=camera_input, frames=frames, frame_input=frame_input)
