@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from video_motion_probe import from_checkpoint
 
+    from dreamkit.cameras import cameras_from_spherical
     from dreamkit.priors.pixel import PixelDiffusionPrior
 
     prior = PixelDiffusionPrior(str(from_checkpoint(args.work)), warn_outside_world=False)
-    vs, unet, abar = prior.view_settings, prior.unet, prior.alphas_cumprod
+    abar = prior.alphas_cumprod
     if prior.frames < 2:
         raise SystemExit(f"{args.work}: not a video prior")
     data = args.work / "data"
@@ -46,35 +47,36 @@ def main(argv: list[str] | None = None) -> int:
     shard = torch.load(sorted(data.glob("shard_*.pt"))[-1], weights_only=True)
     picked = [i for i in range(shard["images"].shape[0]) if motions[int(shard["motion"][i])] in SWAPS][: args.clips]
     gen = torch.Generator().manual_seed(args.seed)
-    frames = prior.frames
+    frames, size = prior.frames, prior.resolution
+    clips = []  # per clip: x0, and (condition name, text embedding, cameras with the frame times) for each condition
+    for i in picked:
+        caption = captions[int(shard["caption"][i])]
+        motion = motions[int(shard["motion"][i])]
+        swapped = caption[: -len(motion)] + SWAPS[motion]
+        text = prior.encode_text([caption, swapped]).cond.repeat_interleave(frames, 0)
+        still = {k: shard[k][i].repeat(frames) for k in ("elevation", "azimuth", "distance", "fovy")}
+        time = shard["time"][i]
+        conditions = [(name, text[j * frames:(j + 1) * frames],
+                       cameras_from_spherical(**still, width=size, height=size, time=tau))
+                      for name, j, tau in (("true", 0, time), ("swapped motion", 1, time),
+                                           ("reversed time", 0, time.flip(0)))]
+        clips.append((shard["images"][i].permute(0, 3, 1, 2).float() / 127.5 - 1, conditions))
     rows = []
     for band, (lo, hi) in BANDS.items():
         err = {"true": 0.0, "swapped motion": 0.0, "reversed time": 0.0}
-        for i in picked:
-            x0 = shard["images"][i].permute(0, 3, 1, 2).float() / 127.5 - 1
-            caption = captions[int(shard["caption"][i])]
-            motion = motions[int(shard["motion"][i])]
-            swapped = caption[: -len(motion)] + SWAPS[motion]
+        for x0, conditions in clips:
             t = torch.randint(lo, hi, (1,), generator=gen).repeat(frames)
             eps = torch.randn(x0.shape, generator=gen)
             a = abar[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            c2w = shard["c2w"][i][None].repeat(frames, 1, 1)
-            fovy = shard["fovy"][i].repeat(frames)
-            time = shard["time"][i]
-            for name, text, tau in (("true", caption, time), ("swapped motion", swapped, time),
-                                    ("reversed time", caption, time.flip(0))):
-                cond = prior.encode_text([text]).cond.repeat_interleave(frames, 0)
-                cams = (c2w, fovy, tau)
-                with torch.no_grad():
-                    labels = vs.class_labels(cond, cams, "cpu", torch.float32)
-                    x_in = vs.unet_input(x_t, cams, torch.float32, labels, unet)
-                    out = unet(x_in, t, encoder_hidden_states=vs.text_tokens(cond), class_labels=labels).sample
+            for name, cond, cams in conditions:
+                with torch.no_grad():  # the raw output (x̂₀ from ε̂ would divide by √ᾱ ≈ 0 at t ≈ 999)
+                    out = prior._unet_output(x_t, t, cond, cams, torch.float32)
                 if prior.prediction_type == "v_prediction":
                     x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * out
                 else:
                     x0_hat = (x_t - (1 - a).sqrt() * out) / a.sqrt()
-                err[name] += float(((x0_hat - x0) ** 2).mean()) / len(picked)
+                err[name] += float(((x0_hat - x0) ** 2).mean()) / len(clips)
         rows.append((band, err))
     print(f"x̂₀ error on {len(picked)} clips of {data} ({', '.join(sorted({m for m in SWAPS}))}):")
     print("| noise | true condition | swapped motion | gain | reversed time | gain |")

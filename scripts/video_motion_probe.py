@@ -58,27 +58,24 @@ def from_checkpoint(work: Path) -> Path:
     if not (template / "unet").is_dir():
         raise SystemExit(f"{work}: no ema_prior/ yet (written with the first sample grid) to take the layout from")
     state = torch.load(work / "ckpt.pt", map_location="cpu", weights_only=True)
-    from dreamkit.priors.multiview import CondMap, attach_cond_map, save_cond_map
+    from dreamkit.priors.multiview import (CondMap, attach_cond_map, cond_map_cross, cond_map_from_state,
+                                           save_unet_folder)
 
     unet = UNet2DConditionModel.from_pretrained(template / "unet")
-    map_w = state["ema"].get(CondMap.ATTRIBUTE + ".linear_1.weight")
-    has_map = map_w is not None
-    if has_map:  # frame_input cond_map: the map network is trained with the UNet, stored beside it
-        width = int(unet.config.projection_class_embeddings_input_dim)
-        from dreamkit.priors.multiview import TIME_DIM
-
-        cross = (TIME_DIM, (map_w.shape[1] - width) // TIME_DIM) if map_w.shape[1] > width else None
-        attach_cond_map(unet, CondMap(width, cross=cross))
+    index = json.loads((template / "model_index.json").read_text())
+    prefix = CondMap.ATTRIBUTE + "."
+    map_state = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    if map_state:  # frame_input cond_map: the map network is trained with the UNet, stored beside it
+        motions = tuple(index.get("motions") or ())
+        attach_cond_map(unet, cond_map_from_state(map_state, int(unet.config.projection_class_embeddings_input_dim),
+                                                  cond_map_cross(index.get("class_condition"), motions),
+                                                  str(work / "ckpt.pt")))
     unet.load_state_dict(state["ema"])
     out = work / "probe_prior"
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(template, out)
-    if has_map:
-        save_cond_map(out, unet)
-        delattr(unet, CondMap.ATTRIBUTE)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    index = json.loads((out / "model_index.json").read_text())
+    save_unet_folder(unet, out)
     index["trained_steps"] = int(state["step"])
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(f"probing the EMA weights of {work}/ckpt.pt at step {state['step']}", flush=True)

@@ -379,9 +379,8 @@ def attach_cond_map(unet, module: CondMap) -> None:
 
 
 def load_cond_map(folder: Path, input_dim: int, cross: Optional[tuple[int, int]] = None) -> CondMap:
-    """The map network of a "cond_map" prior folder: tensors only (safetensors), shapes checked against
-    ``input_dim`` and the module's layout (with the motion × time products of ``cross`` when its first layer is
-    that much wider); a missing or mismatched file is a DreamkitError naming it."""
+    """The map network of a "cond_map" prior folder: tensors only (safetensors), through :func:`cond_map_from_state`;
+    a missing or mismatched file is a DreamkitError naming it."""
     from safetensors.torch import load_file
 
     from ..errors import DreamkitError
@@ -389,27 +388,45 @@ def load_cond_map(folder: Path, input_dim: int, cross: Optional[tuple[int, int]]
     path = Path(folder) / COND_MAP_FILE
     if not path.is_file():
         raise DreamkitError(f"{folder}: frame_input 'cond_map' needs {COND_MAP_FILE} (the map network's weights)")
-    state = load_file(str(path))
+    return cond_map_from_state(load_file(str(path)), input_dim, cross, str(path))
+
+
+def cond_map_from_state(state: dict, input_dim: int, cross: Optional[tuple[int, int]], source: str) -> CondMap:
+    """A :class:`CondMap` holding ``state`` (its tensors), shapes checked against ``input_dim`` and the module's
+    layout — with the motion × time products of ``cross`` when its first layer is that much wider (a map trained
+    before the products had none). A mismatch is a DreamkitError naming ``source``."""
+    from ..errors import DreamkitError
+
     width = tuple(state.get("linear_1.weight", torch.empty(0, 0)).shape[1:])
     crossed = cross is not None and width == (input_dim + cross[0] * cross[1],)
     module = CondMap(input_dim, cross=cross if crossed else None)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
-        raise DreamkitError(f"{path}: tensors {got} do not fit a map of a {input_dim}-wide class embedding "
+        raise DreamkitError(f"{source}: tensors {got} do not fit a map of a {input_dim}-wide class embedding "
                             f"(expected {expected})")
     module.load_state_dict(state)
     return module
 
 
-def save_cond_map(folder: Path, unet) -> None:
-    """Write ``unet``'s map network into ``folder`` (:data:`COND_MAP_FILE`)."""
+def save_unet_folder(unet, folder: Path) -> None:
+    """``unet`` as a plain diffusers folder ``folder/unet``, and the :class:`CondMap` it holds, if any, beside it
+    (:data:`COND_MAP_FILE`, safetensors) — so the UNet folder loads anywhere a diffusers UNet does."""
     from safetensors.torch import save_file
 
-    module = getattr(unet, CondMap.ATTRIBUTE)
-    path = Path(folder) / COND_MAP_FILE
+    folder = Path(folder)
+    cond_map = getattr(unet, CondMap.ATTRIBUTE, None)
+    if cond_map is None:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        return
+    delattr(unet, CondMap.ATTRIBUTE)
+    try:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+    finally:
+        unet.add_module(CondMap.ATTRIBUTE, cond_map)
+    path = folder / COND_MAP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in cond_map.state_dict().items()}, str(path))
 
 
 def time_features(tau: torch.Tensor) -> torch.Tensor:

@@ -62,20 +62,11 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
     (``frames`` > 1: a video prior, clips of ``frames`` frames, ``"frames"`` in model_index.json)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    from .multiview import CondMap, save_cond_map
+    from .multiview import CondMap, save_unet_folder
 
-    cond_map = getattr(unet, CondMap.ATTRIBUTE, None)
-    if (frame_input == "cond_map") != (cond_map is not None):
+    if (frame_input == "cond_map") != hasattr(unet, CondMap.ATTRIBUTE):
         raise ValueError("frame_input 'cond_map' and a UNet holding a CondMap go together")
-    if cond_map is not None:  # the UNet folder stays a plain diffusers UNet; the map is stored beside it
-        delattr(unet, CondMap.ATTRIBUTE)
-        try:
-            unet.save_pretrained(folder / "unet", safe_serialization=True)
-        finally:
-            unet.add_module(CondMap.ATTRIBUTE, cond_map)
-        save_cond_map(folder, unet)
-    else:
-        unet.save_pretrained(folder / "unet", safe_serialization=True)
+    save_unet_folder(unet, folder)
     scheduler.save_pretrained(folder / "scheduler")
     (folder / "text_encoder").mkdir(exist_ok=True)
     (folder / "text_encoder" / "dreamkit_text_encoder.json").write_text(json.dumps(
@@ -146,9 +137,8 @@ def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction
     if frame_input == "cond_map":
         from .multiview import CondMap, attach_cond_map, cond_map_cross
 
-        motions = _motions() if (class_condition or "").endswith("+motion") else None
         attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim),
-                                      cross=cond_map_cross(class_condition, motions)))
+                                      cross=cond_map_cross(class_condition, _motions())))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
                             world_captions=world_captions, views=views, class_condition=class_condition,
                             camera_input=camera_input, frames=frames, frame_input=frame_input)
