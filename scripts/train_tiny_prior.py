@@ -223,6 +223,15 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    n_timesteps = int(scheduler_config()["num_train_timesteps"])
+    t_lo, t_hi = 0, n_timesteps
+    if args.timestep_range:  # checked before anything is written
+        try:
+            t_lo, t_hi = (int(v) for v in args.timestep_range.split(":"))
+        except ValueError:
+            raise SystemExit(f"--timestep-range {args.timestep_range!r}: expected LO:HI, e.g. 700:1000")
+        if not 0 <= t_lo < t_hi <= n_timesteps:
+            raise SystemExit(f"--timestep-range {args.timestep_range}: need 0 ≤ LO < HI ≤ {n_timesteps}")
     args.work.mkdir(parents=True, exist_ok=True)
     data_dir = args.work / "data"
     if args.video and args.multiview:
@@ -345,14 +354,6 @@ def main() -> int:
                             lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
     map_lr_mult = float(args.input_map_lr_mult)
-    t_lo, t_hi = 0, int(abar.shape[0])
-    if args.timestep_range:
-        try:
-            t_lo, t_hi = (int(v) for v in args.timestep_range.split(":"))
-        except ValueError:
-            raise SystemExit(f"--timestep-range {args.timestep_range!r}: expected LO:HI, e.g. 700:1000")
-        if not 0 <= t_lo < t_hi <= abar.shape[0]:
-            raise SystemExit(f"--timestep-range {args.timestep_range}: need 0 ≤ LO < HI ≤ {abar.shape[0]}")
     if map_lr_mult != 1.0 and unet.conv_in.weight.shape[1] <= 3:
         raise SystemExit("--input-map-lr-mult: this UNet has no per-pixel map channels (--camera-input / --frame-input)")
     draw_weights = None
