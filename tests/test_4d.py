@@ -539,6 +539,40 @@ def test_composed_config_errors(tmp_path):
         DreamSystem(cfg).attach_prior(build_prior(cfg.prior, torch.device("cpu")))
 
 
+def test_composed_member_prompt_templates(tmp_path):
+    """A member's prompt template: {object} drops the world's trailing motion (case kept), {prompt} is the recipe's
+    prompt; each member's prior is checked against its own prompt; bad templates are config errors."""
+    from dreamkit.config import load_config
+    from dreamkit.guidance.composed import member_prompt, object_text
+    from dreamkit.priors.configs import build_prior
+    from dreamkit.system import DreamSystem
+
+    assert object_text("A red cube  bouncing.") == "A red cube"
+    assert object_text("a house moving left") == "a house"
+    assert object_text("a house still") == "a house"
+    assert object_text("a red cube") == "a red cube"
+    assert object_text("a red cube on top of a blue sphere spinning") == "a red cube on top of a blue sphere"
+    assert member_prompt(None, "a house bouncing") == "a house bouncing"
+    assert member_prompt("{object}, a photo", "a house bouncing") == "a house, a photo"
+    assert member_prompt("{prompt}", "a house bouncing") == "a house bouncing"
+    house = {"type": "oracle", "targets": [{"mesh": "meshes/house.ply", "label": "a house"}], "resolution": 24}
+    image = {"probability": 0.5, "guidance": {"name": "sds", "guidance_scale": 1.0}, "prior": house}
+    video = {"probability": 0.5, "guidance": {"name": "sds", "guidance_scale": 1.0}, "prompt": "{prompt}"}
+    for bad, match in (("{motion}", r"unknown field \{motion\}"), ("", "give a prompt template"),
+                       ("{object", "literal braces")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(_composed(tmp_path, {"image": {**image, "prompt": bad}, "video": video}))
+    cfg = load_config(_composed(tmp_path, {"image": {**image, "prompt": "{object}"}, "video": video}))
+    system = DreamSystem(cfg)
+    system.attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+    members = system.guidance_module.members
+    assert [m.prompt for m in members] == ["a house", "a house bouncing"]
+    # without the template the image member's prior (labelled "a house") cannot express "a house bouncing"
+    cfg = load_config(_composed(tmp_path, {"image": image, "video": video}))
+    with pytest.raises(DreamkitError, match="cannot express the prompt 'a house bouncing'"):
+        DreamSystem(cfg).attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+
+
 def test_one_member_composed_is_the_member_alone_bitwise(tmp_path):
     """guidance.name=composed with one member (probability 1) trains exactly as that guidance uncomposed."""
     from dreamkit.checkpoint import load_checkpoint

@@ -11,6 +11,9 @@ multi-view and video SDS together).
           guidance: {name: sds, guidance_scale: 7.5}
           # prior: omitted → the recipe's prior; or a whole prior section (type: pixel, name: tiny-t2i, ...)
           # camera: omitted → the recipe's camera; or keys to change (frames, views, batch_size, time_range, ...)
+          # prompt: omitted → the recipe's prompt; or a template of {prompt} (the recipe's prompt) and {object} (the
+          #   prompt less a trailing motion of the tiny world's vocabulary: "a red cube bouncing" → "a red cube"),
+          #   for an image prior that was never told about motion
         video:
           probability: 0.5
           guidance: {name: sds, guidance_scale: 7.5, motion_amp: 10}
@@ -36,9 +39,11 @@ from ..batch import Batch, BatchSampler, Layout
 from ..errors import ConfigError
 from ..types import RenderOutput
 
-__all__ = ["ComposedConfig", "ComposedGuidance"]
+__all__ = ["ComposedConfig", "ComposedGuidance", "member_prompt", "object_text"]
 
-MEMBER_KEYS = ("probability", "guidance", "prior", "camera")
+MEMBER_KEYS = ("probability", "guidance", "prior", "camera", "prompt")
+#: the fields a member's prompt template may name
+PROMPT_FIELDS = ("prompt", "object")
 
 
 @dataclass
@@ -72,7 +77,44 @@ def _member_sections(cfg: DictConfig) -> dict[str, dict]:
                               "...)")
         if spec["guidance"]["name"] == "composed":
             raise ConfigError(f"guidance.members.{name}: a member cannot itself be composed")
+        if spec.get("prompt") is not None:
+            _check_template(spec["prompt"], f"guidance.members.{name}.prompt")
     return members
+
+
+def _check_template(template: Any, where: str) -> None:
+    import string
+
+    if not isinstance(template, str) or not template.strip():
+        raise ConfigError(f"{where}={template!r} — give a prompt template such as \"{{object}}\" or "
+                          "\"{prompt}, a photo\"")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise ConfigError(f"{where}={template!r}: {err} — write literal braces as {{{{ and }}}}") from None
+    for f in fields:
+        if f not in PROMPT_FIELDS:
+            raise ConfigError(f"{where}={template!r}: unknown field {{{f}}} — a member's prompt may name "
+                              + ", ".join("{" + x + "}" for x in PROMPT_FIELDS))
+
+
+def object_text(prompt: str) -> str:
+    """The prompt less a trailing motion of the tiny world's vocabulary (:data:`dreamkit.world.motion.MOTIONS`),
+    its case kept: "A red cube bouncing" → "A red cube"; a prompt without one is returned unchanged."""
+    from ..world.motion import split_motion_caption
+
+    text = " ".join(prompt.split()).rstrip(" .,;")
+    _, motion = split_motion_caption(text)
+    if motion.name == "still" and not text.lower().endswith(" still"):
+        return text
+    return text[: len(text) - len(motion.name)].rstrip(" ,")
+
+
+def member_prompt(template: Optional[str], prompt: str) -> str:
+    """A member's prompt: the recipe's ``prompt`` through the member's template (None: the prompt itself)."""
+    if template is None:
+        return prompt
+    return template.format(prompt=prompt, object=object_text(prompt)).strip()
 
 
 def resolve_config(cfg: DictConfig) -> None:
@@ -98,6 +140,8 @@ def resolve_config(cfg: DictConfig) -> None:
             prior = spec["prior"]
             p_cls = component_config_class("prior", prior.get("type"), key=f"{where}.prior.type")
             out["prior"] = OmegaConf.to_container(merge_structured(p_cls, prior, prefix=f"{where}.prior"))
+        if spec.get("prompt") is not None:
+            out["prompt"] = spec["prompt"]
         camera = OmegaConf.merge(cfg.camera, spec.get("camera") or {})
         out["camera"] = OmegaConf.to_container(merge_structured(CameraConfig, OmegaConf.to_container(camera),
                                                                 prefix=f"{where}.camera"))
@@ -147,7 +191,11 @@ class _Member:
         self.layout = Layout(views=views, frames=int(self.camera.frames),
                              particles=int(recipe.get("particles", 1) or 1))
         self.sampler = BatchSampler(self.camera, self.layout, camera_gen, None)
-        self.prompts = PromptComponent(recipe.prompt, recipe.negative_prompt, self.camera.view_dependent_prompting,
+        self.prompt = member_prompt(spec.get("prompt"), str(recipe.prompt))
+        if not self.prompt:
+            raise ConfigError(f"guidance.members.{name}.prompt={spec.get('prompt')!r} leaves nothing of the prompt "
+                              f"{str(recipe.prompt)!r} — give the object before its motion (\"a red cube bouncing\")")
+        self.prompts = PromptComponent(self.prompt, recipe.negative_prompt, self.camera.view_dependent_prompting,
                                        self.camera.front_threshold, self.camera.back_threshold,
                                        self.camera.overhead_threshold)
         self.prompts.uses_view_variants(self.prior)
