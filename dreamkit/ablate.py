@@ -456,7 +456,7 @@ def _run_image_cell(cell: Cell, cfg: Any, work: Path) -> dict:
     device = resolve_device(str(cfg.device))
     prior = _cached_prior(cfg.prior, device)
     system, optimizer = build_system(cfg, device, prior)
-    system.prompts.check(prior)
+    system.check_prompts()
     object.__setattr__(system, "_guidance", CommonRandomNumbers(system.guidance, int(cfg.seed)))
     steps = int(cfg.trainer.max_steps)
     t0 = time.perf_counter()

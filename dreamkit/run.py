@@ -198,7 +198,7 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True,
         prior = build_prior(cfg.prior, device)
     system = DreamSystem(cfg)
     system.attach_prior(prior)
-    system.prompts.check(prior)  # e.g. a prompt the prior cannot express
+    system.check_prompts()  # e.g. a prompt the prior cannot express
     if cfg.get("init_from") and resume_dir is None:  # a resumed run's checkpoint already holds the initialisation
         init_from_run(system.representation, cfg)
     ckpt_path = None
@@ -249,6 +249,10 @@ def fit(cfg: DictConfig, resume_dir: Optional[Path] = None, export: bool = True,
         while (run_dir / "logs" / f"resume-{n}").exists():
             n += 1
         version = f"resume-{n}"
+    # a composed recipe logs the members that did not run this step as NaN (absent, not carried over); tensorboardX
+    # warns "NaN or Inf found in input tensor." for each, which reads as a failure — real divergence is caught by
+    # DreamSystem.check_nonfinite
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     loggers = [CSVLogger(str(run_dir), name="logs", version=version),
                TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)]
     placement: dict[str, Any] = {"accelerator": "gpu" if device.type == "cuda" else "cpu",

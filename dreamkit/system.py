@@ -189,9 +189,10 @@ class DreamSystem(pl.LightningModule):
             self.noise_gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed) + 3)
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
         self._setup_ranks(device)
-        self.prompts.setup(self._prior, device)
-        if hasattr(self._guidance, "setup"):  # composed guidance: the members' own priors and prompts
-            self._guidance.setup(device)
+        if hasattr(self._guidance, "setup"):  # composed guidance: the members' own priors and prompts (the recipe's
+            self._guidance.setup(device)      # prompt as each member's template has it, encoded by its own prior)
+        else:
+            self.prompts.setup(self._prior, device)
 
     def _setup_ranks(self, device: torch.device) -> None:
         """Under a process group of W > 1 ranks: this rank's images of every batch and its own random stream (the
@@ -214,6 +215,12 @@ class DreamSystem(pl.LightningModule):
         """The generator of what a rank draws for itself alone (a guidance's draws beyond the batch's timesteps and
         noise): the batch's own ``noise_gen`` in a one-process fit, so nothing changes there."""
         return self.rank_gen if self.world > 1 else self.noise_gen
+
+    def check_prompts(self) -> None:
+        """The prior's checks of the recipe's prompt, before any work (e.g. a prompt it cannot express). Composed
+        guidance checked each member's own prompt against its own prior when it was attached."""
+        if not hasattr(self._guidance, "members"):
+            self.prompts.check(self._prior)
 
     @property
     def text_cond(self) -> Optional[TextCond]:

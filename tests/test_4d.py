@@ -286,6 +286,32 @@ def _glb_json_and_bin(path):
     return doc, data[off + 8:off + 8 + bin_len]
 
 
+def test_canonical_time_is_where_the_field_is_the_identity(tmp_path):
+    """representation.canonical_time=τ_c: the same field, anchored at τ_c instead of 0 (displacement(τ) is the
+    default model's displacement(τ) − displacement(τ_c)); the exports' mesh is the scene at τ_c and the GLB's morph
+    targets still reach the scene at every keyframe; a time outside [0, 1] is a config error."""
+    from dreamkit.export.gltf import animation_morph
+
+    base = _moving(_deformable())
+    mid = _moving(_deformable(canonical_time=0.5))
+    assert mid.canonical_time == 0.5 and base.canonical_time == 0.0
+    taus = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    with torch.no_grad():
+        d_base, d_mid = base.displacement(base.means, taus), mid.displacement(mid.means, taus)
+        assert d_mid[2].abs().max() == 0 and d_mid[0].abs().max() > 0.01
+        assert torch.allclose(d_mid, d_base - d_base[2:3], atol=1e-6)
+        # the scene at each time: canonical + displacement, the same for any τ_c once the canonical is placed at τ_c
+        at_mid = mid.at_time(0.5)
+        assert torch.equal(at_mid.means, mid.means)
+        verts = mid.means[:30].numpy()
+        mesh = Mesh(verts, np.arange(30).reshape(10, 3), vertex_colors=np.full((30, 3), 0.5, np.float32))
+        _, disp = animation_morph(mid, mesh, OmegaConf.create({"animation_keyframes": 5}))
+        assert np.abs(disp[2]).max() == 0 and np.allclose(verts + disp[0], mid.at_time(0.0).means[:30].numpy(),
+                                                         atol=1e-6)
+    with pytest.raises(ConfigError, match="canonical_time=1.5"):
+        _deformable(canonical_time=1.5)
+
+
 def test_animated_glb_reads_back_with_the_fields_motion(tmp_path):
     """The morph targets and the animation, read back by pygltflib (a reader we did not write), hold the
     deformation field's displacement of the mesh's vertices at each keyframe; the Khronos validator reports no

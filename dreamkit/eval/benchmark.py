@@ -302,7 +302,7 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
                motion: Optional[Motion] = None) -> torch.Tensor:
     """Export a finished run's geometry (its recipe's ``export.*``, plus ``overrides``), score it into ``row``;
     returns its 8 turntable frames for the contact sheet. A 4D fit (``motion`` given, or a dynamic representation) is
-    scored at τ = 0 against the truth placed there, and its animation against the motion
+    scored at its canonical time (τ = 0 by default) against the truth placed there, and its animation against the motion
     (:func:`dreamkit.eval.motion.score_motion`)."""
     from ..config import load_config
     from ..export.extract import mesh_from_representation
@@ -321,8 +321,9 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
         if dynamic:
             from .motion import MovedScene, score_motion
 
-            mesh, _ = mesh_from_representation(model.at_time(0.0), run_cfg.export)
-            row.update(score_mesh(mesh, MovedScene(scene, motion, 0.0)))
+            tau_c = float(getattr(model, "canonical_time", 0.0))  # the exports' mesh is the scene at τ_c
+            mesh, _ = mesh_from_representation(model.at_time(tau_c), run_cfg.export)
+            row.update(score_mesh(mesh, MovedScene(scene, motion, tau_c)))
             if hasattr(model, "displacement"):
                 row.update(score_motion(model, mesh, scene, motion,
                                         int(run_cfg.export.get("animation_keyframes", 16))))

@@ -1,8 +1,9 @@
 """Motion scores of a 4D fit against the tiny world's ground-truth motion (``dreamkit eval`` on prompts such as
 "a red cube bouncing").
 
-What is scored is what the animated GLB holds: the mesh extracted at τ = 0 and its vertices moved by the fit's
-deformation field at the export's keyframes (``model.displacement``, the GLB's morph targets). Per keyframe τ_k:
+What is scored is what the animated GLB holds: the mesh extracted at the canonical time τ_c (0 unless the recipe
+sets ``representation.canonical_time``) and its vertices moved by the fit's deformation field at the export's
+keyframes (``model.displacement``, the GLB's morph targets). Per keyframe τ_k (the tracks start at τ = 0):
 
 * the centroid track: the area-weighted centroid of the moved surface minus its centroid at τ = 0, against the
   truth's (its centre's path, :meth:`dreamkit.world.motion.Motion.transform` applied to the truth's centroid);
@@ -13,7 +14,7 @@ deformation field at the export's keyframes (``model.displacement``, the GLB's m
 * the scale: the ratio of the surface's RMS radius at τ_k to that at τ = 0, against the truth's; ``scale_error``.
 
 ``motion_ok`` when track_error ≤ :data:`TRACK_TOLERANCE`, yaw_error ≤ :data:`YAW_TOLERANCE` and scale_error ≤
-:data:`SCALE_TOLERANCE`; with the shape and colour verdict of the τ = 0 mesh against the truth placed at τ = 0, a
+:data:`SCALE_TOLERANCE`; with the shape and colour verdict of the τ_c mesh against the truth placed at τ_c, a
 4D row is ``ok`` when both hold.
 """
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _unwrap(degrees: Sequence[float]) -> np.ndarray:
 
 @torch.no_grad()
 def score_motion(model: Any, mesh: Any, scene: Any, motion: Motion, keyframes: int = 16) -> dict:
-    """The motion scores (module docstring) of a 4D ``model`` whose τ = 0 surface is ``mesh`` (an exported
+    """The motion scores (module docstring) of a 4D ``model`` whose canonical (τ_c) surface is ``mesh`` (an exported
     :class:`~dreamkit.export.mesh.Mesh`), against ``scene`` moving by ``motion``."""
     param = next(model.parameters())
     verts = torch.as_tensor(mesh.verts, dtype=torch.float32)

@@ -200,8 +200,9 @@ def export_glb(model, path, export_cfg=None, background=None, device="cpu", **_)
     from .bake import textured_mesh
 
     if getattr(model, "dynamic", False) and hasattr(model, "displacement"):
-        # 4D with a deformation field: the mesh at τ = 0, its vertices moved by the field at each keyframe
-        mesh = textured_mesh(model.at_time(0.0), export_cfg)
+        # 4D with a deformation field: the mesh at the canonical time τ_c (0 unless the recipe says), its vertices
+        # moved by the field at each keyframe
+        mesh = textured_mesh(model.at_time(model.canonical_time), export_cfg)
         path = write_glb(mesh, path, origin=origin, morph=animation_morph(model, mesh, export_cfg))
     elif getattr(model, "dynamic", False):
         print("this 4D field has no deformation to animate a mesh with: the GLB holds its surface at τ = 0 (the "

@@ -83,8 +83,8 @@ def export_obj(model, path, export_cfg=None, background=None, device="cpu", **_)
     from .gltf import check_origin
 
     origin = check_origin(export_cfg)
-    if getattr(model, "dynamic", False):  # 4D: OBJ has no animation; the surface at τ = 0
-        model = model.at_time(0.0)
+    if getattr(model, "dynamic", False):  # 4D: OBJ has no animation; the surface at the canonical time (τ = 0 by default)
+        model = model.at_time(float(getattr(model, "canonical_time", 0.0)))
     path = write_obj(textured_mesh(model, export_cfg), path, origin=origin)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):
         from .mesh import write_preview

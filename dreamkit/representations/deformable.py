@@ -7,15 +7,18 @@ so the features start independent of τ), at one or more spatial resolutions, th
 Δposition, Δrotation (added to the raw quaternion) and Δlog-scale. Opacity and colour are not deformed (4DGS's
 ``no_do``).
 
-The canonical Gaussians are the scene at τ = 0 exactly: the deformation applied is D(x, τ) − D(x, 0), and the heads
-start at zero, so the field is the identity at initialisation at every τ. A render draws each distinct time of its
+The canonical Gaussians are the scene at the canonical time τ_c exactly (``canonical_time``, 0 by default): the
+deformation applied is D(x, τ) − D(x, τ_c), and the heads start at zero, so the field is the identity at
+initialisation at every τ. A motion prior that places the object by time (the tiny video prior: "moving left" starts
+on the right) wants τ_c = 0.5, the middle of the motion, where an image prior's centred object agrees with it; the
+exports' mesh is then the scene at τ_c and its morph targets reach every keyframe from there. A render draws each distinct time of its
 cameras once (a clip of F frames is F splats of the same Gaussians, moved).
 
 Regularisers (each counts only with a weight ``loss.lambda_<name>``):
     deform_tv       total variation of every plane (K-planes' spatial smoothness)
     deform_smooth   squared second difference of the time planes along τ (K-planes' temporal smoothness)
     motion_kl       symmetric KL divergence between the normal fitted to the centres at this step's times and the
-                    one at τ = 0 (Align Your Gaussians' regulariser of the moving Gaussians' distribution; the closed
+                    one at τ_c (Align Your Gaussians' regulariser of the moving Gaussians' distribution; the closed
                     form between diagonal normals is a dreamkit choice for the divergence): it is zero under a
                     rotation of an isotropic cloud about its centre and grows with drift, shrinking and explosion.
 """
@@ -61,6 +64,9 @@ class DeformableGaussianConfig(GaussianConfig):
     #: train only the deformation (the canonical Gaussians keep their values, e.g. from init_from a static run; no
     #: densification then)
     freeze_canonical: bool = False
+    #: τ_c ∈ [0, 1]: the time at which the canonical Gaussians are the scene (the deformation is the identity there);
+    #: a static stage renders at this time (camera.time_range), and exports extract their mesh there
+    canonical_time: float = 0.0
 
 
 class HexPlaneDeformation(nn.Module):
@@ -199,6 +205,9 @@ class DeformableGaussianModel(GaussianModel):
                               "e.g. [1, 2]")
         if not float(cfg.deform_bound) > 0:
             raise ConfigError(f"representation.deform_bound={cfg.deform_bound} must be > 0")
+        if not 0.0 <= float(cfg.canonical_time) <= 1.0:
+            raise ConfigError(f"representation.canonical_time={cfg.canonical_time} — give a time in [0, 1] (0: the "
+                              "start of the motion, 0.5: its middle)")
         super().__init__(cfg, generator, layout)
         self.deformation = HexPlaneDeformation(cfg, generator)
         if cfg.freeze_canonical:
@@ -206,14 +215,19 @@ class DeformableGaussianModel(GaussianModel):
                 p.requires_grad_(False)
 
     # -- the deformation --------------------------------------------------------------------------------------
+    @property
+    def canonical_time(self) -> float:
+        """τ_c: the time at which the canonical Gaussians are the scene (``representation.canonical_time``)."""
+        return float(self.cfg.canonical_time)
+
     def deltas(self, x: torch.Tensor, tau: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The deformation D(x, τ) − D(x, 0) at points x [N, 3] and times τ [T] ({head: [T, N, d]})."""
+        """The deformation D(x, τ) − D(x, τ_c) at points x [N, 3] and times τ [T] ({head: [T, N, d]})."""
         tau = torch.as_tensor(tau, dtype=x.dtype, device=x.device).reshape(-1)
-        both = self.deformation(x, torch.cat([tau, tau.new_zeros(1)]))
+        both = self.deformation(x, torch.cat([tau, tau.new_full((1,), self.canonical_time)]))
         return {name: value[:-1] - value[-1:] for name, value in both.items()}
 
     def displacement(self, points: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """[T, N, 3]: how far points [N, 3] of the canonical (τ = 0) scene move at times τ [T] — the field that
+        """[T, N, 3]: how far points [N, 3] of the canonical (τ = τ_c) scene move at times τ [T] — the field that
         moves an exported mesh's vertices (the animated GLB's morph targets)."""
         return self.deltas(points, tau)["position"]
 
@@ -306,7 +320,7 @@ class DeformableGaussianModel(GaussianModel):
             raise DreamkitError(f"init_from={run_dir}: it has no checkpoint yet ({ckpt})")
         source = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
         if isinstance(source, DeformableGaussianModel):
-            source = source.at_time(0.0)
+            source = source.at_time(source.canonical_time)
         if not isinstance(source, GaussianModel):
             raise DreamkitError(f"init_from={run_dir}: its representation ({cfg.representation.name}) is not "
                                 "Gaussians — start deformable Gaussians from a gaussians or deformable_gaussians run")
