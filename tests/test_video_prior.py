@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dreamkit.batch import Batch, Layout
-from dreamkit.priors.multiview import TIME_DIM, time_features
+from dreamkit.priors.multiview import TIME_DIM, CondMap, time_features
 from dreamkit.priors.pixel import PixelDiffusionPrior
 from dreamkit.priors.sampling import sample_clip_cameras
 from dreamkit.priors.tiny_pixel import TEXT_DIM, build_tiny_random_pixel_prior, init_unet_from
@@ -233,9 +233,14 @@ def test_shipped_tiny_video_folder():
     assert size <= 30 * 2 ** 20
     assert not list(SHIPPED.rglob("*.bin")) and not list(SHIPPED.rglob("*.pt"))  # safetensors only
     prior = PixelDiffusionPrior("tiny-video", warn_outside_world=False)
-    assert prior.frames == 8 and prior.class_condition == "pooled_text+time" and prior.resolution == 32
-    # trained: the time columns left zero
+    assert prior.frames == 8 and prior.resolution == 32
+    assert prior.class_condition == "pooled_text+time+motion" and prior.view_settings.frame_input == "cond_map"
+    # trained: the time and motion columns of the class embedding and the map's zero-initialised last layer moved
     assert prior.unet.class_embedding.linear_1.weight[:, TEXT_DIM:].abs().max() > 1e-3
+    cond_map = getattr(prior.unet, CondMap.ATTRIBUTE)
+    assert cond_map.cross is not None and cond_map.linear_2.weight.abs().max() > 1e-3
+    # it knows its motions: "moving left" and "moving right" clips are captions it was trained on
+    assert {"a red cube moving left", "a blue sphere bouncing", "a red cube spinning"} <= set(prior.world_captions)
 
 
 # ------------------------------------------------------------------------------- diffusers text-to-video adapter
