@@ -223,6 +223,32 @@ def test_world_clips_move_as_captioned_and_are_deterministic(tmp_path):
     assert seen == set(weights)
 
 
+def test_a_spin_starts_in_the_viewers_frame():
+    """A spinning clip's phase is the viewer's: the object is first turned by the camera's azimuth, so the
+    silhouettes seen from azimuth 70° are the ones seen from the front (the lighting, fixed in the world, may differ),
+    while a still object's silhouette from 70° is not the front's; world-frame rendering keeps the world's phase."""
+    from dreamkit.cameras import cameras_from_spherical
+    from dreamkit.world.clips import render_clip
+    from dreamkit.world.scenes import all_single_scenes
+
+    cube = next(s for s in all_single_scenes() if s.caption == "a red cube")
+    bg = (0.9, 0.9, 0.9)
+
+    def masks(azimuth, motion, viewer_frame=True):
+        n = F
+        cams = cameras_from_spherical(torch.full((n,), 15.0), torch.full((n,), float(azimuth)),
+                                      torch.full((n,), 2.75), torch.full((n,), 40.0), 32, 32,
+                                      time=torch.arange(n) / n)
+        rgb = render_clip(cube, motion, cams, background=bg, viewer_frame=viewer_frame)
+        return ((rgb - torch.tensor(bg)).abs().amax(-1) > 0.05).float()
+
+    front, side = masks(0, "spinning"), masks(70, "spinning")
+    assert (front - side).abs().mean() < 0.01
+    assert (masks(0, "still") - masks(70, "still")).abs().mean() > 0.02
+    assert (front - masks(70, "spinning", viewer_frame=False)).abs().mean() > 0.02
+    assert (front[1:] - front[:-1]).abs().mean() > 0.02  # and it turns
+
+
 # ---------------------------------------------------------------------------------------------- shipped prior
 SHIPPED = ROOT / "assets" / "priors" / "tiny-video"
 

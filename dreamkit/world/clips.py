@@ -10,11 +10,15 @@ Captions: the scene's caption (a random phrasing) + " " + the motion's name — 
 spinning"; a still clip is captioned with the plain caption or "… still" (half each).
 
 **Left and right are the viewer's.** The cameras look from any azimuth, and a prior without a camera input cannot
-know where the world's +X lies in its image; so a clip's "moving left/right" (and the turn of "spinning", which looks
-the same from every azimuth) is drawn in the camera's frame: the motion's translation is turned by the camera's
-azimuth about +Y, so "moving left" always goes to the image's left. For the camera at azimuth 0 (the world's front)
-this is exactly :mod:`dreamkit.world.motion`'s world-frame motion (−X); up, down, bouncing, growing, shrinking and
-spinning do not depend on the azimuth at all.
+know where the world's +X lies in its image; so a clip's "moving left/right" is drawn in the camera's frame: the
+motion's translation is turned by the camera's azimuth about +Y, so "moving left" always goes to the image's left.
+**So is a spin's phase**: a spinning object is first turned by the camera's azimuth, so every spinning clip starts
+with the object showing the camera the face it shows the world's front camera and turns from there (counter-clockwise
+seen from above). With random azimuths the phase of a turn (a cube's silhouette widens and narrows every 90°) is
+random, and the clip's condition cannot say what any frame looks like; with it fixed the condition says it, as it
+says where a "moving left" object is. For the camera at azimuth 0 (the world's front) this is exactly
+:mod:`dreamkit.world.motion`'s world-frame motion (−X, yaw from 0); up, down, bouncing, growing and shrinking do not
+depend on the azimuth at all.
 
 Layout written by :func:`build_clip_dataset` (``out_dir``): ``captions.json`` (metadata: frames, resolution,
 background, seed, motion weights, kind weights, camera ranges, the scene list, the motions, the flat caption list and
@@ -81,10 +85,14 @@ def render_clip(scene: Scene, motion: Union[str, Motion], cameras: Cameras, ligh
     """[F, H, W, 3] in [0, 1]: ``scene`` doing ``motion`` at each camera's time (F cameras of one clip).
 
     ``viewer_frame``: the translation is turned by the first camera's azimuth, so that "moving left" goes to that
-    camera's left (the module doc); False renders the world-frame motion. ``lights``: one light for the clip
+    camera's left, and a spinning object's rest orientation is turned by it too, so that every spinning clip starts
+    with the object showing the camera the face it shows the world's front camera (the module doc); False renders
+    the world-frame motion. ``lights``: one light for the clip
     (default the renderer's fixed light)."""
     motion = motion if isinstance(motion, Motion) else Motion(motion)
     verts, _, _ = scene.mesh()
+    if viewer_frame and motion.name == "spinning":  # about +Y through the origin: commutes with the spin itself
+        verts = verts @ _azimuth_rotation(cameras.azimuth[:1].cpu())[0].T
     moved = transform_points(verts, motion, cameras.time.cpu())  # [F, V, 3]
     if viewer_frame and motion.name != "still":
         shift = motion.transform(cameras.time.cpu())[2]  # [F, 3] the world-frame translation
@@ -184,7 +192,7 @@ def _build(out_dir, n_clips, seed, resolution, frames, motion_weights, kind_weig
     seconds = _time.perf_counter() - start
     meta = {
         "version": 1, "kind": "clips", "n_clips": done, "frames": frames, "resolution": resolution,
-        "background": list(background), "seed": seed, "ssaa": ssaa, "viewer_frame": True,
+        "background": list(background), "seed": seed, "ssaa": ssaa, "viewer_frame": True, "spin_phase": "viewer",
         "motion_weights": dict(motion_weights), "kind_weights": dict(kind_weights),
         "camera": {k: list(v) for k, v in CLIP_CAMERA.items()}, "time": "tau_i = tau0 + i/F, tau0 ~ U(0, 1/F)",
         "motions": list(MOTIONS), "shards": shards,
