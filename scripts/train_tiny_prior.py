@@ -528,9 +528,13 @@ def main() -> int:
         mv_text = (f"\nVideo: clips of {frames} frames of the world's motions (`dreamkit.world.clips`), frames "
                    "denoised jointly as the views of a multi-view prior (every self-attention attends over the "
                    "tokens of all frames), each frame's time τ in the class embedding ([sin, cos](2πkτ), k = 1..4, "
-                   "after the pooled text: `pooled_text+time`)"
+                   f"after the pooled text: `{class_condition}`)"
                    + ("; the UNet's input also carries a per-pixel time map (each pixel's x, y and the frame's 2τ − 1, "
-                      "`frame_input: time_map`)" if args.frame_input else "") + ", one timestep per clip.\n")
+                      "`frame_input: time_map`)" if args.frame_input == "time_map" else "")
+                   + ("; the UNet's input also carries the time map and 4 learned maps of the class-embedding input "
+                      "(`frame_input: cond_map`, `cond_map/model.safetensors`: an MLP of the pooled text, time and "
+                      "motion, and their motion × time products, to 8² maps, upsampled)"
+                      if args.frame_input == "cond_map" else "") + ", one timestep per clip.\n")
     init_text = f"- initialised from: `{args.init_from}`\n" if args.init_from else ""
     (args.out / "README.md").write_text(f"""# {args.out.name}: dreamkit's embedded tiny {kind} prior
 
