@@ -302,8 +302,8 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
                motion: Optional[Motion] = None) -> torch.Tensor:
     """Export a finished run's geometry (its recipe's ``export.*``, plus ``overrides``), score it into ``row``;
     returns its 8 turntable frames for the contact sheet. A 4D fit (``motion`` given, or a dynamic representation) is
-    scored at its canonical time (τ = 0 by default) against the truth placed there, and its animation against the motion
-    (:func:`dreamkit.eval.motion.score_motion`)."""
+    scored at its canonical time (τ = 0 by default) against the truth placed there, and its animation against the
+    motion (:func:`dreamkit.eval.motion.score_motion`)."""
     from ..config import load_config
     from ..export.extract import mesh_from_representation
     from ..export.video import render_turntable

@@ -83,7 +83,7 @@ def export_obj(model, path, export_cfg=None, background=None, device="cpu", **_)
     from .gltf import check_origin
 
     origin = check_origin(export_cfg)
-    if getattr(model, "dynamic", False):  # 4D: OBJ has no animation; the surface at the canonical time (τ = 0 by default)
+    if getattr(model, "dynamic", False):  # 4D: OBJ has no animation; the surface at the canonical time (default 0)
         model = model.at_time(float(getattr(model, "canonical_time", 0.0)))
     path = write_obj(textured_mesh(model, export_cfg), path, origin=origin)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):

@@ -34,9 +34,9 @@ def gaussians_to_arrays(model: Any) -> dict[str, np.ndarray]:
 
 
 def export_gaussians_ply(model: Any, path: Path, export_cfg: Any = None, **_: Any) -> Path:
-    """Write the Gaussians as ``path``; a 4D model (``dynamic``) writes its canonical Gaussians (at τ_c, 0 by default) there and the
-    Gaussians at each keyframe τ_k = k/(N − 1) as ``<name>_frames/frame_<k>.ply`` beside it (a per-frame sequence
-    that splat viewers play)."""
+    """Write the Gaussians as ``path``; a 4D model (``dynamic``) writes its canonical Gaussians (at τ_c, 0 by
+    default) there and the Gaussians at each keyframe τ_k = k/(N − 1) as ``<name>_frames/frame_<k>.ply`` beside it (a
+    per-frame sequence that splat viewers play)."""
     if getattr(model, "dynamic", False):
         from .gltf import keyframe_times
 

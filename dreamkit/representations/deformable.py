@@ -11,8 +11,8 @@ The canonical Gaussians are the scene at the canonical time τ_c exactly (``cano
 deformation applied is D(x, τ) − D(x, τ_c), and the heads start at zero, so the field is the identity at
 initialisation at every τ. A motion prior that places the object by time (the tiny video prior: "moving left" starts
 on the right) wants τ_c = 0.5, the middle of the motion, where an image prior's centred object agrees with it; the
-exports' mesh is then the scene at τ_c and its morph targets reach every keyframe from there. A render draws each distinct time of its
-cameras once (a clip of F frames is F splats of the same Gaussians, moved).
+exports' mesh is then the scene at τ_c and its morph targets reach every keyframe from there. A render draws each
+distinct time of its cameras once (a clip of F frames is F splats of the same Gaussians, moved).
 
 Regularisers (each counts only with a weight ``loss.lambda_<name>``):
     deform_tv       total variation of every plane (K-planes' spatial smoothness)
