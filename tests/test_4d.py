@@ -446,6 +446,7 @@ def test_gs4d_video_recipe_loads_with_its_members_prompts():
     assert member_prompt(members.video.get("prompt"), cfg.prompt) == "a red cube moving left"
     assert members.video.prior.name == "tiny-video" and members.video.camera.frames == 8
     assert list(members.image.camera.time_range) == [0.5, 0.5] and cfg.representation.canonical_time == 0.5
+    assert list(members.video.prior.time_window) == [0.0625, 0.9375]  # tiny-video's periodic time: not its ends
 
 
 @pytest.mark.skipif(not any((r / "priors" / "tiny-video").is_dir() for r in asset_roots()),

@@ -164,6 +164,36 @@ def test_time_features_by_hand():
     assert time_features(tau).shape == (3, TIME_DIM)
 
 
+def test_time_window_shows_the_prior_remapped_times(random_video):
+    """``prior.time_window`` [lo, hi]: the prior's output for clip times τ is its plain output at lo + τ·(hi − lo),
+    exactly; the periodic time features are why (τ = 0 and τ = 1 are one input to them); bad windows and a window on
+    an image prior are clear errors."""
+    import dataclasses
+
+    from dreamkit.errors import DreamkitError
+
+    assert torch.allclose(time_features(torch.tensor([0.0])), time_features(torch.tensor([1.0])), atol=1e-6)
+    windowed = PixelDiffusionPrior(str(random_video.folder), warn_outside_world=False, time_window=(0.0625, 0.9375))
+    x, t, cond, cams = _inputs(random_video)
+    cams = dataclasses.replace(cams, time=torch.linspace(0, 1, len(cams)))
+    moved = dataclasses.replace(cams, time=0.0625 + cams.time * 0.875)
+    assert torch.equal(windowed.predict(x, t, cond, cams), random_video.predict(x, t, cond, moved))
+    assert not torch.allclose(windowed.predict(x, t, cond, cams), random_video.predict(x, t, cond, cams))
+    for bad in [(0.5, 0.5), (-0.1, 0.9), (0.2, 1.2), (0.1,)]:
+        with pytest.raises(DreamkitError, match="time_window"):
+            PixelDiffusionPrior(str(random_video.folder), warn_outside_world=False, time_window=bad)
+
+
+def test_time_window_on_an_image_prior_is_refused_before_any_work(image_prior):
+    from dreamkit.errors import DreamkitError
+
+    cfg = OmegaConf.create({"type": "pixel", "name": str(image_prior.folder), "time_window": [0.1, 0.9]})
+    with pytest.raises(DreamkitError, match="for video priors"):
+        PixelDiffusionPrior.check_config(cfg)
+    PixelDiffusionPrior.check_config(OmegaConf.create({"type": "pixel", "name": str(image_prior.folder),
+                                                       "time_window": [0.0, 1.0]}))
+
+
 def test_score_distillation_drives_it_with_one_t_per_clip(random_video):
     from dreamkit.guidance.sds import SDSConfig, SDSGuidance
 

@@ -17,6 +17,7 @@ when it has a class embedding (``class_embed_type="projection"``), also receives
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -119,6 +120,18 @@ def load_text_encoder(folder: Path) -> nn.Module:
                         "text_encoder/ + tokenizer/")
 
 
+def check_time_window(window: Sequence[float], frames: int, name: str) -> tuple[float, float]:
+    """``prior.time_window`` as (lo, hi) with 0 ≤ lo < hi ≤ 1, on a video prior only (a clear error otherwise)."""
+    values = tuple(float(v) for v in window)
+    if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 1.0:
+        raise DreamkitError(f"prior.time_window={list(window)} — give [lo, hi] with 0 ≤ lo < hi ≤ 1 (the frames' "
+                            f"times τ ∈ [0, 1] are shown to the prior as lo + τ·(hi − lo); [0, 1]: as they are)")
+    if values != (0.0, 1.0) and int(frames) < 2:
+        raise DreamkitError(f"prior.time_window is for video priors: {name} has no frames (frames = {frames}); "
+                            f"remove prior.time_window or point prior.name at a video prior such as tiny-video")
+    return values
+
+
 class PixelDiffusionPrior(Prior):
     """A pixel-space text-to-image (``views`` = 1) or multi-view (``views`` = V, see ``multiview.py``) diffusion prior."""
 
@@ -126,7 +139,8 @@ class PixelDiffusionPrior(Prior):
     _text_cache: ClassVar[dict] = {}
 
     def __init__(self, name: str, device: str = "cpu", dtype: str = "auto", warn_outside_world: bool = True,
-                 channels_last: Union[bool, str] = "auto", cuda_graph: Union[bool, str] = "auto"):
+                 channels_last: Union[bool, str] = "auto", cuda_graph: Union[bool, str] = "auto",
+                 time_window: Sequence[float] = (0.0, 1.0)):
         super().__init__()
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -168,6 +182,7 @@ class PixelDiffusionPrior(Prior):
         self.view_prompts = bool(index.get("view_prompts", not self.world_captions))
         self.sample_guidance_scale = float(index.get("sample_guidance_scale", type(self).sample_guidance_scale))
         self.warn_outside_world = warn_outside_world
+        self.time_window = check_time_window(time_window, self.frames, name)
         self.to(torch_device)
 
     def train(self, mode: bool = True) -> "PixelDiffusionPrior":
@@ -216,12 +231,17 @@ class PixelDiffusionPrior(Prior):
     def from_config(cls, cfg: Any, device: torch.device) -> "PixelDiffusionPrior":
         """From a validated ``prior`` section (``configs.PixelPriorConfig``)."""
         return cls(cfg.name, device=str(device), dtype=cfg.dtype, channels_last=cfg.channels_last,
-                   cuda_graph=cfg.cuda_graph)
+                   cuda_graph=cfg.cuda_graph, time_window=tuple(cfg.time_window))
 
     @staticmethod
     def check_config(cfg: Any) -> None:
-        """The folder (or shipped name) exists — before any work."""
-        resolve_prior_folder(str(cfg.name))
+        """The folder (or shipped name) exists and ``time_window`` is a window of [0, 1] — before any work."""
+        folder = resolve_prior_folder(str(cfg.name))
+        window = tuple(float(v) for v in cfg.time_window)
+        if window != (0.0, 1.0):
+            index = folder / "model_index.json"
+            frames = int(json.loads(index.read_text()).get("frames", 1)) if index.is_file() else 1
+            check_time_window(window, frames, cfg.name)
 
     # -- denoising -------------------------------------------------------------------------------------------------
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
@@ -231,6 +251,9 @@ class PixelDiffusionPrior(Prior):
         trainable copy of this UNet, run eagerly)."""
         dtype = next((network or self.unet).parameters()).dtype
         t = t.to(x_t.device).expand(x_t.shape[0]) if t.dim() == 0 else t.to(x_t.device)
+        if cameras is not None and self.time_window != (0.0, 1.0):  # the frames' times as the prior is shown them
+            lo, hi = self.time_window
+            cameras = dataclasses.replace(cameras, time=lo + cameras.time * (hi - lo))
         out = self._unet_output(x_t, t, cond, cameras, dtype, network, timestep_cond)
         out = out[:, : self.channels]  # IF predicts [ε, variance]; keep ε
         return epsilon_from_output(out, x_t, t, self.alphas_cumprod, self.prediction_type)
