@@ -582,3 +582,34 @@ def test_cond_map_prior_starts_as_the_image_prior_and_its_map_reaches_the_output
               str(folder / COND_MAP_FILE))
     with pytest.raises(DreamkitError, match="do not fit"):
         PixelDiffusionPrior(str(folder), warn_outside_world=False)
+
+
+def test_vsd_trainable_copy_of_a_cond_map_video_prior_keeps_the_map(image_prior, tmp_path):
+    """VSD's φ (a LoRA copy of the UNet) on a cond-map video prior (tiny-video's layout): the copy carries its own
+    copy of the map network, so φ at init is the prior exactly, clip for clip; φ's trainable tensors are the LoRA and
+    camera adapters only (the map stays frozen), and a change of the prior's map after the copy does not reach φ."""
+    from dreamkit.guidance.phi import TrainableCopy, camera_features
+    from dreamkit.priors.multiview import COND_MAP_CHANNELS, CondMap
+
+    video = _video_from(image_prior, tmp_path / "video", frame_input="cond_map",
+                        class_condition="pooled_text+time+motion")
+    prior_map = getattr(video.unet, CondMap.ATTRIBUTE)
+    with torch.no_grad():  # a trained map whose channels conv_in reads: it moves the output
+        prior_map.linear_2.weight.normal_(0, 0.5)
+        conv_in = video.unet.conv_in.weight
+        conv_in[:, -COND_MAP_CHANNELS:] = torch.randn_like(conv_in[:, -COND_MAP_CHANNELS:])
+    phi = TrainableCopy(video, rank=2)
+    x, t, _, cams = _inputs(video)
+    cond = video.encode_text(["a red cube moving left", "a blue sphere bouncing"]).cond.repeat_interleave(F, 0)
+    with torch.no_grad():
+        eps = video.predict(x, t, cond, cams)
+        eps_phi = phi.predict(x, t, cond, cams, camera_features(None, x.shape[0], "cpu"))
+    torch.testing.assert_close(eps_phi, eps, rtol=0, atol=1e-5)
+    phi_map = getattr(phi.network, CondMap.ATTRIBUTE)
+    assert phi_map is not prior_map and not any(p.requires_grad for p in phi_map.parameters())
+    assert phi.adapters and all("lora_" in n or "cond_proj" in n for n in phi.adapters)
+    with torch.no_grad():
+        prior_map.linear_2.weight.zero_()
+        changed = video.predict(x, t, cond, cams)
+        still = phi.predict(x, t, cond, cams, camera_features(None, x.shape[0], "cpu"))
+    assert (changed - eps).abs().max() > 1e-4 and torch.equal(still, eps_phi)

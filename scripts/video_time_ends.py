@@ -1,0 +1,48 @@
+"""Where a video prior draws the object at the ends of the clip time: clips of "<object> moving left/right" sampled
+with frame times τ₀ + i/F for τ₀ = 0, 1/(2F) and 1/F (the last reaches τ = 1), and the object's mean pixel centroid
+x per frame (4 clips each, seed 0, DDIM 20, guidance 5, camera at the world's front).
+
+A prior whose time condition is periodic in τ with period 1 (tiny-video's [sin, cos](2πkτ)) gets one input at τ = 0
+and τ = 1; this shows what it draws there.
+
+    python scripts/video_time_ends.py [PRIOR] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("prior", nargs="?", default="tiny-video")
+    p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from dreamkit.priors.pixel import PixelDiffusionPrior
+    from dreamkit.priors.sampling import ddim_sample, sample_clip_cameras
+
+    prior = PixelDiffusionPrior(args.prior, warn_outside_world=False)
+    frames, res = int(prior.frames), int(prior.resolution)
+    if frames < 2:
+        raise SystemExit(f"{args.prior} is not a video prior (frames = {frames})")
+    xs = (torch.arange(res) + 0.5).float()
+    print(f"| prompt | τ₀ | frame times | centroid x (px) per frame, mean of {args.clips} clips |\n|---|---|---|---|")
+    for prompt in ["a red cube moving left", "a blue sphere moving right"]:
+        for tau0 in [0.0, 0.5 / frames, 1.0 / frames]:
+            gen = torch.Generator().manual_seed(0)
+            cams = sample_clip_cameras(args.clips, frames, res, tau0=tau0)
+            out = ddim_sample(prior, [prompt] * (args.clips * frames), steps=20, guidance_scale=5.0, cameras=cams,
+                              generator=gen)
+            clip = out.reshape(args.clips, frames, 3, res, res).clamp(0, 1)
+            mask = (clip.mean(2) < 0.75).float()  # the object against the world's 0.9 grey
+            cx = (mask.sum(-2) * xs).sum(-1) / mask.sum((-2, -1)).clamp_min(1)
+            print(f"| {prompt} | {tau0:.4f} | {tau0:.3f} … {tau0 + (frames - 1) / frames:.3f} | "
+                  + " ".join(f"{v:.1f}" for v in cx.mean(0).tolist()) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
