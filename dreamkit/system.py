@@ -189,8 +189,8 @@ class DreamSystem(pl.LightningModule):
             self.noise_gen = torch.Generator(device=device).manual_seed(int(self.cfg.seed) + 3)
             self.strategy_gen = torch.Generator(device=device).manual_seed(self.strategy_gen_seed)
         self._setup_ranks(device)
-        if hasattr(self._guidance, "setup"):  # composed guidance: the members' own priors and prompts (the recipe's
-            self._guidance.setup(device)      # prompt as each member's template has it, encoded by its own prior)
+        if self.composed:  # the members' own priors and prompts (the recipe's prompt as each member's template has
+            self._guidance.setup(device)  # it, encoded by its own prior)
         else:
             self.prompts.setup(self._prior, device)
 
@@ -219,8 +219,16 @@ class DreamSystem(pl.LightningModule):
     def check_prompts(self) -> None:
         """The prior's checks of the recipe's prompt, before any work (e.g. a prompt it cannot express). Composed
         guidance checked each member's own prompt against its own prior when it was attached."""
-        if not hasattr(self._guidance, "members"):
+        if not self.composed:
             self.prompts.check(self._prior)
+
+    @property
+    def composed(self) -> bool:
+        """Whether the guidance is composed (``guidance.name: composed``): members with their own priors, prompts
+        and loss terms, one member a step."""
+        from .guidance.composed import ComposedGuidance
+
+        return isinstance(self._guidance, ComposedGuidance)
 
     @property
     def text_cond(self) -> Optional[TextCond]:
@@ -253,7 +261,7 @@ class DreamSystem(pl.LightningModule):
     def sample_batch(self, step: int) -> Batch:
         """The step's :class:`~dreamkit.batch.Batch` on the device: cameras and their prompt-variant index drawn on
         the host, then sent in one asynchronous copy (no synchronisation on CUDA), the text gathered there."""
-        if hasattr(self._guidance, "sample_batch"):  # composed guidance: the step's member draws its own batch
+        if self.composed:  # the step's member draws its own batch
             return self._guidance.sample_batch(step, self._host_batch_to_device)
         host = self.sampler.sample(step)
         prompts, shard = host.prompts, None
@@ -416,7 +424,7 @@ class DreamSystem(pl.LightningModule):
             batch_size = len(result.cameras)
             logs = {"train/loss": result.loss}
             logs.update({f"train/{k}": v.detach() for k, v in result.terms.items() if torch.is_tensor(v)})
-            if hasattr(self._guidance, "members"):  # composed: the other members' terms are absent this step (NaN,
+            if self.composed:  # the other members' terms are absent this step (NaN,
                 for name in self._guidance.loss_names:  # not the last value Lightning would carry over)
                     logs.setdefault(f"train/loss_{name}", float("nan"))
             if hasattr(self.representation, "num_gaussians"):

@@ -321,8 +321,10 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
         if dynamic:
             from .motion import MovedScene, score_motion
 
+            from ..representations import canonical_scene
+
             tau_c = float(getattr(model, "canonical_time", 0.0))  # the exports' mesh is the scene at τ_c
-            mesh, _ = mesh_from_representation(model.at_time(tau_c), run_cfg.export)
+            mesh, _ = mesh_from_representation(canonical_scene(model), run_cfg.export)
             row.update(score_mesh(mesh, MovedScene(scene, motion, tau_c)))
             if hasattr(model, "displacement"):
                 row.update(score_motion(model, mesh, scene, motion,

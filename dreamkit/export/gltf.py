@@ -197,17 +197,18 @@ def export_glb(model, path, export_cfg=None, background=None, device="cpu", **_)
     """Exporter ``glb``: representation → textured mesh → ``path`` (GLB), plus a preview PNG and turntable MP4
     rendered from the written file when ``export.mesh_preview`` is set."""
     origin = check_origin(export_cfg)
+    from ..representations import canonical_scene
     from .bake import textured_mesh
 
     if getattr(model, "dynamic", False) and hasattr(model, "displacement"):
         # 4D with a deformation field: the mesh at the canonical time τ_c (0 unless the recipe says), its vertices
         # moved by the field at each keyframe
-        mesh = textured_mesh(model.at_time(model.canonical_time), export_cfg)
+        mesh = textured_mesh(canonical_scene(model), export_cfg)
         path = write_glb(mesh, path, origin=origin, morph=animation_morph(model, mesh, export_cfg))
     elif getattr(model, "dynamic", False):
         print("this 4D field has no deformation to animate a mesh with: the GLB holds its surface at τ = 0 (the "
               "turntable MP4 shows the motion)", flush=True)
-        path = write_glb(textured_mesh(model.at_time(0.0), export_cfg), path, origin=origin)
+        path = write_glb(textured_mesh(canonical_scene(model), export_cfg), path, origin=origin)
     else:
         path = write_glb(textured_mesh(model, export_cfg), path, origin=origin)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):

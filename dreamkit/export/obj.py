@@ -79,12 +79,12 @@ def write_obj(mesh: Mesh, path: str | Path, origin: str = "keep") -> Path:
 def export_obj(model, path, export_cfg=None, background=None, device="cpu", **_) -> Path:
     """Exporter ``obj``: representation → textured mesh → ``path`` (OBJ + MTL + PNGs), plus a preview rendered from
     the written OBJ when ``export.mesh_preview`` is set."""
+    from ..representations import canonical_scene
     from .bake import textured_mesh
     from .gltf import check_origin
 
     origin = check_origin(export_cfg)
-    if getattr(model, "dynamic", False):  # 4D: OBJ has no animation; the surface at the canonical time (default 0)
-        model = model.at_time(float(getattr(model, "canonical_time", 0.0)))
+    model = canonical_scene(model)  # 4D: OBJ has no animation; the surface at the canonical time τ_c
     path = write_obj(textured_mesh(model, export_cfg), path, origin=origin)
     if export_cfg is None or getattr(export_cfg, "mesh_preview", True):
         from .mesh import write_preview

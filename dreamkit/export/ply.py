@@ -38,6 +38,7 @@ def export_gaussians_ply(model: Any, path: Path, export_cfg: Any = None, **_: An
     default) there and the Gaussians at each keyframe τ_k = k/(N − 1) as ``<name>_frames/frame_<k>.ply`` beside it (a
     per-frame sequence that splat viewers play)."""
     if getattr(model, "dynamic", False):
+        from ..representations import canonical_scene
         from .gltf import keyframe_times
 
         from ..imageio_utils import unique_path
@@ -46,7 +47,7 @@ def export_gaussians_ply(model: Any, path: Path, export_cfg: Any = None, **_: An
         folder = unique_path(path.with_name(path.stem + "_frames"))  # never into an earlier export's frames
         for k, tau in enumerate(keyframe_times(export_cfg)):
             write_gaussians_ply(model.at_time(float(tau)), folder / f"frame_{k:03d}.ply")
-        return write_gaussians_ply(model.at_time(float(getattr(model, "canonical_time", 0.0))), path)
+        return write_gaussians_ply(canonical_scene(model), path)
     return write_gaussians_ply(model, path)
 
 
