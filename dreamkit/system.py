@@ -30,6 +30,7 @@ from .batch import Batch, BatchSampler, Layout, Shard
 from .cameras import Cameras
 from .config import to_plain
 from .errors import ConfigError
+from .guidance.composed import ComposedGuidance
 from .optim import ComponentOptimizer, build_optimizer
 from .prompts import PromptComponent
 from .registry import component_class
@@ -226,8 +227,6 @@ class DreamSystem(pl.LightningModule):
     def composed(self) -> bool:
         """Whether the guidance is composed (``guidance.name: composed``): members with their own priors, prompts
         and loss terms, one member a step."""
-        from .guidance.composed import ComposedGuidance
-
         return isinstance(self._guidance, ComposedGuidance)
 
     @property

@@ -319,10 +319,10 @@ def _score_run(run_dir: Path, scene, row: dict, overrides: Sequence[str] = (),
     motion = motion or Motion("still")
     try:
         if dynamic:
-            from ..representations import canonical_scene
+            from ..representations import canonical_scene, canonical_time
             from .motion import MovedScene, score_motion
 
-            tau_c = float(getattr(model, "canonical_time", 0.0))  # the exports' mesh is the scene at τ_c
+            tau_c = canonical_time(model)  # the exports' mesh is the scene at τ_c
             mesh, _ = mesh_from_representation(canonical_scene(model), run_cfg.export)
             row.update(score_mesh(mesh, MovedScene(scene, motion, tau_c)))
             if hasattr(model, "displacement"):

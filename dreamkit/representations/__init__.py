@@ -2,9 +2,14 @@
 from typing import Any
 
 
+def canonical_time(model: Any) -> float:
+    """τ_c of a 4D model: ``representation.canonical_time`` where it has one, else 0."""
+    return float(getattr(model, "canonical_time", 0.0))
+
+
 def canonical_scene(model: Any) -> Any:
-    """The static scene that exports and the eval take of a model: a 4D model frozen at its canonical time τ_c
-    (``representation.canonical_time`` where it has one, else 0); a static model itself."""
+    """The static scene that exports and the eval take of a model: a 4D model frozen at its canonical time
+    (:func:`canonical_time`); a static model itself."""
     if not getattr(model, "dynamic", False):
         return model
-    return model.at_time(float(getattr(model, "canonical_time", 0.0)))
+    return model.at_time(canonical_time(model))

@@ -314,13 +314,13 @@ class DeformableGaussianModel(GaussianModel):
         from ..components import load_representation_from_checkpoint
         from ..errors import DreamkitError
         from ..run import load_run
+        from . import canonical_scene
 
         run_dir, cfg, ckpt = load_run(run_dir)
         if not ckpt.is_file():
             raise DreamkitError(f"init_from={run_dir}: it has no checkpoint yet ({ckpt})")
         source = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
-        if isinstance(source, DeformableGaussianModel):
-            source = source.at_time(source.canonical_time)
+        source = canonical_scene(source)  # a 4D run: its Gaussians at its canonical time
         if not isinstance(source, GaussianModel):
             raise DreamkitError(f"init_from={run_dir}: its representation ({cfg.representation.name}) is not "
                                 "Gaussians — start deformable Gaussians from a gaussians or deformable_gaussians run")
