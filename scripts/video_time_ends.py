@@ -22,6 +22,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from dreamkit.eval.clip_motion import track
     from dreamkit.priors.pixel import PixelDiffusionPrior
     from dreamkit.priors.sampling import ddim_sample, sample_clip_cameras
 
@@ -29,19 +30,17 @@ def main(argv=None) -> None:
     frames, res = int(prior.frames), int(prior.resolution)
     if frames < 2:
         raise SystemExit(f"{args.prior} is not a video prior (frames = {frames})")
-    xs = (torch.arange(res) + 0.5).float()
     print(f"| prompt | τ₀ | frame times | centroid x (px) per frame, mean of {args.clips} clips |\n|---|---|---|---|")
-    for prompt in ["a red cube moving left", "a blue sphere moving right"]:
+    for prompt, colour in [("a red cube moving left", "red"), ("a blue sphere moving right", "blue")]:
         for tau0 in [0.0, 0.5 / frames, 1.0 / frames]:
             gen = torch.Generator().manual_seed(0)
             cams = sample_clip_cameras(args.clips, frames, res, tau0=tau0)
             out = ddim_sample(prior, [prompt] * (args.clips * frames), steps=20, guidance_scale=5.0, cameras=cams,
                               generator=gen)
-            clip = out.reshape(args.clips, frames, 3, res, res).clamp(0, 1)
-            mask = (clip.mean(2) < 0.75).float()  # the object against the world's 0.9 grey
-            cx = (mask.sum(-2) * xs).sum(-1) / mask.sum((-2, -1)).clamp_min(1)
+            clips = out.cpu().reshape(args.clips, frames, 3, res, res)
+            cx = torch.stack([track(clip, colour)["x"] for clip in clips]).nanmean(0)
             print(f"| {prompt} | {tau0:.4f} | {tau0:.3f} … {tau0 + (frames - 1) / frames:.3f} | "
-                  + " ".join(f"{v:.1f}" for v in cx.mean(0).tolist()) + " |", flush=True)
+                  + " ".join(f"{v:.1f}" for v in cx.tolist()) + " |", flush=True)
 
 
 if __name__ == "__main__":
