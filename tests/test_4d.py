@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -451,7 +452,7 @@ def test_gs4d_video_recipe_loads_with_its_members_prompts():
 
 @pytest.mark.skipif(not any((r / "priors" / "tiny-video").is_dir() for r in asset_roots()),
                     reason="assets/priors/tiny-video is not shipped in this checkout")
-def test_gs4d_video_short_fit_exports_an_animation(tmp_path):
+def test_gs4d_video_short_fit_exports_an_animation(tmp_path, capsys):
     """The text-to-4D recipe with the shipped priors runs end to end (a few steps) and writes an animated GLB."""
     from dreamkit.cli import main
 
@@ -463,6 +464,26 @@ def test_gs4d_video_short_fit_exports_an_animation(tmp_path):
     assert main(args) == 0
     (run,) = [p for p in (out / "gs4d_video").iterdir() if not p.is_symlink()]
     assert (run / "exports" / "mesh.glb").is_file() and (run / "exports" / "gaussians_frames").is_dir()
+
+    # scripts/track4d.py on the run: at the canonical time (0.5, the middle of 3 frames) the field is the identity,
+    # so its centroid is the canonical Gaussians' own opacity-weighted one, worked here
+    import importlib.util
+
+    from dreamkit.components import load_representation_from_checkpoint
+    from dreamkit.run import load_run
+
+    spec = importlib.util.spec_from_file_location("track4d", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "track4d.py")
+    track4d = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(track4d)
+    track4d.main([str(run), "--frames", "3", "--out", str(tmp_path / "frames.png")])
+    printed = [line.split("|")[2:5] for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.500")]
+    _, cfg, ckpt = load_run(run)
+    model = load_representation_from_checkpoint(cfg, ckpt, torch.device("cpu"))
+    w = torch.sigmoid(model.params["opacity_logits"].detach()).reshape(-1, 1)
+    centroid = (w * model.params["means"].detach()).sum(0) / w.sum()
+    assert len(printed) == 1 and [float(v) for v in printed[0]] == pytest.approx(centroid.tolist(), abs=1e-3)
+    assert (tmp_path / "frames.png").is_file()
 
 
 def test_short_4d_fit_resumes_exactly(tmp_path):
