@@ -436,8 +436,8 @@ def test_frames_must_match_a_video_prior():
 
 
 def test_gs4d_video_recipe_loads_with_its_members_prompts():
-    """gs4d_video.yaml: tiny-t2i (image member, the object alone, at the canonical time) and tiny-video (the whole
-    prompt, clips of 8 frames from the front half), the canonical scene at mid-motion."""
+    """gs4d_video.yaml: tiny-t2i-cam (image member, the object alone, at the canonical time) and tiny-video (the
+    whole prompt, clips of 8 frames from the front half), the canonical scene at mid-motion, held at the world's size."""
     from dreamkit.config import load_config
     from dreamkit.guidance.composed import member_prompt
 
@@ -448,6 +448,7 @@ def test_gs4d_video_recipe_loads_with_its_members_prompts():
     assert members.video.prior.name == "tiny-video" and members.video.camera.frames == 8
     assert list(members.image.camera.time_range) == [0.5, 0.5] and cfg.representation.canonical_time == 0.5
     assert list(members.video.prior.time_window) == [0.0625, 0.9375]  # tiny-video's periodic time: not its ends
+    assert cfg.prior.name == "tiny-t2i-cam" and cfg.representation.object_radius == 0.55
 
 
 @pytest.mark.skipif(not any((r / "priors" / "tiny-video").is_dir() for r in asset_roots()),

@@ -1,5 +1,6 @@
 """Multi-view priors: the class-embedding inputs, and an MVDream-style latent (Stable Diffusion) folder."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +213,24 @@ def test_training_tensors_and_cameras_give_the_same_unet_inputs(tmp_path):
     assert (d * m).sum(1).abs().max() < 1e-5
     with pytest.raises(ValueError, match="one camera per image"):
         vs.class_labels(cond, None, "cpu", torch.float32)
+
+
+SHIPPED_CAM = Path(__file__).resolve().parents[1] / "assets" / "priors" / "tiny-t2i-cam"
+
+
+@pytest.mark.skipif(not SHIPPED_CAM.is_dir(), reason="assets/priors/tiny-t2i-cam is not shipped in this checkout")
+def test_shipped_tiny_t2i_cam_uses_its_camera():
+    """The shipped camera-aware tiny-t2i: safetensors only, a 7-channel metric ray map after the image, and trained to
+    use it — its ray weights moved from zero and the same noisy image at another elevation gets another prediction."""
+    size = sum(f.stat().st_size for f in SHIPPED_CAM.rglob("*") if f.is_file())
+    assert size <= 30 * 2 ** 20
+    assert not list(SHIPPED_CAM.rglob("*.bin")) and not list(SHIPPED_CAM.rglob("*.pt"))
+    prior = PixelDiffusionPrior("tiny-t2i-cam", warn_outside_world=False)
+    assert prior.view_settings.camera_input == "plucker_metric" and prior.unet.config.in_channels == 3 + 7
+    assert prior.frames == 1 and prior.resolution == 32
+    assert prior.unet.conv_in.weight[:, 3:].abs().max() > 1e-3
+    cond = prior.encode_text(["a red cube"] * 2).cond
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 900)
+    a, b = sample_cameras(2, 32), sample_cameras(2, 32, elevation=40.0)
+    assert (prior.predict(x, t, cond, a) - prior.predict(x, t, cond, b)).abs().max() > 1e-3
