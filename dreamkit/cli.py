@@ -253,7 +253,7 @@ def _sample_video(args, prior, prior_cfg, prompts, guidance, generator) -> int:
 
     from .eval.clip_motion import judge_clip
     from .imageio_utils import save_image_grid, unique_path, write_video
-    from .priors.sampling import ddim_sample, sample_clip_cameras
+    from .priors.sampling import ddim_sample_clips
     from .run import slugify
     from .world import parse_prompt
     from .world.motion import split_motion_caption
@@ -263,10 +263,8 @@ def _sample_video(args, prior, prior_cfg, prompts, guidance, generator) -> int:
         raise DreamkitError(f"--clips {n}: ask for at least one clip per prompt")
 
     def sample(prompt: str) -> torch.Tensor:
-        cams = sample_clip_cameras(n, frames, res, tau0=0.5 / frames)
-        out = ddim_sample(prior, [prompt] * (n * frames), steps=int(args.steps), guidance_scale=guidance,
-                          cameras=cams, generator=generator)
-        return out.cpu().reshape(n, frames, 3, res, res)
+        return ddim_sample_clips(prior, [prompt] * n, steps=int(args.steps), guidance_scale=guidance,
+                                 generator=generator)
 
     clips, right, scored = [], 0, 0
     for prompt in prompts:

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from dreamkit.eval.clip_motion import judge_clip
     from dreamkit.imageio_utils import save_image_grid
     from dreamkit.priors.pixel import PixelDiffusionPrior
-    from dreamkit.priors.sampling import ddim_sample, sample_clip_cameras
+    from dreamkit.priors.sampling import ddim_sample_clips
 
     prior = PixelDiffusionPrior(str(from_checkpoint(Path(args.prior))) if (Path(args.prior) / "ckpt.pt").is_file()
                                 else args.prior, warn_outside_world=False)
@@ -111,11 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     for i in range(0, len(rows), args.batch):
         chunk = rows[i:i + args.batch]
-        cams = sample_clip_cameras(len(chunk), frames, res, tau0=0.5 / frames)
-        prompts = [r["prompt"] for r in chunk for _ in range(frames)]
-        out = ddim_sample(prior, prompts, steps=args.steps, guidance_scale=args.guidance, cameras=cams,
-                          generator=generator)
-        clips += list(out.cpu().reshape(len(chunk), frames, 3, res, res))
+        clips += list(ddim_sample_clips(prior, [r["prompt"] for r in chunk], steps=args.steps,
+                                        guidance_scale=args.guidance, generator=generator))
         print(f"  {len(clips)}/{len(rows)} clips, {time.perf_counter() - start:.0f} s", flush=True)
     seconds = time.perf_counter() - start
 

@@ -33,23 +33,20 @@ def main(argv=None) -> None:
 
     from dreamkit.eval.clip_motion import track
     from dreamkit.priors.pixel import PixelDiffusionPrior
-    from dreamkit.priors.sampling import ddim_sample, sample_clip_cameras
+    from dreamkit.priors.sampling import ddim_sample_clips
     from dreamkit.world.captions import parse_prompt
     from dreamkit.world.motion import split_motion_caption
 
     prior = PixelDiffusionPrior(args.prior, warn_outside_world=False)
-    frames, res = int(prior.frames), int(prior.resolution)
+    frames = int(prior.frames)
     if frames < 2:
         raise SystemExit(f"{args.prior} is not a video prior (frames = {frames})")
     print(f"| prompt | row | per frame, mean of {args.clips} clips (px) |\n|---|---|---|")
     for prompt in args.prompts:
         scene = parse_prompt(split_motion_caption(prompt)[0])
         colour = scene.colours[0] if scene is not None and len(scene.colours) == 1 else None
-        gen = torch.Generator().manual_seed(args.seed)
-        cams = sample_clip_cameras(args.clips, frames, res, tau0=0.5 / frames)
-        out = ddim_sample(prior, [prompt] * (args.clips * frames), steps=20, guidance_scale=5.0, cameras=cams,
-                          generator=gen)
-        clips = out.cpu().reshape(args.clips, frames, 3, res, res)
+        clips = ddim_sample_clips(prior, [prompt] * args.clips, steps=20, guidance_scale=5.0,
+                                  generator=torch.Generator().manual_seed(args.seed))
         tracks = [track(clip, colour) for clip in clips]
         rows = {"x": torch.stack([t["x"] for t in tracks]).nanmean(0),
                 "y": torch.stack([t["y"] for t in tracks]).nanmean(0)}

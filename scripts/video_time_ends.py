@@ -24,20 +24,17 @@ def main(argv=None) -> None:
 
     from dreamkit.eval.clip_motion import track
     from dreamkit.priors.pixel import PixelDiffusionPrior
-    from dreamkit.priors.sampling import ddim_sample, sample_clip_cameras
+    from dreamkit.priors.sampling import ddim_sample_clips
 
     prior = PixelDiffusionPrior(args.prior, warn_outside_world=False)
-    frames, res = int(prior.frames), int(prior.resolution)
+    frames = int(prior.frames)
     if frames < 2:
         raise SystemExit(f"{args.prior} is not a video prior (frames = {frames})")
     print(f"| prompt | τ₀ | frame times | centroid x (px) per frame, mean of {args.clips} clips |\n|---|---|---|---|")
     for prompt, colour in [("a red cube moving left", "red"), ("a blue sphere moving right", "blue")]:
         for tau0 in [0.0, 0.5 / frames, 1.0 / frames]:
-            gen = torch.Generator().manual_seed(0)
-            cams = sample_clip_cameras(args.clips, frames, res, tau0=tau0)
-            out = ddim_sample(prior, [prompt] * (args.clips * frames), steps=20, guidance_scale=5.0, cameras=cams,
-                              generator=gen)
-            clips = out.cpu().reshape(args.clips, frames, 3, res, res)
+            clips = ddim_sample_clips(prior, [prompt] * args.clips, steps=20, guidance_scale=5.0, tau0=tau0,
+                                      generator=torch.Generator().manual_seed(0))
             cx = torch.stack([track(clip, colour)["x"] for clip in clips]).nanmean(0)
             print(f"| {prompt} | {tau0:.4f} | {tau0:.3f} … {tau0 + (frames - 1) / frames:.3f} | "
                   + " ".join(f"{v:.1f}" for v in cx.tolist()) + " |", flush=True)

@@ -74,3 +74,16 @@ def ddim_sample(prior, prompts: Sequence[str], steps: int = 50, guidance_scale: 
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return prior.decode(x)
+
+
+def ddim_sample_clips(prior, clip_prompts: Sequence[str], steps: int = 50, guidance_scale: float = 7.5,
+                      tau0: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One clip per prompt from a video prior (``prior.frames`` F ≥ 2), each seen by the still front camera of
+    :func:`sample_clip_cameras` at frame times ``tau0`` + i/F (default τ₀ = 1/(2F): the frames' centres, away from
+    τ = 0 and 1) → [N, F, 3, H, W] on the CPU, in [0, 1]. What ``dreamkit sample`` and the motion probes draw."""
+    frames, res = int(prior.frames), int(prior.resolution)
+    n = len(clip_prompts)
+    cams = sample_clip_cameras(n, frames, res, tau0=0.5 / frames if tau0 is None else tau0)
+    prompts = [p for p in clip_prompts for _ in range(frames)]
+    out = ddim_sample(prior, prompts, steps=steps, guidance_scale=guidance_scale, cameras=cams, generator=generator)
+    return out.cpu().reshape(n, frames, 3, res, res)
