@@ -1,5 +1,5 @@
-"""A 4D run's Gaussians over time: the opacity-weighted centroid of the deformed means at τ = 0, 1/(K−1), …, 1 and a
-row of renders from the world's front camera (elevation 15°, distance 2.75, fovy 40°) at those times.
+"""A 4D run's Gaussians over time: the opacity-weighted centroid of the deformed means at τ = 0, 1/(K−1), …, 1 and
+a row of renders from the world's front camera (elevation 15°, distance 2.75, fovy 40°) at those times.
 
     python scripts/track4d.py RUN_DIR [--frames 8] [--out frames.png]
 
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     taus = torch.linspace(0, 1, n)
     with torch.no_grad():
         means = model.deformed(taus)["means"]  # [K, N, 3]
-        opacity = torch.sigmoid(model.params["opacity_logits"]).reshape(-1)
+        opacity = model.opacities.reshape(-1)
         w = opacity / opacity.sum()
         centroids = (w[None, :, None] * means).sum(1)
         print("| τ | x | y | z |\n|---|---|---|---|")

@@ -437,7 +437,8 @@ def test_frames_must_match_a_video_prior():
 
 def test_gs4d_video_recipe_loads_with_its_members_prompts():
     """gs4d_video.yaml: tiny-t2i-cam (image member, the object alone, at the canonical time) and tiny-video (the
-    whole prompt, clips of 8 frames from the front half), the canonical scene at mid-motion, held at the world's size."""
+    whole prompt, clips of 8 frames from the front half), the canonical scene at mid-motion, held at the world's
+    size."""
     from dreamkit.config import load_config
     from dreamkit.guidance.composed import member_prompt
 
