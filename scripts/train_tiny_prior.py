@@ -298,10 +298,14 @@ def main() -> int:
             raise SystemExit(f"{data_dir} was rendered with the motions {meta['motions']}, the world now has "
                              f"{list(motions)}: render the clips again (another --work)")
 
-    # frozen text encoder: embed every caption once (and the empty prompt for classifier-free guidance)
+    # frozen text encoder: embed every caption the images use once (and the empty prompt for classifier-free
+    # guidance); the table keeps the world's caption indices, rows no image uses stay zero
     encoder = SentenceEncoder()
+    used = torch.unique(caption_idx.reshape(-1)).tolist()
     with torch.no_grad():
-        table = torch.cat([encoder(captions[i:i + 256]) for i in range(0, len(captions), 256)])
+        rows = torch.cat([encoder([captions[i] for i in used[j:j + 256]]) for j in range(0, len(used), 256)])
+        table = torch.zeros(len(captions), *rows.shape[1:], dtype=rows.dtype)
+        table[torch.tensor(used)] = rows
         empty = encoder([""])[0]
     if motions is not None:  # the motion one-hot token, as the prior's encode_text appends it
         from dreamkit.priors.multiview import motion_token
