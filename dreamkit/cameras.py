@@ -24,6 +24,7 @@ __all__ = [
     "Cameras",
     "look_at",
     "cameras_from_spherical",
+    "azimuth_rotation",
     "CameraSampler",
     "orbit_cameras",
     "view_direction_index",
@@ -152,6 +153,16 @@ def intrinsics_from_fovy(fovy_deg: torch.Tensor, width: int, height: int) -> tor
     K[:, 1, 2] = height / 2
     K[:, 2, 2] = 1
     return K
+
+
+def azimuth_rotation(azimuth_deg: torch.Tensor) -> torch.Tensor:
+    """[N] degrees → [N, 3, 3] rotations about +Y taking +Z to the side of a camera at that azimuth (the convention of
+    :func:`cameras_from_spherical`: azimuth 0 looks from +Z, azimuth 90 from +X)."""
+    a = torch.deg2rad(azimuth_deg.float())
+    c, s = torch.cos(a), torch.sin(a)
+    r = torch.zeros(a.shape[0], 3, 3, device=a.device)
+    r[:, 0, 0], r[:, 0, 2], r[:, 1, 1], r[:, 2, 0], r[:, 2, 2] = c, s, 1.0, -s, c
+    return r
 
 
 def cameras_from_spherical(

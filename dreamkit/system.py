@@ -136,6 +136,7 @@ class DreamSystem(pl.LightningModule):
         if hasattr(cls, "from_recipe"):  # composed guidance: each member has its own prior, layout and sampler
             object.__setattr__(self, "_prior", prior)
             guidance = cls.from_recipe(self.cfg, prior, int(self.cfg.trainer.max_steps), self.camera_gen)
+            guidance.check_representation(self.representation)
             self.add_module("guidance_module", guidance)
             object.__setattr__(self, "_guidance", guidance)
             self._check_lambdas()

@@ -242,6 +242,44 @@ def test_deformed_render_matches_each_time_alone_and_gathers_gradients_in_camera
         < 1e-5
 
 
+def test_translation_drawn_in_each_cameras_frame_or_removed():
+    """render(translation="viewer") of a field that only translates (d(τ) for every Gaussian) is the plain render of
+    the translation turned by each camera's azimuth (R_a·d), at azimuth 0 the plain render bitwise;
+    translation="removed" is the canonical scene's render."""
+    from dreamkit.cameras import azimuth_rotation
+
+    def translating(turn_by: Optional[float] = None) -> DeformableGaussianModel:
+        model = _deformable()
+
+        def deltas(x, tau):
+            d = torch.stack([0.8 * tau - 0.4, 0.3 * tau, 0.2 - 0.2 * tau], dim=-1)  # [T, 3]
+            if turn_by is not None:
+                d = d @ azimuth_rotation(torch.tensor([turn_by]))[0].T
+            return {"position": d[:, None, :].expand(-1, x.shape[0], -1)}
+
+        model.deltas = deltas
+        return model
+
+    cams = orbit_cameras(4, 24, 24, elevation=15, distance=2.75, fovy=40, start_azimuth=0)  # 0, 90, 180, 270
+    cams.time = torch.tensor([0.3, 0.3, 0.9, 1.0])
+    bg = torch.ones(4, 3)
+    model = translating()
+    out = model.render(cams, background=bg, translation="viewer")
+    plain = model.render(cams, background=bg)
+    assert torch.equal(out.rgb[0], plain.rgb[0])  # the front camera sees the world's frame
+    for i in range(1, 4):
+        assert (out.rgb[i] - plain.rgb[i]).abs().max() > 0.05  # the translation is seen turned
+        turned = translating(float(cams.azimuth[i])).render(cams[i:i + 1], background=bg[i:i + 1])
+        assert torch.allclose(out.rgb[i], turned.rgb[0], atol=1e-4), i
+    out.rgb.sum().backward()  # the shift is differentiable (through the means)
+    assert out.extras["means"].shape[0] == 4
+    held = model.render(cams, background=bg, translation="removed")
+    canonical = _deformable().render(cams.__class__.cat([cams]), background=bg)  # deltas zero: τ_c everywhere
+    assert torch.allclose(held.rgb, canonical.rgb, atol=1e-4)
+    with pytest.raises(ConfigError, match="translation='up'"):
+        model.render(cams, background=bg, translation="up")
+
+
 def test_a_step_moves_the_field_and_its_regularizers_behave():
     model = _deformable()
     opt = torch.optim.Adam([p for g in model.parameter_groups() for p in g["params"]], lr=1e-2)
@@ -618,6 +656,17 @@ def test_composed_config_errors(tmp_path):
 
     with pytest.raises(ConfigError, match="members.b.camera.frames=2"):
         DreamSystem(cfg).attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+    with pytest.raises(ConfigError, match="translation='camera' — give one of world, viewer, removed"):
+        load_config(_composed(tmp_path, {"a": {**image, "probability": 1.0, "translation": "camera"}}))
+    cfg = load_config(_composed(tmp_path, {"a": {**image, "translation": "viewer"}, "b": image}))
+    system = DreamSystem(cfg)
+    system.attach_prior(build_prior(cfg.prior, torch.device("cpu")))
+    from types import SimpleNamespace
+
+    assert system.guidance.render_options(0, SimpleNamespace(member=0)) == {"translation": "viewer"}
+    assert system.guidance.render_options(0, SimpleNamespace(member=1)) == {}
+    with pytest.raises(ConfigError, match="members.a.translation=viewer needs a representation that moves"):
+        system.guidance.check_representation(GaussianModel.__new__(GaussianModel))
 
 
 def test_composed_member_prompt_templates(tmp_path):

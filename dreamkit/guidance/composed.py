@@ -19,12 +19,21 @@ multi-view and video SDS together).
           guidance: {name: sds, guidance_scale: 7.5, motion_amp: 10}
           prior: {type: pixel, name: tiny-video}
           camera: {frames: 8, batch_size: 8}
+          translation: viewer        # the object's translation drawn in each clip camera's frame (below)
 
 Each step the system draws the member (from its camera generator: checkpointed, so a resumed run repeats the draws),
 then that member's cameras in its layout (its ``camera`` over the recipe's), its text encoded by its own prior, and
 the member's loss. A member's loss terms are prefixed with its name (``loss_video_sds``); the recipe's
 ``loss.lambda_<member>_<term>`` weight them (all 1 by default). Trainable parts of a member (VSD's φ) are its own
 and are checkpointed with the run.
+
+``translation`` (a member of a time-varying representation): where that member's renders draw the object's
+translation (:meth:`DeformableGaussianModel.render <dreamkit.representations.deformable.DeformableGaussianModel.render>`):
+``world`` (default) as it is; ``viewer`` turned by each camera's azimuth — a video prior without a camera input learnt
+"moving right" as the viewer's right at one depth (the tiny world's clips are drawn so), while a fit moves in the
+world's frame, and seen from azimuth 30° a translation along +X also comes towards the camera, which such a prior
+reads as a wrong motion (``scripts/video_force_at_truth.py``); ``removed``: taken away, so that an image prior of
+centred, still objects judges the object's shape at any time, not where its motion has taken it.
 """
 from __future__ import annotations
 
@@ -41,7 +50,9 @@ from ..types import RenderOutput
 
 __all__ = ["ComposedConfig", "ComposedGuidance", "member_prompt", "object_text"]
 
-MEMBER_KEYS = ("probability", "guidance", "prior", "camera", "prompt")
+MEMBER_KEYS = ("probability", "guidance", "prior", "camera", "prompt", "translation")
+#: where a member's renders may draw the object's translation (DeformableGaussianModel.render)
+TRANSLATIONS = ("world", "viewer", "removed")
 #: the fields a member's prompt template may name
 PROMPT_FIELDS = ("prompt", "object")
 
@@ -142,6 +153,11 @@ def resolve_config(cfg: DictConfig) -> None:
             out["prior"] = OmegaConf.to_container(merge_structured(p_cls, prior, prefix=f"{where}.prior"))
         if spec.get("prompt") is not None:
             out["prompt"] = spec["prompt"]
+        if spec.get("translation") is not None:
+            if spec["translation"] not in TRANSLATIONS:
+                raise ConfigError(f"{where}.translation={spec['translation']!r} — give one of "
+                                  f"{', '.join(TRANSLATIONS)}")
+            out["translation"] = spec["translation"]
         camera = OmegaConf.merge(cfg.camera, spec.get("camera") or {})
         out["camera"] = OmegaConf.to_container(merge_structured(CameraConfig, OmegaConf.to_container(camera),
                                                                 prefix=f"{where}.camera"))
@@ -173,6 +189,7 @@ class _Member:
 
         self.name = name
         self.probability = float(spec["probability"])
+        self.translation = str(spec.get("translation", "world"))
         if spec.get("prior") is not None:
             prior_cfg = OmegaConf.create(spec["prior"])
             param = next(iter(main_prior.buffers()), None)
@@ -277,7 +294,17 @@ class ComposedGuidance(nn.Module):
         return groups
 
     def render_options(self, step: int, batch: Batch) -> dict:
-        return self.members[batch.member].guidance.render_options(step, batch)
+        m = self.members[batch.member]
+        options = m.guidance.render_options(step, batch)
+        return options if m.translation == "world" else {**options, "translation": m.translation}
+
+    def check_representation(self, representation: Any) -> None:
+        """A clear error when a member asks for a ``translation`` the representation cannot draw."""
+        for m in self.members:
+            if m.translation != "world" and not getattr(representation, "renders_translation", False):
+                raise ConfigError(f"guidance.members.{m.name}.translation={m.translation} needs a representation "
+                                  f"that moves (deformable_gaussians); {type(representation).__name__} has no "
+                                  f"translation to draw otherwise — remove guidance.members.{m.name}.translation")
 
     def forward(self, out: RenderOutput, batch: Batch, step: int,
                 generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:

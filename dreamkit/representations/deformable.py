@@ -37,6 +37,9 @@ from ..errors import ConfigError
 from ..types import RenderOutput
 from .gaussians import GaussianConfig, GaussianModel
 
+#: where render(translation=...) draws the object's translation
+TRANSLATIONS = ("world", "viewer", "removed")
+
 __all__ = ["DeformableGaussianConfig", "DeformableGaussianModel", "HexPlaneDeformation", "kplanes_product",
            "symmetric_kl_diag"]
 
@@ -190,6 +193,8 @@ class DeformableGaussianModel(GaussianModel):
     :class:`HexPlaneDeformation` to each camera's time."""
 
     loss_names: tuple[str, ...] = GaussianModel.loss_names + ("deform_tv", "deform_smooth", "motion_kl")
+    #: render(translation=...) can draw the object's translation in each camera's frame or without it
+    renders_translation = True
     #: the renders depend on the cameras' time (exports write animations)
     dynamic = True
 
@@ -264,15 +269,36 @@ class DeformableGaussianModel(GaussianModel):
     def render(self, cameras: Cameras, background: Optional[torch.Tensor] = None, step: Optional[int] = None,
                **options: Any) -> RenderOutput:
         """Each distinct time of ``cameras`` is one splat of the Gaussians moved to it (see the module docstring);
-        the outputs come back in camera order, with extras["means"] [T, N, 3] (the centres at the T times)."""
+        the outputs come back in camera order, with extras["means"] [T, N, 3] (the centres at the T times).
+
+        ``translation`` says where the object's translation — the opacity-weighted mean displacement d̄(τ) of the
+        Gaussians — is drawn (composed guidance's ``translation`` member key; a dreamkit choice for priors that know
+        less than the world):
+
+        * ``"world"`` (default): as it is;
+        * ``"viewer"``: turned about +Y by each camera's azimuth (R_a), as the tiny world's clips are drawn
+          (:func:`dreamkit.world.clips.render_clip`): every camera sees d̄ = (x, y, z) as x to its right, y up and z
+          towards it — what a video prior without a camera input was trained on ("moving right" is always the
+          viewer's right, at one depth); a camera at azimuth 0 sees the world's frame exactly;
+        * ``"removed"``: taken away (the object held where it is at τ_c, its turns and scaling kept): what an image
+          prior of centred, still objects can judge at any time — shape, size and colour, not where the motion has
+          taken the object.
+        """
         if options.get("part") is not None:
             raise ConfigError("deformable Gaussians have no layout parts (render(part=...))")
         times, groups = cameras.time_groups()
         moved = self.deformed(times)
+        turns = [None] * len(groups)
+        translation = options.get("translation", "world")
+        if translation not in TRANSLATIONS:
+            raise ConfigError(f"render(translation={translation!r}) — give one of {', '.join(TRANSLATIONS)}")
+        if translation != "world":
+            times, groups, moved, turns = self._moved_translation(cameras, times, groups, moved, translation)
         rgbs, alphas, depths, means2d, radii, order = [], [], [], [], [], []
         for i, idx in enumerate(groups):
             bg = background[idx] if background is not None and background.dim() == 2 else background
-            out = self._splat(cameras[idx], moved["means"][i], moved["quats"][i], moved["scales"][i], bg, step)
+            means = moved["means"][i] if turns[i] is None else moved["means"][i] + turns[i]
+            out = self._splat(cameras[idx], means, moved["quats"][i], moved["scales"][i], bg, step)
             rgbs.append(out.rgb)
             alphas.append(out.alpha)
             depths.append(out.depth)
@@ -289,6 +315,31 @@ class DeformableGaussianModel(GaussianModel):
                   else None,
                   "radii": gather(radii) if radii[0] is not None else None}
         return RenderOutput(rgb=gather(rgbs), alpha=gather(alphas), depth=gather(depths), extras=extras)
+
+    def _moved_translation(self, cameras: Cameras, times: torch.Tensor, groups: list, moved: dict, translation: str):
+        """Regroup the cameras by (time, azimuth) and give each group the shift [1, 3] that draws the object's
+        translation d̄(τ) as ``translation`` asks (see :meth:`render`): (R_a − I)·d̄ for "viewer", −d̄ for "removed"."""
+        from ..cameras import azimuth_rotation
+
+        weights = self.opacities.reshape(-1).detach()
+        weights = weights / weights.sum().clamp_min(1e-12)
+        shift = torch.einsum("n,tnd->td", weights, moved["means"] - self.means[None])  # d̄(τ) [T, 3]
+        if translation == "removed":
+            return times, groups, moved, [-shift[i][None] for i in range(len(groups))]
+        which = torch.empty(len(cameras), dtype=torch.long, device=times.device)
+        for i, idx in enumerate(groups):
+            which[idx] = i
+        keys = torch.stack([which.to(cameras.azimuth), cameras.azimuth], dim=1)
+        pairs, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        new_groups, index, turns = [], [], []
+        for k in range(len(pairs)):
+            i = int(pairs[k, 0])
+            rot = azimuth_rotation(pairs[k, 1:2])[0].to(shift)
+            new_groups.append((inverse == k).nonzero().flatten())
+            index.append(i)
+            turns.append((shift[i] @ rot.T - shift[i])[None])
+        index_t = torch.tensor(index, device=times.device)
+        return times[index_t], new_groups, {key: value[index_t] for key, value in moved.items()}, turns
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, torch.Tensor]:
         terms = super().regularizers(out, step)

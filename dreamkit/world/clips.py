@@ -35,7 +35,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..cameras import Cameras, CameraSampler
+from ..cameras import Cameras, CameraSampler, azimuth_rotation
 from .dataset import (DEFAULT_BACKGROUND, Lights, _draw_scenes, render_scene_views, sample_lights,
                       weighted_choice)
 from .motion import MOTIONS, Motion, transform_points
@@ -69,16 +69,6 @@ def clip_captions(scene: Scene, motion: str) -> list[str]:
     return [f"{phrase} {motion}" for phrase in scene.captions]
 
 
-def _azimuth_rotation(azimuth_deg: torch.Tensor) -> torch.Tensor:
-    """[N] degrees → [N, 3, 3] rotations about +Y taking +Z to the camera's side (azimuth convention of cameras)."""
-    a = torch.deg2rad(azimuth_deg.float())
-    c, s = torch.cos(a), torch.sin(a)
-    r = torch.zeros(a.shape[0], 3, 3)
-    r[:, 0, 0], r[:, 0, 2], r[:, 1, 1], r[:, 2, 0], r[:, 2, 2] = c, s, 1.0, -s, c
-    return r
-
-
-@torch.no_grad()
 def render_clip(scene: Scene, motion: Union[str, Motion], cameras: Cameras, lights: Optional[Lights] = None,
                 background: Sequence[float] = DEFAULT_BACKGROUND, ssaa: int = 1,
                 viewer_frame: bool = True) -> torch.Tensor:
@@ -92,11 +82,11 @@ def render_clip(scene: Scene, motion: Union[str, Motion], cameras: Cameras, ligh
     motion = motion if isinstance(motion, Motion) else Motion(motion)
     verts, _, _ = scene.mesh()
     if viewer_frame and motion.name == "spinning":  # about +Y through the origin: commutes with the spin itself
-        verts = verts @ _azimuth_rotation(cameras.azimuth[:1].cpu())[0].T
+        verts = verts @ azimuth_rotation(cameras.azimuth[:1].cpu())[0].T
     moved = transform_points(verts, motion, cameras.time.cpu())  # [F, V, 3]
     if viewer_frame and motion.name != "still":
         shift = motion.transform(cameras.time.cpu())[2]  # [F, 3] the world-frame translation
-        turned = shift @ _azimuth_rotation(cameras.azimuth[:1].cpu())[0].T
+        turned = shift @ azimuth_rotation(cameras.azimuth[:1].cpu())[0].T
         moved = moved + (turned - shift)[:, None]
     frames = []
     for f in range(len(cameras)):
