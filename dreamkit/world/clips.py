@@ -69,6 +69,7 @@ def clip_captions(scene: Scene, motion: str) -> list[str]:
     return [f"{phrase} {motion}" for phrase in scene.captions]
 
 
+@torch.no_grad()
 def render_clip(scene: Scene, motion: Union[str, Motion], cameras: Cameras, lights: Optional[Lights] = None,
                 background: Sequence[float] = DEFAULT_BACKGROUND, ssaa: int = 1,
                 viewer_frame: bool = True) -> torch.Tensor:
