@@ -4,20 +4,20 @@
 
 Renders the world's object doing the prompted motion (world frame, as a fit's deformation moves it) in one clip of 8
 frames (τ_f = (f + ½)/8, a still camera at elevation 15°, distance 2.75, fovy 40° per azimuth), then for each
-timestep band estimates the SDS force on frame f's object position along world X and Y and on its height (a stretch along Y about its centre):
+timestep band estimates the SDS force on frame f's object position along world X and Y and on its height (a stretch
+along Y about its centre):
 
     F_f = −E_ε[(ε̂_cfg(x_t) − ε) · ∂x/∂p_f]      (CFG 10, w(t) = 1, 24 noise draws)
 
 with ∂x/∂p_f a central difference of frame f's render as the object moves by ±0.05 along the axis (or is stretched
-by ±5 % in height; that force reads as a relative height change). A positive
-F_y at a frame means SDS pushes the object up there. The force is divided by |∂x/∂p_f|², so it reads as the
-displacement (world units) one unit-rate step of gradient descent would ask for. Used to ask whether the lift at the
-ends of the red cube's translations (benchmarks/2026-12-06/gs4d_video_motions8_cam/) comes from the prior.
+by ±5 % in height; that force reads as a relative height change). A positive F_y at a frame means SDS pushes the
+object up there. The force is divided by |∂x/∂p_f|², so it reads as the displacement (world units) one unit-rate step
+of gradient descent would ask for. Used to ask whether the lift at the ends of the red cube's translations
+(benchmarks/2026-12-06/gs4d_video_motions8_cam/) comes from the prior.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 import torch
 
@@ -58,35 +58,30 @@ def main(argv=None) -> None:
         cams = cameras_from_spherical(torch.full((n,), 15.0), torch.full((n,), az), torch.full((n,), 2.75),
                                       torch.full((n,), 40.0), res, res, time=taus)
 
-        def render(offsets: torch.Tensor, stretch: Optional[torch.Tensor] = None) -> torch.Tensor:
-            # offsets [F, 3] (translation), stretch [F] (relative height about the object's centre) → [F, 3, r, r]
-            out = []
-            for f in range(n):
-                v = moved[f] + offsets[f]
-                if stretch is not None:
-                    centre = moved[f].mean(0)
-                    v = v.clone()
-                    v[:, 1] = centre[1] + offsets[f, 1] + (v[:, 1] - centre[1] - offsets[f, 1]) * (1 + stretch[f])
-                rgb, _, _ = render_scene_views(scene, cams[f:f + 1], DEFAULT_BACKGROUND, ssaa=4, verts=v)
-                out.append(rgb[0])
-            return prior.encode(torch.stack(out).permute(0, 3, 1, 2).contiguous())
+        def frame(f: int, offset: torch.Tensor, stretch: float = 0.0) -> torch.Tensor:
+            # frame f with the object moved by offset [3] and stretched in height about its centre → [3, r, r]
+            v = moved[f] + offset
+            if stretch:
+                centre = v[:, 1].mean()
+                v = v.clone()
+                v[:, 1] = centre + (v[:, 1] - centre) * (1 + stretch)
+            rgb, _, _ = render_scene_views(scene, cams[f:f + 1], DEFAULT_BACKGROUND, ssaa=4, verts=v)
+            return prior.encode(rgb.permute(0, 3, 1, 2).contiguous())[0]
 
-        x = render(torch.zeros(n, 3))
+        zero = torch.zeros(3)
+        x = torch.stack([frame(f, zero) for f in range(n)])
         jac = {}
-        for axis, name in ((0, "x"), (1, "y")):
-            cols = torch.zeros(n, *x.shape[1:])
+        for name, axis in (("x", 0), ("y", 1), ("height", None)):
+            cols = torch.zeros_like(x)
             for f in range(n):
-                off = torch.zeros(n, 3)
-                off[f, axis] = delta
-                plus, minus = render(off), render(-off)
-                cols[f] = (plus[f] - minus[f]) / (2 * delta)
+                if axis is None:
+                    plus, minus = frame(f, zero, delta), frame(f, zero, -delta)
+                else:
+                    off = torch.zeros(3)
+                    off[axis] = delta
+                    plus, minus = frame(f, off), frame(f, -off)
+                cols[f] = (plus - minus) / (2 * delta)
             jac[name] = cols
-        cols = torch.zeros(n, *x.shape[1:])
-        for f in range(n):
-            st = torch.zeros(n)
-            st[f] = delta
-            cols[f] = (render(torch.zeros(n, 3), st)[f] - render(torch.zeros(n, 3), -st)[f]) / (2 * delta)
-        jac["height"] = cols
         print(f"\nazimuth {az:+.0f}°  | t | " + " | ".join(f"τ={t:.2f}" for t in taus.tolist()) + " |")
         for t in args.steps:
             tt = torch.full((n,), t)

@@ -28,12 +28,12 @@ the member's loss. A member's loss terms are prefixed with its name (``loss_vide
 and are checkpointed with the run.
 
 ``translation`` (a member of a time-varying representation): where that member's renders draw the object's
-translation (:meth:`DeformableGaussianModel.render <dreamkit.representations.deformable.DeformableGaussianModel.render>`):
-``world`` (default) as it is; ``viewer`` turned by each camera's azimuth — a video prior without a camera input learnt
-"moving right" as the viewer's right at one depth (the tiny world's clips are drawn so), while a fit moves in the
-world's frame, and seen from azimuth 30° a translation along +X also comes towards the camera, which such a prior
-reads as a wrong motion (``scripts/video_force_at_truth.py``); ``removed``: taken away, so that an image prior of
-centred, still objects judges the object's shape at any time, not where its motion has taken it.
+translation (:meth:`dreamkit.representations.deformable.DeformableGaussianModel.render`): ``world`` (default) as it
+is; ``viewer`` turned by each camera's azimuth — a video prior without a camera input learnt "moving right" as the
+viewer's right at one depth (the tiny world's clips are drawn so), while a fit moves in the world's frame, and seen
+from azimuth 30° a translation along +X also comes towards the camera, which such a prior reads as a wrong motion
+(``scripts/video_force_at_truth.py``); ``removed``: taken away, so that an image prior of centred, still objects
+judges the object's shape at any time, not where its motion has taken it.
 """
 from __future__ import annotations
 
@@ -46,13 +46,12 @@ from torch import nn
 
 from ..batch import Batch, BatchSampler, Layout
 from ..errors import ConfigError
+from ..representations.deformable import TRANSLATIONS  # where a member's renders may draw the object's translation
 from ..types import RenderOutput
 
 __all__ = ["ComposedConfig", "ComposedGuidance", "member_prompt", "object_text"]
 
 MEMBER_KEYS = ("probability", "guidance", "prior", "camera", "prompt", "translation")
-#: where a member's renders may draw the object's translation (DeformableGaussianModel.render)
-TRANSLATIONS = ("world", "viewer", "removed")
 #: the fields a member's prompt template may name
 PROMPT_FIELDS = ("prompt", "object")
 

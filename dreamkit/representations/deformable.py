@@ -326,18 +326,14 @@ class DeformableGaussianModel(GaussianModel):
         shift = torch.einsum("n,tnd->td", weights, moved["means"] - self.means[None])  # d̄(τ) [T, 3]
         if translation == "removed":
             return times, groups, moved, [-shift[i][None] for i in range(len(groups))]
-        which = torch.empty(len(cameras), dtype=torch.long, device=times.device)
-        for i, idx in enumerate(groups):
-            which[idx] = i
-        keys = torch.stack([which.to(cameras.azimuth), cameras.azimuth], dim=1)
-        pairs, inverse = torch.unique(keys, dim=0, return_inverse=True)
         new_groups, index, turns = [], [], []
-        for k in range(len(pairs)):
-            i = int(pairs[k, 0])
-            rot = azimuth_rotation(pairs[k, 1:2])[0].to(shift)
-            new_groups.append((inverse == k).nonzero().flatten())
-            index.append(i)
-            turns.append((shift[i] @ rot.T - shift[i])[None])
+        for i, idx in enumerate(groups):  # each time's cameras, split by azimuth
+            azimuths = cameras.azimuth[idx]
+            for azimuth in torch.unique(azimuths):
+                rot = azimuth_rotation(azimuth[None])[0].to(shift)
+                new_groups.append(idx[azimuths == azimuth])
+                index.append(i)
+                turns.append((shift[i] @ rot.T - shift[i])[None])
         index_t = torch.tensor(index, device=times.device)
         return times[index_t], new_groups, {key: value[index_t] for key, value in moved.items()}, turns
 
