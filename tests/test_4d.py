@@ -266,7 +266,10 @@ def test_translation_drawn_in_each_cameras_frame_or_removed():
     model = translating()
     out = model.render(cams, background=bg, translation="viewer")
     plain = model.render(cams, background=bg)
-    assert torch.equal(out.rgb[0], plain.rgb[0])  # the front camera sees the world's frame
+    # the front camera sees the world's frame: bitwise its plain render alone ("viewer" splits each time's cameras by
+    # azimuth, and a batch of one can differ from a batch of two in the last bit on some CPUs)
+    assert torch.equal(out.rgb[0], model.render(cams[0:1], background=bg[:1]).rgb[0])
+    assert torch.allclose(out.rgb[0], plain.rgb[0], atol=1e-6)
     for i in range(1, 4):
         assert (out.rgb[i] - plain.rgb[i]).abs().max() > 0.05  # the translation is seen turned
         turned = translating(float(cams.azimuth[i])).render(cams[i:i + 1], background=bg[i:i + 1])
