@@ -57,12 +57,14 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def init_weights(unet, folder: Path) -> None:
+def init_weights(unet, folder: Path, time_input: str = "harmonics") -> None:
     """Copy the UNet weights of a trained prior folder into ``unet`` (same layout except the class-embedding input).
 
     A class-embedding input that grew (pooled text → pooled text + camera), or a ``conv_in`` that gained the input
     channels of a camera ray map, keeps the old weights and starts the new inputs at zero, so the model initially
-    behaves exactly as the one it starts from.
+    behaves exactly as the one it starts from. A video prior's frame-time features that grew (``--time-input``
+    harmonics → harmonics+ramp) get zero columns where the new features sit
+    (``dreamkit.priors.multiview.grow_time_columns``), likewise.
     """
     from safetensors.torch import load_file
 
@@ -74,11 +76,56 @@ def init_weights(unet, folder: Path) -> None:
         source.update(load_file(f))
     from dreamkit.priors.tiny_pixel import init_unet_from
 
+    grown = _time_growth(folder, time_input)
+    if grown is not None:
+        from dreamkit.priors.multiview import grow_time_columns
+
+        key = "class_embedding.linear_1.weight"
+        source[key] = grow_time_columns(source[key], int(unet.config.cross_attention_dim), *grown, cross=False)
     try:
         init_unet_from(unet, source)
     except ValueError as err:
         raise SystemExit(f"--init-from {folder}: {err}") from None
     print(f"initialised from {folder}", flush=True)
+
+
+def _time_growth(folder: Path, time_input: str) -> "tuple[int, int, int] | None":
+    """(old time width, new time width, motions) when ``folder`` is a "pooled_text+time+motion" video prior whose
+    frame-time features are narrower than ``time_input``'s, else None (a narrower target is an error)."""
+    from dreamkit.priors.multiview import TIME_INPUTS
+
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    if index.get("class_condition") != "pooled_text+time+motion":
+        return None
+    old = TIME_INPUTS[index.get("time_input", "harmonics")]
+    new = TIME_INPUTS[time_input]
+    if new < old:
+        raise SystemExit(f"--init-from {folder} has time_input {index.get('time_input')!r}: train with it "
+                         f"(--time-input), not the narrower {time_input!r}")
+    return (old, new, len(index["motions"])) if new > old else None
+
+
+def init_cond_map(cond_map, folder: Path, time_input: str) -> bool:
+    """Load ``folder``'s map network into ``cond_map`` (its time columns grown as :func:`init_weights` grows the
+    class embedding's) when the folder has one; False when it has none (the map starts at zero)."""
+    from safetensors.torch import load_file
+
+    from dreamkit.priors.multiview import COND_MAP_FILE, grow_time_columns
+
+    path = Path(folder) / COND_MAP_FILE
+    if not path.is_file():
+        return False
+    state = load_file(str(path))
+    grown = _time_growth(folder, time_input)
+    if grown is not None:
+        text_dim = int(state["linear_1.weight"].shape[1]) - grown[0] - grown[2] - grown[0] * grown[2]
+        state["linear_1.weight"] = grow_time_columns(state["linear_1.weight"], text_dim, *grown, cross=True)
+    try:
+        cond_map.load_state_dict(state)
+    except RuntimeError as err:
+        raise SystemExit(f"--init-from {folder}: {COND_MAP_FILE} does not fit: {err}") from None
+    print(f"map network initialised from {path}", flush=True)
+    return True
 
 
 def sampling_factors(spec: str, flag: str, valid: list[str], what: str, form: str) -> dict[str, float]:
@@ -152,6 +199,10 @@ def main() -> int:
                    help="--video: also give the UNet a per-pixel map of each pixel's x, y and the frame's time "
                         "(3 channels after the image; dreamkit/priors/multiview.py time_map), zero-initialised; "
                         "cond_map: the time map and a learned map of the class-embedding input (CondMap)")
+    p.add_argument("--time-input", default="harmonics", choices=("harmonics", "harmonics+ramp"),
+                   help="--video: the frame-time features of the class embedding and map network: harmonics "
+                        "([sin, cos](2πkτ), k = 1..4: periodic, τ = 0 looks like τ = 1) or harmonics+ramp (also "
+                        "2τ − 1; from a harmonics --init-from its columns start at zero)")
     p.add_argument("--class-condition", default="auto",
                    help="what the UNet's class embedding receives: pooled_text | camera | pooled_text+camera | "
                         "pooled_text+time | pooled_text+time+motion (auto: pooled_text, pooled_text+camera with "
@@ -319,26 +370,29 @@ def main() -> int:
     unet = UNet2DConditionModel(**unet_config(args.resolution, channels, attention_levels=args.attention_levels,
                                               multiview=views > 1, class_condition=class_condition,
                                               camera_input=args.camera_input,
-                                              frame_input=args.frame_input)).to(device)
+                                              frame_input=args.frame_input, time_input=args.time_input)).to(device)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
-        init_weights(unet, args.init_from)
+        init_weights(unet, args.init_from, args.time_input)
     from dreamkit.priors.multiview import ViewSettings
 
     # the UNet's attention, class-embedding and conv_in inputs are set up by the object the inference adapters use
     view_settings = ViewSettings(views, class_condition, "opencv", args.camera_input, frames, args.frame_input, motions,
-                                 args.frame_attention)
+                                 args.frame_attention, args.time_input)
     view_settings.install_attention(unet)  # a video prior's frames attend jointly (unless none), as tiny-mv's views
     if args.frame_input == "cond_map":
         # the map of the class-embedding input (dreamkit/priors/multiview.py CondMap): its last layer is zero (the map
         # is 0, the prior starts as --init-from's), so conv_in's weights for its channels start random, or neither
-        # would get a gradient; a checkpoint restores both below
+        # would get a gradient; a checkpoint restores both below. An --init-from with a map of its own (a video prior
+        # with frame_input cond_map) gives its map and keeps its conv_in weights: the run continues from it exactly
         from dreamkit.priors.multiview import COND_MAP_CHANNELS, CondMap, attach_cond_map, cond_map_cross
 
-        attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim),
-                                      cross=cond_map_cross(class_condition, motions)))
+        cond_map = CondMap(int(unet.config.projection_class_embeddings_input_dim),
+                           cross=cond_map_cross(class_condition, motions, args.time_input))
+        attach_cond_map(unet, cond_map)
         if not (args.work / "ckpt.pt").is_file():
-            with torch.no_grad():
-                unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)
+            if args.init_from is None or not init_cond_map(cond_map, args.init_from, args.time_input):
+                with torch.no_grad():
+                    unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)
     ema = copy.deepcopy(unet).requires_grad_(False)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
@@ -404,7 +458,8 @@ def main() -> int:
         tmp = args.work / "ema_prior"
         save_pixel_prior(tmp, ema, scheduler, world_captions=captions, views=views,
                          class_condition=class_condition, camera_input=args.camera_input, frames=frames,
-                         frame_input=args.frame_input, frame_attention=args.frame_attention)
+                         frame_input=args.frame_input, frame_attention=args.frame_attention,
+                         time_input=args.time_input)
         prior = PixelDiffusionPrior(str(tmp), device=str(device), warn_outside_world=False)
         from dreamkit.priors.sampling import sample_cameras, sample_clip_cameras
 
@@ -516,7 +571,7 @@ def main() -> int:
     command = "python scripts/train_tiny_prior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     save_pixel_prior(args.out, ema, scheduler, world_captions=captions, views=views, class_condition=class_condition,
                      camera_input=args.camera_input, frames=frames, frame_input=args.frame_input,
-                     frame_attention=args.frame_attention,
+                     frame_attention=args.frame_attention, time_input=args.time_input,
                      extra_index={"trained_steps": step, "resolution": args.resolution,
                                   **({} if args.sample_guidance_scale is None
                                      else {"sample_guidance_scale": args.sample_guidance_scale})})
@@ -531,8 +586,9 @@ def main() -> int:
     if frames > 1:
         mv_text = (f"\nVideo: clips of {frames} frames of the world's motions (`dreamkit.world.clips`), frames "
                    "denoised jointly as the views of a multi-view prior (every self-attention attends over the "
-                   "tokens of all frames), each frame's time τ in the class embedding ([sin, cos](2πkτ), k = 1..4, "
-                   f"after the pooled text: `{class_condition}`)"
+                   "tokens of all frames), each frame's time τ in the class embedding ([sin, cos](2πkτ), k = 1..4"
+                   + (", and 2τ − 1, `time_input: harmonics+ramp`" if args.time_input != "harmonics" else "")
+                   + f", after the pooled text: `{class_condition}`)"
                    + ("; the UNet's input also carries a per-pixel time map (each pixel's x, y and the frame's 2τ − 1, "
                       "`frame_input: time_map`)" if args.frame_input == "time_map" else "")
                    + ("; the UNet's input also carries the time map and 4 learned maps of the class-embedding input "

@@ -68,7 +68,8 @@ def from_checkpoint(work: Path) -> Path:
     if map_state:  # frame_input cond_map: the map network is trained with the UNet, stored beside it
         motions = tuple(index.get("motions") or ())
         attach_cond_map(unet, cond_map_from_state(map_state, int(unet.config.projection_class_embeddings_input_dim),
-                                                  cond_map_cross(index.get("class_condition"), motions),
+                                                  cond_map_cross(index.get("class_condition"), motions,
+                                                                 index.get("time_input", "harmonics")),
                                                   str(work / "ckpt.pt")))
     unet.load_state_dict(state["ema"])
     out = work / "probe_prior"

@@ -49,6 +49,10 @@ CAMERA_DIM = 16
 #: harmonics k = 1..TIME_HARMONICS of a video prior's frame-time embedding: [sin(2πkτ)…, cos(2πkτ)…]
 TIME_HARMONICS = 4
 TIME_DIM = 2 * TIME_HARMONICS
+#: a video prior's frame-time features (``model_index.json`` → ``"time_input"``, see :func:`time_features`) and their
+#: width: "harmonics" (periodic: τ = 0 and τ = 1 look alike) or "harmonics+ramp" (the harmonics and 2τ − 1, which
+#: tells a clip's start from its end)
+TIME_INPUTS = {"harmonics": TIME_DIM, "harmonics+ramp": TIME_DIM + 1}
 CLASS_CONDITIONS = ("pooled_text", "camera", "pooled_text+camera", "pooled_text+time", "pooled_text+time+motion")
 CONVENTIONS = ("opencv", "opengl")
 CAMERA_INPUTS = ("plucker", "plucker_metric")
@@ -94,6 +98,8 @@ class ViewSettings:
     #: self-attention over the tokens of all frames, as a multi-view prior's views) or "none" (each frame denoised on
     #: its own: its time and motion inputs alone place the object)
     frame_attention: str = "joint"
+    #: a video prior's frame-time features (:data:`TIME_INPUTS`, ``model_index.json`` → ``"time_input"``)
+    time_input: str = "harmonics"
 
     @classmethod
     def from_folder(cls, folder: Optional[Path], unet, default_class: str = "pooled_text",
@@ -132,15 +138,20 @@ class ViewSettings:
                 raise DreamkitError(f"{index_file}: {what} needs a UNet with "
                                     f"{extra} more input than output channels; this one has "
                                     f"in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels}")
+        time_input = index.get("time_input", "harmonics")
+        if time_input not in TIME_INPUTS:
+            raise DreamkitError(f"{index_file}: time_input {time_input!r} — expected "
+                                f"{' or '.join(TIME_INPUTS)}, or leave the key out (harmonics)")
         motions = index.get("motions")
         if condition == "pooled_text+time+motion":
             if not (isinstance(motions, list) and motions and all(isinstance(m, str) for m in motions)):
                 raise DreamkitError(f"{index_file}: class_condition 'pooled_text+time+motion' needs \"motions\": "
                                     "the list of motion names of its one-hot, in order")
             width = unet.config.get("projection_class_embeddings_input_dim")
-            if width is not None and width != int(unet.config.cross_attention_dim) + TIME_DIM + len(motions):
-                raise DreamkitError(f"{index_file}: {len(motions)} motions do not fit the UNet's class embedding "
-                                    f"input of {width}")
+            if width is not None and width != int(unet.config.cross_attention_dim) + TIME_INPUTS[time_input] + len(
+                    motions):
+                raise DreamkitError(f"{index_file}: {len(motions)} motions and time_input {time_input!r} do not fit "
+                                    f"the UNet's class embedding input of {width}")
             motions = tuple(motions)
         else:
             motions = None
@@ -148,14 +159,15 @@ class ViewSettings:
         if frame_attention not in FRAME_ATTENTIONS:
             raise DreamkitError(f"{index_file}: frame_attention {frame_attention!r} — expected "
                                 f"{' or '.join(FRAME_ATTENTIONS)}")
-        settings = cls(views, condition, convention, camera_input, frames, frame_input, motions, frame_attention)
+        settings = cls(views, condition, convention, camera_input, frames, frame_input, motions, frame_attention,
+                       time_input)
         settings.install_attention(unet)
         if frame_input == "cond_map":
             if folder is None or condition is None:
                 raise DreamkitError(f"{index_file}: frame_input 'cond_map' needs a class embedding and the folder's "
                                     f"{COND_MAP_FILE}")
             attach_cond_map(unet, load_cond_map(Path(folder), int(unet.config.projection_class_embeddings_input_dim),
-                                                cond_map_cross(condition, motions)))
+                                                cond_map_cross(condition, motions, time_input)))
         return settings
 
     @property
@@ -211,7 +223,7 @@ class ViewSettings:
             if cameras is None:
                 raise ValueError(f"this video prior's class embedding takes each frame's time (class_condition "
                                  f"{self.class_condition!r}): pass one camera per image, its time set")
-            parts.append(time_features(_camera_time(cameras).to(device)).to(device, dtype))
+            parts.append(time_features(_camera_time(cameras).to(device), self.time_input).to(device, dtype))
         if "motion" in inputs:
             if self.motions is None or cond.shape[1] < 2:
                 raise ValueError("this video prior's class embedding takes the prompt's motion: encode the text "
@@ -365,9 +377,10 @@ class CondMap(torch.nn.Module):
         return maps
 
 
-def cond_map_cross(class_condition: Optional[str], motions: Optional[tuple[str, ...]]) -> Optional[tuple[int, int]]:
+def cond_map_cross(class_condition: Optional[str], motions: Optional[tuple[str, ...]],
+                   time_input: str = "harmonics") -> Optional[tuple[int, int]]:
     """A :class:`CondMap`'s ``cross`` for a class condition: (time harmonics, motions) when it has both."""
-    return (TIME_DIM, len(motions)) if class_condition == "pooled_text+time+motion" and motions else None
+    return (TIME_INPUTS[time_input], len(motions)) if class_condition == "pooled_text+time+motion" and motions else None
 
 
 def attach_cond_map(unet, module: CondMap) -> None:
@@ -429,12 +442,47 @@ def save_unet_folder(unet, folder: Path) -> None:
     save_file({k: v.detach().float().cpu().contiguous() for k, v in cond_map.state_dict().items()}, str(path))
 
 
-def time_features(tau: torch.Tensor) -> torch.Tensor:
+def time_features(tau: torch.Tensor, time_input: str = "harmonics") -> torch.Tensor:
     """[B] clip times τ → [B, 8] = [sin(2πkτ), k = 1..4, cos(2πkτ), k = 1..4], the frame-time input of a video
-    prior's class embedding (GUIDANCE_4D.md §6.2), appended to the pooled text as the camera is for multi-view."""
+    prior's class embedding (GUIDANCE_4D.md §6.2), appended to the pooled text as the camera is for multi-view.
+
+    ``time_input`` "harmonics+ramp" appends a ninth column, 2τ − 1. Why: the harmonics are periodic, so τ = 0 and
+    τ = 1 get the same features, and a prior trained on clips that span [0, 1] is told the same thing at a motion's
+    start and at its end ("moving left" on the right and on the left): tiny-video up to run j drew the object between
+    the two there, and fits had to be shown times within [1/16, 15/16] only (losing 1/8 of every translation). The
+    ramp is monotonic in τ, so the features of a clip's start and end differ."""
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input {time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
+    tau = tau.float().reshape(-1, 1)
     k = torch.arange(1, TIME_HARMONICS + 1, device=tau.device, dtype=torch.float32)
-    angle = 2 * torch.pi * tau.float().reshape(-1, 1) * k
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+    angle = 2 * torch.pi * tau * k
+    parts = [torch.sin(angle), torch.cos(angle)]
+    if time_input == "harmonics+ramp":
+        parts.append(2 * tau - 1)
+    return torch.cat(parts, dim=-1)
+
+
+def grow_time_columns(weight: torch.Tensor, text_dim: int, old_time: int, new_time: int, motions: int,
+                      cross: bool) -> torch.Tensor:
+    """A Linear layer's weight [out, in] that reads a "pooled_text+time+motion" input laid out as [text, time
+    (``old_time``), motion one-hot (``motions``)] — and, with ``cross`` (a :class:`CondMap`), the products
+    motion_m · time_k after it, m-major — rewritten for ``new_time`` ≥ ``old_time`` time features: the old columns
+    keep their weights at their new places and the new features' columns are zero, so the layer computes exactly what
+    it did (how a prior with time_input "harmonics+ramp" starts from one with "harmonics")."""
+    expected = text_dim + old_time + motions + (old_time * motions if cross else 0)
+    if weight.shape[1] != expected or new_time < old_time:
+        raise ValueError(f"a weight with {weight.shape[1]} input columns is not text {text_dim} + time {old_time} + "
+                         f"{motions} motions{' + their products' if cross else ''} (= {expected})")
+    rows = weight.shape[0]
+    out = weight.new_zeros(rows, text_dim + new_time + motions + (new_time * motions if cross else 0))
+    out[:, : text_dim + old_time] = weight[:, : text_dim + old_time]
+    out[:, text_dim + new_time: text_dim + new_time + motions] = weight[:, text_dim + old_time: text_dim + old_time
+                                                                       + motions]
+    if cross:
+        old = weight[:, text_dim + old_time + motions:].reshape(rows, motions, old_time)
+        new = out[:, text_dim + new_time + motions:].view(rows, motions, new_time)
+        new[:, :, :old_time] = old
+    return out
 
 
 def plucker_rays(c2w: torch.Tensor, fovy_deg: torch.Tensor, height: int, width: int,

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, FRAME_INPUT_CHANNELS, TIME_DIM
+from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, FRAME_INPUT_CHANNELS, TIME_INPUTS
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
@@ -18,7 +18,7 @@ TEXT_DIM = 384  # all-MiniLM-L6-v2
 def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128), text_dim: int = TEXT_DIM,
                 norm_groups: int = 16, attention_levels: int = 2, multiview: bool = False,
                 class_condition: Optional[str] = None, camera_input: Optional[str] = None,
-                frame_input: Optional[str] = None) -> dict:
+                frame_input: Optional[str] = None, time_input: str = "harmonics") -> dict:
     """UNet config. ``camera_input="plucker"`` adds the 6 channels of a per-pixel camera ray map to the input
     (``dreamkit/priors/multiview.py``), ``"plucker_metric"`` 7 (the map in scene units and each ray's distance from
     the origin). The class embedding (a Linear-SiLU-Linear added to the timestep embedding)
@@ -37,16 +37,19 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
         block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim, attention_head_dim=8,
         norm_num_groups=norm_groups, class_embed_type="projection",
-        projection_class_embeddings_input_dim=class_condition_dim(class_condition, text_dim),
+        projection_class_embeddings_input_dim=class_condition_dim(class_condition, text_dim, time_input),
     )
 
 
-def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM) -> int:
+def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM, time_input: str = "harmonics") -> int:
     if class_condition not in CLASS_CONDITIONS:
         raise ValueError(f"class_condition {class_condition!r}: expected one of {', '.join(CLASS_CONDITIONS)}")
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input {time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
+    time_dim = TIME_INPUTS[time_input]
     return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16,
-            "pooled_text+time": text_dim + TIME_DIM,
-            "pooled_text+time+motion": text_dim + TIME_DIM + len(_motions())}[class_condition]
+            "pooled_text+time": text_dim + time_dim,
+            "pooled_text+time+motion": text_dim + time_dim + len(_motions())}[class_condition]
 
 
 def scheduler_config(prediction_type: str = "epsilon") -> dict:
@@ -57,7 +60,7 @@ def scheduler_config(prediction_type: str = "epsilon") -> dict:
 def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captions: Optional[list[str]] = None,
                      extra_index: Optional[dict] = None, class_condition: Optional[str] = None,
                      camera_input: Optional[str] = None, frames: int = 1, frame_input: Optional[str] = None,
-                     frame_attention: Optional[str] = None) -> Path:
+                     frame_attention: Optional[str] = None, time_input: str = "harmonics") -> Path:
     """Write the diffusers-format folder: unet/, scheduler/, text_encoder/dreamkit_text_encoder.json, model_index.json
     (``frames`` > 1: a video prior, clips of ``frames`` frames, ``"frames"`` in model_index.json)."""
     folder = Path(folder)
@@ -81,6 +84,7 @@ def save_pixel_prior(folder: Path, unet, scheduler, views: int = 1, world_captio
              **({"camera_input": camera_input} if camera_input else {}),
              **({"frame_input": frame_input} if frame_input else {}),
              **({"frame_attention": frame_attention} if frame_attention and frames > 1 else {}),
+             **({"time_input": time_input} if time_input != "harmonics" and frames > 1 else {}),
              **({"motions": list(_motions())} if (class_condition or "").endswith("+motion") else {}),
              "world_captions": list(world_captions or [])}
     index.update(extra_index or {})
@@ -125,7 +129,8 @@ def _diffusers_version() -> str:
 def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction_type: str = "epsilon",
                                   seed: int = 0, world_captions: Optional[list[str]] = None, views: int = 1,
                                   class_condition: Optional[str] = None, camera_input: Optional[str] = None,
-                                  frames: int = 1, frame_input: Optional[str] = None) -> Path:
+                                  frames: int = 1, frame_input: Optional[str] = None,
+                                  time_input: str = "harmonics") -> Path:
     """A random, very small pixel prior in the shipped layout — for tests of the loading and sampling path."""
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -133,12 +138,14 @@ def build_tiny_random_pixel_prior(folder: Path, resolution: int = 16, prediction
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config(resolution, channels=(16, 32), norm_groups=8, attention_levels=1,
                                               multiview=views > 1, class_condition=class_condition,
-                                              camera_input=camera_input, frame_input=frame_input))
+                                              camera_input=camera_input, frame_input=frame_input,
+                                              time_input=time_input))
     if frame_input == "cond_map":
         from .multiview import CondMap, attach_cond_map, cond_map_cross
 
         attach_cond_map(unet, CondMap(int(unet.config.projection_class_embeddings_input_dim),
-                                      cross=cond_map_cross(class_condition, _motions())))
+                                      cross=cond_map_cross(class_condition, _motions(), time_input)))
     return save_pixel_prior(folder, unet, DDPMScheduler(**scheduler_config(prediction_type)),
                             world_captions=world_captions, views=views, class_condition=class_condition,
-                            camera_input=camera_input, frames=frames, frame_input=frame_input)
+                            camera_input=camera_input, frames=frames, frame_input=frame_input,
+                            time_input=time_input)
