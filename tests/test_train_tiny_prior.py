@@ -62,3 +62,40 @@ def test_train_resume_and_multiview_init(tmp_path):
     source = PixelDiffusionPrior(str(out), warn_outside_world=False).unet.conv_in.weight
     assert torch.allclose(prior.unet.conv_in.weight[:, :3], source, atol=1e-6)
     assert prior.unet.conv_in.weight[:, 3:].abs().max() < 1e-6
+
+
+def test_video_time_ramp_continues_a_harmonics_prior_exactly(tmp_path):
+    """``--time-input harmonics+ramp`` from a harmonics video prior with a map network (``--frame-input cond_map``):
+    the class embedding and the map network gain the ramp's columns at zero and the map network is carried over, so
+    the new prior's ε̂ equals the source's on clips (to float rounding), and the folder says its time input."""
+    from dreamkit.priors.pixel import PixelDiffusionPrior
+    from dreamkit.priors.sampling import sample_clip_cameras
+
+    video = ["--video", "--frames", "2", "--images", "8", "--frame-input", "cond_map",
+             "--class-condition", "pooled_text+time+motion"]
+    src, ramp = tmp_path / "src", tmp_path / "ramp"
+    _train(*video, "--work", str(tmp_path / "w_src"), "--out", str(src), "--max-steps", "1")
+    log = _train(*video, "--work", str(tmp_path / "w_ramp"), "--out", str(ramp), "--max-steps", "0",
+                 "--init-from", str(src), "--time-input", "harmonics+ramp")
+    assert "map network initialised from" in log
+    a = PixelDiffusionPrior(str(src), warn_outside_world=False)
+    b = PixelDiffusionPrior(str(ramp), warn_outside_world=False)
+    assert a.view_settings.time_input == "harmonics" and b.view_settings.time_input == "harmonics+ramp"
+    assert json.loads((ramp / "model_index.json").read_text())["time_input"] == "harmonics+ramp"
+    assert "2τ − 1" in (ramp / "README.md").read_text()
+    cams = sample_clip_cameras(2, 2, 16, tau0=0.3)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([700, 700, 200, 200])
+    prompts = ["a red cube moving left", "a blue sphere bouncing"]
+    idx = torch.tensor([0, 0, 1, 1])
+    ea = a.predict(x, t, a.encode_text(prompts).cond[idx], cameras=cams)
+    eb = b.predict(x, t, b.encode_text(prompts).cond[idx], cameras=cams)
+    assert (ea - eb).abs().max() <= 1e-5 * ea.abs().max()
+    # the map network was trained one step in the source: carried, not restarted (its last layer is non-zero)
+    from dreamkit.priors.multiview import CondMap
+
+    assert getattr(b.unet, CondMap.ATTRIBUTE).linear_2.weight.abs().max() > 0
+    # a narrower time input than the source's is refused
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_tiny_prior.py"), *TOY, *video, "--work",
+                          str(tmp_path / "w_back"), "--out", str(tmp_path / "back"), "--max-steps", "0",
+                          "--init-from", str(ramp)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--time-input" in out.stderr

@@ -613,3 +613,54 @@ def test_vsd_trainable_copy_of_a_cond_map_video_prior_keeps_the_map(image_prior,
         changed = video.predict(x, t, cond, cams)
         still = phi.predict(x, t, cond, cams, camera_features(None, x.shape[0], "cpu"))
     assert (changed - eps).abs().max() > 1e-4 and torch.equal(still, eps_phi)
+
+
+def test_time_ramp_features_tell_start_from_end():
+    """"harmonics+ramp": the eight harmonics and 2τ − 1 (by hand); τ = 0 and τ = 1 now differ; an unknown time input
+    is a clear error."""
+    from dreamkit.priors.multiview import TIME_INPUTS
+
+    tau = torch.tensor([0.0, 0.25, 1.0])
+    feats = time_features(tau, "harmonics+ramp")
+    assert feats.shape == (3, TIME_INPUTS["harmonics+ramp"]) == (3, TIME_DIM + 1)
+    assert torch.equal(feats[:, :TIME_DIM], time_features(tau))
+    assert torch.allclose(feats[:, -1], torch.tensor([-1.0, -0.5, 1.0]))
+    assert (feats[0] - feats[2]).abs().max() == 2.0
+    with pytest.raises(ValueError, match="harmonics"):
+        time_features(tau, "linear")
+
+
+def test_grow_time_columns_keeps_what_the_layers_compute():
+    """A class-embedding layer and a :class:`CondMap` (with its motion × time products) grown from the harmonics to
+    harmonics+ramp compute, on the new features, what they computed on the old ones — whatever the ramp's value."""
+    from dreamkit.priors.multiview import grow_time_columns
+
+    text, motions = 6, 3
+    torch.manual_seed(0)
+    tau = torch.rand(5)
+    onehot = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 1, 0]), motions).float()
+    pooled = torch.randn(5, text)
+    old_in = torch.cat([pooled, time_features(tau), onehot], 1)
+    new_in = torch.cat([pooled, time_features(tau, "harmonics+ramp"), onehot], 1)
+
+    linear = torch.nn.Linear(old_in.shape[1], 4)
+    grown = torch.nn.Linear(new_in.shape[1], 4)
+    with torch.no_grad():
+        grown.weight.copy_(grow_time_columns(linear.weight, text, TIME_DIM, TIME_DIM + 1, motions, cross=False))
+        grown.bias.copy_(linear.bias)
+    assert torch.allclose(grown(new_in), linear(old_in), atol=1e-6)
+
+    old_map = CondMap(old_in.shape[1], cross=(TIME_DIM, motions))
+    torch.nn.init.normal_(old_map.linear_2.weight)
+    new_map = CondMap(new_in.shape[1], cross=(TIME_DIM + 1, motions))
+    state = dict(old_map.state_dict())
+    state["linear_1.weight"] = grow_time_columns(state["linear_1.weight"], text, TIME_DIM, TIME_DIM + 1, motions,
+                                                 cross=True)
+    new_map.load_state_dict(state)
+    assert torch.allclose(new_map(new_in, 8, 8), old_map(old_in, 8, 8), atol=1e-5)
+    # the ramp's own columns (alone and in the products) are zero; a wrong layout is refused
+    ramp_cols = [text + TIME_DIM] + [text + TIME_DIM + 1 + motions + m * (TIME_DIM + 1) + TIME_DIM
+                                     for m in range(motions)]
+    assert new_map.linear_1.weight[:, ramp_cols].abs().max() == 0
+    with pytest.raises(ValueError, match="columns"):
+        grow_time_columns(linear.weight, text + 1, TIME_DIM, TIME_DIM + 1, motions, cross=False)
