@@ -490,7 +490,8 @@ def test_gs4d_video_recipe_loads_with_its_members_prompts():
     assert members.video.prior.name == "tiny-video" and members.video.camera.frames == 8
     assert list(members.image.camera.time_range) == [0.5, 0.5] and cfg.representation.canonical_time == 0.5
     assert "translation" not in members.image and "translation" not in members.video  # drawn in the world's frame
-    assert list(members.video.prior.time_window) == [0.0625, 0.9375]  # tiny-video's periodic time: not its ends
+    # the whole clip time: tiny-video tells a motion's start from its end (time_input harmonics+ramp)
+    assert list(members.video.prior.get("time_window", [0.0, 1.0])) == [0.0, 1.0]
     assert cfg.prior.name == "tiny-t2i-cam" and cfg.representation.object_radius == 0.55
 
 

@@ -291,10 +291,14 @@ def test_shipped_tiny_video_folder():
     prior = PixelDiffusionPrior("tiny-video", warn_outside_world=False)
     assert prior.frames == 8 and prior.resolution == 32
     assert prior.class_condition == "pooled_text+time+motion" and prior.view_settings.frame_input == "cond_map"
+    assert prior.view_settings.time_input == "harmonics+ramp"  # tells a clip's start from its end
     # trained: the time and motion columns of the class embedding and the map's zero-initialised last layer moved
     assert prior.unet.class_embedding.linear_1.weight[:, TEXT_DIM:].abs().max() > 1e-3
     cond_map = getattr(prior.unet, CondMap.ATTRIBUTE)
     assert cond_map.cross is not None and cond_map.linear_2.weight.abs().max() > 1e-3
+    ramp = TEXT_DIM + TIME_DIM  # the ramp's column, zero at the start of its training run: it learned
+    assert prior.unet.class_embedding.linear_1.weight[:, ramp].abs().max() > 1e-3
+    assert cond_map.linear_1.weight[:, ramp].abs().max() > 1e-3
     # it knows its motions: "moving left" and "moving right" clips are captions it was trained on
     assert {"a red cube moving left", "a blue sphere bouncing", "a red cube spinning"} <= set(prior.world_captions)
 

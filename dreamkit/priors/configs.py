@@ -64,9 +64,10 @@ class PixelPriorConfig:
     name: str = "tiny-t2i"
     #: auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16
     dtype: str = "auto"
-    #: [lo, hi] ⊆ [0, 1], video priors only: the prior is shown each frame's time τ as lo + τ·(hi − lo). tiny-video's
-    #: time condition is periodic (sin/cos(2πkτ)), so it cannot tell τ = 0 from τ = 1 and draws the object at the
-    #: motion's other end there; gs4d_video.yaml shows it [1/16, 15/16] (docs/4d.md, "Text to 4D")
+    #: [lo, hi] ⊆ [0, 1], video priors only: the prior is shown each frame's time τ as lo + τ·(hi − lo). For a prior
+    #: whose time condition is periodic (time_input "harmonics": sin/cos(2πkτ), tiny-video up to run j), which cannot
+    #: tell τ = 0 from τ = 1 and draws the object at the motion's other end there: [1/16, 15/16] keeps fits off both
+    #: ends (docs/4d.md, "Text to 4D"); the shipped tiny-video (harmonics+ramp) needs none
     time_window: List[float] = field(default_factory=lambda: [0.0, 1.0])
     #: UNet weights and inputs in channels-last memory format (the same numbers to float rounding; tiny-t2i's UNet
     #: call ran 8–13% faster on the 2-core CPU). auto = on the CPU, off on CUDA (see StableDiffusionPriorConfig)
