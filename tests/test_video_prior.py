@@ -668,3 +668,26 @@ def test_grow_time_columns_keeps_what_the_layers_compute():
     assert new_map.linear_1.weight[:, ramp_cols].abs().max() == 0
     with pytest.raises(ValueError, match="columns"):
         grow_time_columns(linear.weight, text + 1, TIME_DIM, TIME_DIM + 1, motions, cross=False)
+
+
+def test_time_input_is_read_from_the_folder_and_checked(tmp_path):
+    """A folder's ``time_input``: "harmonics+ramp" gives class labels with the ramp (2τ − 1 after the harmonics); an
+    unknown name, or one that does not fit the UNet's class embedding, is a DreamkitError naming the key."""
+    from dreamkit.errors import DreamkitError
+    from dreamkit.world.motion import MOTIONS
+
+    folder = build_tiny_random_pixel_prior(tmp_path / "ramp", resolution=R, seed=2, frames=F,
+                                           class_condition="pooled_text+time+motion", frame_input="cond_map",
+                                           time_input="harmonics+ramp")
+    prior = PixelDiffusionPrior(str(folder), warn_outside_world=False)
+    assert prior.view_settings.time_input == "harmonics+ramp"
+    cams = sample_clip_cameras(1, F, R, tau0=0.0625)
+    cond = prior.encode_text(["a red cube moving left"]).cond.repeat_interleave(F, 0)
+    labels = prior.view_settings.class_labels(cond, cams, "cpu", torch.float32)
+    assert labels.shape == (F, TEXT_DIM + TIME_DIM + 1 + len(MOTIONS))
+    assert torch.allclose(labels[:, TEXT_DIM + TIME_DIM], 2 * cams.time.float() - 1)
+    index = json.loads((folder / "model_index.json").read_text())
+    for bad, match in (("bogus", "time_input 'bogus'"), ("harmonics", "do not fit")):
+        (folder / "model_index.json").write_text(json.dumps({**index, "time_input": bad}))
+        with pytest.raises(DreamkitError, match=match):
+            PixelDiffusionPrior(str(folder), warn_outside_world=False)
