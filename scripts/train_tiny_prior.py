@@ -119,7 +119,10 @@ def init_cond_map(cond_map, folder: Path, time_input: str) -> bool:
     grown = _time_growth(folder, time_input)
     if grown is not None:
         text_dim = int(state["linear_1.weight"].shape[1]) - grown[0] - grown[2] - grown[0] * grown[2]
-        state["linear_1.weight"] = grow_time_columns(state["linear_1.weight"], text_dim, *grown, cross=True)
+        try:
+            state["linear_1.weight"] = grow_time_columns(state["linear_1.weight"], text_dim, *grown, cross=True)
+        except ValueError as err:  # a map network without the motion × time products (runs before g)
+            raise SystemExit(f"--init-from {folder}: {COND_MAP_FILE}: {err}") from None
     try:
         cond_map.load_state_dict(state)
     except RuntimeError as err:
