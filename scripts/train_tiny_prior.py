@@ -92,22 +92,23 @@ def init_weights(unet, folder: Path, time_input: str = "harmonics") -> None:
 def _time_growth(folder: Path, time_input: str) -> "tuple[int, int, int] | None":
     """(old time width, new time width, motions) when ``folder`` is a "pooled_text+time+motion" video prior whose
     frame-time features are narrower than ``time_input``'s, else None (a narrower target is an error)."""
-    from dreamkit.priors.multiview import TIME_INPUTS
+    from dreamkit.priors.multiview import time_input_dim
 
     index = json.loads((Path(folder) / "model_index.json").read_text())
     if index.get("class_condition") != "pooled_text+time+motion":
         return None
-    old = TIME_INPUTS[index.get("time_input", "harmonics")]
-    new = TIME_INPUTS[time_input]
+    old = time_input_dim(index.get("time_input", "harmonics"))
+    new = time_input_dim(time_input)
     if new < old:
         raise SystemExit(f"--init-from {folder} has time_input {index.get('time_input')!r}: train with it "
                          f"(--time-input), not the narrower {time_input!r}")
     return (old, new, len(index["motions"])) if new > old else None
 
 
-def init_cond_map(cond_map, folder: Path, time_input: str) -> bool:
+def init_cond_map(cond_map, folder: Path, time_input: str, text_dim: int) -> bool:
     """Load ``folder``'s map network into ``cond_map`` (its time columns grown as :func:`init_weights` grows the
-    class embedding's) when the folder has one; False when it has none (the map starts at zero)."""
+    class embedding's; ``text_dim`` the pooled text's width) when the folder has one; False when it has none (the map
+    starts at zero)."""
     from safetensors.torch import load_file
 
     from dreamkit.priors.multiview import COND_MAP_FILE, grow_time_columns
@@ -118,7 +119,6 @@ def init_cond_map(cond_map, folder: Path, time_input: str) -> bool:
     state = load_file(str(path))
     grown = _time_growth(folder, time_input)
     if grown is not None:
-        text_dim = int(state["linear_1.weight"].shape[1]) - grown[0] - grown[2] - grown[0] * grown[2]
         try:
             state["linear_1.weight"] = grow_time_columns(state["linear_1.weight"], text_dim, *grown, cross=True)
         except ValueError as err:  # a map network without the motion × time products (runs before g)
@@ -393,7 +393,8 @@ def main() -> int:
                            cross=cond_map_cross(class_condition, motions, args.time_input))
         attach_cond_map(unet, cond_map)
         if not (args.work / "ckpt.pt").is_file():
-            if args.init_from is None or not init_cond_map(cond_map, args.init_from, args.time_input):
+            if args.init_from is None or not init_cond_map(cond_map, args.init_from, args.time_input,
+                                                           int(unet.config.cross_attention_dim)):
                 with torch.no_grad():
                     unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)
     ema = copy.deepcopy(unet).requires_grad_(False)

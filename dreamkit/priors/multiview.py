@@ -148,8 +148,8 @@ class ViewSettings:
                 raise DreamkitError(f"{index_file}: class_condition 'pooled_text+time+motion' needs \"motions\": "
                                     "the list of motion names of its one-hot, in order")
             width = unet.config.get("projection_class_embeddings_input_dim")
-            if width is not None and width != int(unet.config.cross_attention_dim) + TIME_INPUTS[time_input] + len(
-                    motions):
+            time_dim = TIME_INPUTS[time_input]
+            if width is not None and width != int(unet.config.cross_attention_dim) + time_dim + len(motions):
                 raise DreamkitError(f"{index_file}: {len(motions)} motions and time_input {time_input!r} do not fit "
                                     f"the UNet's class embedding input of {width}")
             motions = tuple(motions)
@@ -380,7 +380,9 @@ class CondMap(torch.nn.Module):
 def cond_map_cross(class_condition: Optional[str], motions: Optional[tuple[str, ...]],
                    time_input: str = "harmonics") -> Optional[tuple[int, int]]:
     """A :class:`CondMap`'s ``cross`` for a class condition: (time harmonics, motions) when it has both."""
-    return (TIME_INPUTS[time_input], len(motions)) if class_condition == "pooled_text+time+motion" and motions else None
+    if class_condition != "pooled_text+time+motion" or not motions:
+        return None
+    return time_input_dim(time_input), len(motions)
 
 
 def attach_cond_map(unet, module: CondMap) -> None:
@@ -442,6 +444,13 @@ def save_unet_folder(unet, folder: Path) -> None:
     save_file({k: v.detach().float().cpu().contiguous() for k, v in cond_map.state_dict().items()}, str(path))
 
 
+def time_input_dim(time_input: str) -> int:
+    """The width of ``time_input``'s frame-time features (:data:`TIME_INPUTS`); ValueError naming the valid ones."""
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input {time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
+    return TIME_INPUTS[time_input]
+
+
 def time_features(tau: torch.Tensor, time_input: str = "harmonics") -> torch.Tensor:
     """[B] clip times τ → [B, 8] = [sin(2πkτ), k = 1..4, cos(2πkτ), k = 1..4], the frame-time input of a video
     prior's class embedding (GUIDANCE_4D.md §6.2), appended to the pooled text as the camera is for multi-view.
@@ -451,8 +460,7 @@ def time_features(tau: torch.Tensor, time_input: str = "harmonics") -> torch.Ten
     start and at its end ("moving left" on the right and on the left): tiny-video up to run j drew the object between
     the two there, and fits had to be shown times within [1/16, 15/16] only (losing 1/8 of every translation). The
     ramp is monotonic in τ, so the features of a clip's start and end differ."""
-    if time_input not in TIME_INPUTS:
-        raise ValueError(f"time_input {time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
+    time_input_dim(time_input)  # a known name
     tau = tau.float().reshape(-1, 1)
     k = torch.arange(1, TIME_HARMONICS + 1, device=tau.device, dtype=torch.float32)
     angle = 2 * torch.pi * tau * k

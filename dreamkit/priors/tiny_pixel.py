@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, FRAME_INPUT_CHANNELS, TIME_INPUTS
+from .multiview import CAMERA_INPUT_CHANNELS, CLASS_CONDITIONS, FRAME_INPUT_CHANNELS, time_input_dim
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 
@@ -44,9 +44,7 @@ def unet_config(resolution: int = 64, channels: Sequence[int] = (32, 64, 64, 128
 def class_condition_dim(class_condition: str, text_dim: int = TEXT_DIM, time_input: str = "harmonics") -> int:
     if class_condition not in CLASS_CONDITIONS:
         raise ValueError(f"class_condition {class_condition!r}: expected one of {', '.join(CLASS_CONDITIONS)}")
-    if time_input not in TIME_INPUTS:
-        raise ValueError(f"time_input {time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
-    time_dim = TIME_INPUTS[time_input]
+    time_dim = time_input_dim(time_input)
     return {"pooled_text": text_dim, "camera": 16, "pooled_text+camera": text_dim + 16,
             "pooled_text+time": text_dim + time_dim,
             "pooled_text+time+motion": text_dim + time_dim + len(_motions())}[class_condition]
