@@ -57,14 +57,14 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def init_weights(unet, folder: Path, time_input: str = "harmonics") -> None:
+def init_weights(unet, folder: Path, grown: "tuple[int, int, int] | None" = None) -> None:
     """Copy the UNet weights of a trained prior folder into ``unet`` (same layout except the class-embedding input).
 
     A class-embedding input that grew (pooled text → pooled text + camera), or a ``conv_in`` that gained the input
     channels of a camera ray map, keeps the old weights and starts the new inputs at zero, so the model initially
     behaves exactly as the one it starts from. A video prior's frame-time features that grew (``--time-input``
-    harmonics → harmonics+ramp) get zero columns where the new features sit
-    (``dreamkit.priors.multiview.grow_time_columns``), likewise.
+    harmonics → harmonics+ramp; ``grown`` as :func:`_time_growth` gives it) get zero columns where the new features
+    sit (``dreamkit.priors.multiview.grow_time_columns``), likewise.
     """
     from safetensors.torch import load_file
 
@@ -76,7 +76,6 @@ def init_weights(unet, folder: Path, time_input: str = "harmonics") -> None:
         source.update(load_file(f))
     from dreamkit.priors.tiny_pixel import init_unet_from
 
-    grown = _time_growth(folder, time_input)
     if grown is not None:
         from dreamkit.priors.multiview import grow_time_columns
 
@@ -94,7 +93,10 @@ def _time_growth(folder: Path, time_input: str) -> "tuple[int, int, int] | None"
     frame-time features are narrower than ``time_input``'s, else None (a narrower target is an error)."""
     from dreamkit.priors.multiview import time_input_dim
 
-    index = json.loads((Path(folder) / "model_index.json").read_text())
+    index_file = Path(folder) / "model_index.json"
+    if not index_file.is_file():
+        raise SystemExit(f"--init-from {folder}: no model_index.json (a prior folder written by this script)")
+    index = json.loads(index_file.read_text())
     if index.get("class_condition") != "pooled_text+time+motion":
         return None
     old = time_input_dim(index.get("time_input", "harmonics"))
@@ -105,7 +107,7 @@ def _time_growth(folder: Path, time_input: str) -> "tuple[int, int, int] | None"
     return (old, new, len(index["motions"])) if new > old else None
 
 
-def init_cond_map(cond_map, folder: Path, time_input: str, text_dim: int) -> bool:
+def init_cond_map(cond_map, folder: Path, grown: "tuple[int, int, int] | None", text_dim: int) -> bool:
     """Load ``folder``'s map network into ``cond_map`` (its time columns grown as :func:`init_weights` grows the
     class embedding's; ``text_dim`` the pooled text's width) when the folder has one; False when it has none (the map
     starts at zero)."""
@@ -117,7 +119,6 @@ def init_cond_map(cond_map, folder: Path, time_input: str, text_dim: int) -> boo
     if not path.is_file():
         return False
     state = load_file(str(path))
-    grown = _time_growth(folder, time_input)
     if grown is not None:
         try:
             state["linear_1.weight"] = grow_time_columns(state["linear_1.weight"], text_dim, *grown, cross=True)
@@ -286,6 +287,9 @@ def main() -> int:
             raise SystemExit(f"--timestep-range {args.timestep_range!r}: expected LO:HI, e.g. 700:1000")
         if not 0 <= t_lo < t_hi <= n_timesteps:
             raise SystemExit(f"--timestep-range {args.timestep_range}: need 0 ≤ LO < HI ≤ {n_timesteps}")
+    grown = None  # how the time features grow from --init-from's (a narrower --time-input is refused here)
+    if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
+        grown = _time_growth(args.init_from, args.time_input)
     args.work.mkdir(parents=True, exist_ok=True)
     data_dir = args.work / "data"
     if args.video and args.multiview:
@@ -375,7 +379,7 @@ def main() -> int:
                                               camera_input=args.camera_input,
                                               frame_input=args.frame_input, time_input=args.time_input)).to(device)
     if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
-        init_weights(unet, args.init_from, args.time_input)
+        init_weights(unet, args.init_from, grown)
     from dreamkit.priors.multiview import ViewSettings
 
     # the UNet's attention, class-embedding and conv_in inputs are set up by the object the inference adapters use
@@ -393,7 +397,7 @@ def main() -> int:
                            cross=cond_map_cross(class_condition, motions, args.time_input))
         attach_cond_map(unet, cond_map)
         if not (args.work / "ckpt.pt").is_file():
-            if args.init_from is None or not init_cond_map(cond_map, args.init_from, args.time_input,
+            if args.init_from is None or not init_cond_map(cond_map, args.init_from, grown,
                                                            int(unet.config.cross_attention_dim)):
                 with torch.no_grad():
                     unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)

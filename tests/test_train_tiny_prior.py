@@ -99,3 +99,4 @@ def test_video_time_ramp_continues_a_harmonics_prior_exactly(tmp_path):
                           str(tmp_path / "w_back"), "--out", str(tmp_path / "back"), "--max-steps", "0",
                           "--init-from", str(ramp)], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "--time-input" in out.stderr
+    assert not (tmp_path / "w_back").exists()  # refused before anything is written
