@@ -75,6 +75,9 @@ class BackgroundConfig:
     type: str = "solid"
     color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     learned_lr: float = 0.01
+    #: loss.lambda_unseen's colour scale: a pixel whose composite lies within about this (RGB distance) of the
+    #: background shows the prior nothing, and its alpha is penalised with weight exp(-(distance / unseen_sigma)²)
+    unseen_sigma: float = 0.1
 
 
 @dataclass
@@ -535,6 +538,9 @@ def validate_values(cfg: DictConfig) -> None:
         raise ConfigError(f"background.type={cfg.background.type!r} — use solid, random or learned")
     if len(cfg.background.color) != 3:
         raise ConfigError(f"background.color must have 3 values (RGB in [0, 1]), got {list(cfg.background.color)}")
+    if not float(cfg.background.unseen_sigma) > 0:
+        raise ConfigError(f"background.unseen_sigma={cfg.background.unseen_sigma}: use a colour distance > 0 "
+                          "(0.1 by default; loss.lambda_unseen's scale)")
     for key, value in cfg.loss.items():
         if not str(key).startswith("lambda_"):
             raise ConfigError(f"loss.{key}: loss weights are named lambda_<term>, e.g. loss.lambda_sds=1.0")

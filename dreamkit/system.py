@@ -70,6 +70,34 @@ class StepResult:
     cameras: Cameras
 
 
+#: loss terms of the system itself, for every representation (beside the guidance's and the representation's)
+SYSTEM_LOSS_NAMES = ("unseen",)
+
+
+def unseen_alpha(rgb: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``loss_unseen``: alpha that the prior cannot see — mean over pixels of w · alpha, with
+    w = exp(−(‖c − background‖ / sigma)²), c = (rgb − (1 − alpha)·background) / alpha the colour of the matter
+    that a pixel composites (w, c detached; alpha ≥ 1e-3 in the division).
+
+    A score-distillation prior sees only the composite rgb = c·α + bg·(1 − α). Where the matter's colour c is close
+    to the background's, the image gradient moves neither c nor α (∂rgb/∂α = c − bg ≈ 0), so pale,
+    background-coloured matter that the prior's early, high-noise steps put down is never taken away: it fills a
+    ring's hole and hazes a cube's top, and the visual hull export (alpha ≥ ``export.mesh_hull_alpha``) keeps it as
+    solid. This term takes away exactly that alpha. It leaves alone matter whose colour the prior sees (w < 0.02
+    beyond 2·sigma) at any alpha — the faint fringe of a red object keeps its red c, so silhouettes are not eaten
+    (weighting by the composite's distance instead would). dreamkit's own regulariser (not from a paper); NeRF's
+    sparsity (``loss.lambda_sparsity``) pulls every covered pixel instead, and shrinks what the prior wants kept.
+
+    rgb [B, H, W, 3], alpha [B, H, W, 1], background [B, 3] → scalar.
+    """
+    bg = background.view(background.shape[0], 1, 1, -1).to(rgb.dtype)
+    with torch.no_grad():
+        a = alpha.detach()
+        matter = (rgb.detach() - (1 - a) * bg) / a.clamp_min(1e-3)
+        weight = torch.exp(-((matter - bg).norm(dim=-1, keepdim=True) / float(sigma)) ** 2)
+    return (weight * alpha).mean()
+
+
 class Background(nn.Module):
     """solid | random (a random colour per image, as threestudio's random background) | learned (one RGB parameter)."""
 
@@ -166,7 +194,8 @@ class DreamSystem(pl.LightningModule):
         self._check_lambdas()
 
     def _check_lambdas(self) -> None:
-        known = set(getattr(self._guidance, "loss_names", ())) | set(getattr(self.representation, "loss_names", ()))
+        known = (set(getattr(self._guidance, "loss_names", ())) | set(getattr(self.representation, "loss_names", ()))
+                 | set(SYSTEM_LOSS_NAMES))
         for name in self._lambdas:
             if name not in known:
                 import difflib
@@ -322,6 +351,9 @@ class DreamSystem(pl.LightningModule):
             terms = self._guidance(out, batch, step, generator=self.own_gen)
         with timer("regularizers"):
             terms.update(self.representation.regularizers(out, step))
+            if "unseen" in self._lambdas:
+                terms["loss_unseen"] = unseen_alpha(out.rgb, out.alpha, background,
+                                                    float(self.cfg.background.unseen_sigma))
         total = None
         for name, schedule in self._lambdas.items():
             weight = schedule(step)

@@ -309,3 +309,54 @@ def test_knn_scale_init_is_exact_for_a_cloud_away_from_the_origin():
     got = knn_mean_distance(points, k=3, chunk=256)
     assert got.dtype == torch.float32 and got.shape == (700,)
     torch.testing.assert_close(got.double(), knn_reference(points), rtol=2e-6, atol=0)
+
+
+def test_unseen_alpha_by_hand_and_on_gaussians():
+    """loss_unseen = mean w·alpha, w = exp(−(‖c − bg‖ / sigma)²) with c = (rgb − (1 − alpha)·bg) / alpha the
+    composited matter's colour: worked by hand on four pixels (a faint red fringe gets no weight, although its
+    composite is within 0.11 of the background); on Gaussians its gradient takes opacity from a background-coloured
+    Gaussian and none from a red one."""
+    from dreamkit.system import unseen_alpha
+
+    bg = torch.tensor([[0.9, 0.9, 0.9]])
+    red = torch.tensor([0.8, 0.1, 0.1])
+    alphas = [0.5, 0.8, 1.0, 0.1]
+    pixels = [torch.full((3,), 0.9),                    # background-coloured matter, half opaque
+              torch.tensor([0.95, 0.9, 0.9]),           # pale pink matter c = (0.9625, 0.9, 0.9)
+              torch.tensor([0.9, 0.2, 0.2]),            # saturated, opaque
+              0.1 * red + 0.9 * 0.9]                    # the fringe of a red object
+    rgb = torch.stack(pixels).view(1, 2, 2, 3)
+    alpha = torch.tensor(alphas).view(1, 2, 2, 1).requires_grad_(True)
+    sigma = 0.1
+    w = [1.0, math.exp(-(0.0625 / sigma) ** 2), math.exp(-(math.sqrt(0.7 ** 2 + 0.7 ** 2) / sigma) ** 2),
+         math.exp(-(math.sqrt(0.1 ** 2 + 0.8 ** 2 + 0.8 ** 2) / sigma) ** 2)]
+    loss = unseen_alpha(rgb.requires_grad_(True), alpha, bg, sigma)
+    assert float(loss.detach()) == pytest.approx(sum(wi * a for wi, a in zip(w, alphas)) / 4, rel=1e-5)
+    g_alpha, g_rgb = torch.autograd.grad(loss, [alpha, rgb], allow_unused=True)
+    assert torch.allclose(g_alpha.view(-1), torch.tensor(w) / 4, rtol=1e-5)
+    assert float(g_alpha.view(-1)[3]) < 1e-30  # the fringe: no pull, so silhouettes are not eaten
+    assert g_rgb is None  # the weight is a constant of the step: colours get no gradient
+
+    # two Gaussians side by side, one the background's grey, one red
+    m = make(num_points=2, init_opacity=0.6)
+    with torch.no_grad():
+        m.params["means"].copy_(torch.tensor([[-0.4, 0.0, 0.0], [0.4, 0.0, 0.0]]))
+        m.params["log_scales"].fill_(math.log(0.12))
+        m.params["sh0"][:, 0] = (torch.stack([torch.full((3,), 0.9), red]) - 0.5) / 0.28209479
+    cams = orbit_cameras(1, 32, 32, elevation=0.0, distance=3.0, fovy=40.0)
+    out = m.render(cams, bg.expand(1, 3))
+    (grad,) = torch.autograd.grad(unseen_alpha(out.rgb, out.alpha, bg, sigma), m.params["opacity_logits"])
+    assert float(grad[0]) > 0 and abs(float(grad[1])) < 1e-3 * float(grad[0])
+
+
+def test_lambda_unseen_is_a_recipe_term_and_sigma_is_checked():
+    from test_bench import _small_system
+
+    from dreamkit.config import load_config
+    from dreamkit.errors import ConfigError
+
+    system, optimizers = _small_system("gs_sds", "cpu", ["loss.lambda_unseen=100"])
+    result = system.optimization_step(0, optimizers)
+    assert float(result.terms["loss_unseen"].detach()) > 0
+    with pytest.raises(ConfigError, match="unseen_sigma"):
+        load_config("gs_sds.yaml", ["background.unseen_sigma=0"])
