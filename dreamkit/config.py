@@ -75,8 +75,9 @@ class BackgroundConfig:
     type: str = "solid"
     color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     learned_lr: float = 0.01
-    #: loss.lambda_unseen's colour scale: a pixel whose composite lies within about this (RGB distance) of the
-    #: background shows the prior nothing, and its alpha is penalised with weight exp(-(distance / unseen_sigma)²)
+    #: loss.lambda_unseen's colour scale: matter whose colour (a pixel's composite with the background taken out)
+    #: lies within about this RGB distance of the background's shows the prior nothing; its alpha is penalised with
+    #: weight exp(-(distance / unseen_sigma)²)
     unseen_sigma: float = 0.1
 
 
