@@ -287,9 +287,11 @@ def main() -> int:
             raise SystemExit(f"--timestep-range {args.timestep_range!r}: expected LO:HI, e.g. 700:1000")
         if not 0 <= t_lo < t_hi <= n_timesteps:
             raise SystemExit(f"--timestep-range {args.timestep_range}: need 0 ≤ LO < HI ≤ {n_timesteps}")
-    grown = None  # how the time features grow from --init-from's (a narrower --time-input is refused here)
-    if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
-        grown = _time_growth(args.init_from, args.time_input)
+    ckpt_path = args.work / "ckpt.pt"
+    resuming = ckpt_path.is_file()  # a checkpoint restores everything below; --init-from counts only on a fresh run
+    fresh_init = args.init_from is not None and not resuming
+    # how the time features grow from --init-from's (a narrower --time-input is refused here, before any write)
+    grown = _time_growth(args.init_from, args.time_input) if fresh_init else None
     args.work.mkdir(parents=True, exist_ok=True)
     data_dir = args.work / "data"
     if args.video and args.multiview:
@@ -378,7 +380,7 @@ def main() -> int:
                                               multiview=views > 1, class_condition=class_condition,
                                               camera_input=args.camera_input,
                                               frame_input=args.frame_input, time_input=args.time_input)).to(device)
-    if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
+    if fresh_init:
         init_weights(unet, args.init_from, grown)
     from dreamkit.priors.multiview import ViewSettings
 
@@ -396,13 +398,13 @@ def main() -> int:
         cond_map = CondMap(int(unet.config.projection_class_embeddings_input_dim),
                            cross=cond_map_cross(class_condition, motions, args.time_input))
         attach_cond_map(unet, cond_map)
-        if not (args.work / "ckpt.pt").is_file():
+        if not resuming:
             if args.init_from is None or not init_cond_map(cond_map, args.init_from, grown,
                                                            int(unet.config.cross_attention_dim)):
                 with torch.no_grad():
                     unet.conv_in.weight[:, -COND_MAP_CHANNELS:].normal_(0.0, 0.05)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    if args.init_from is not None and not (args.work / "ckpt.pt").is_file():
+    if fresh_init:
         source_type = json.loads((args.init_from / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
         if source_type != args.prediction_type:
             # switching the target is a fine-tune, as Stable Diffusion 2's 768-v model was fine-tuned from its
@@ -438,8 +440,7 @@ def main() -> int:
         draw_weights = draw_weights_by([names[i] for i in motion_idx.tolist()], factors, names, "motion",
                                        draw_weights)
     step = 0
-    ckpt_path = args.work / "ckpt.pt"
-    if ckpt_path.is_file():
+    if resuming:
         state = torch.load(ckpt_path, map_location=device, weights_only=True)  # tensors and plain values only
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
