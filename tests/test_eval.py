@@ -383,6 +383,24 @@ def test_section_ratio_is_none_where_the_plane_meets_no_surface():
     assert section_ratio(tri.vertices, tri.faces, height=-0.5) is None
 
 
+def test_section_ratio_of_an_open_mesh_uses_its_open_polylines():
+    """A box with a hole in one side at the centre height cuts into one open polyline (trimesh keeps only closed
+    loops in ``section.discrete``): still a square section. Half a box (a U, going half round the centre): None."""
+    import trimesh
+
+    from dreamkit.eval.world_metrics import section_ratio
+
+    box = trimesh.creation.box(extents=(1, 1, 1)).subdivide().subdivide().subdivide()
+    centres = box.triangles_center
+    hole = (centres[:, 0] > 0.49) & (np.abs(centres[:, 1]) < 0.1) & (np.abs(centres[:, 2]) < 0.1)
+    holed = trimesh.Trimesh(box.vertices, box.faces[~hole], process=False)
+    assert not holed.is_watertight
+    assert len(holed.section(plane_origin=[0, 0, 0], plane_normal=[0, 1, 0]).discrete) == 0
+    assert section_ratio(holed.vertices, holed.faces) == pytest.approx(1.37, abs=0.03)
+    half = trimesh.Trimesh(box.vertices, box.faces[centres[:, 0] < -0.49], process=False)  # one side only
+    assert section_ratio(half.vertices, half.faces) is None
+
+
 def test_verdict_wants_the_right_size_and_square_sections():
     """A round column nearest to 'cube' with the right hue is not a cube: the verdict also asks for sorted extents
     within 20% of the truth's and, for square-sectioned truths, sections ≥ 1.25 (rows as read back from a CSV)."""

@@ -321,6 +321,48 @@ def test_gaussians_to_textured_glb_and_obj(tmp_path):
     assert np.abs(np.linalg.norm(obj.vertices, axis=1) - radius).max() < 0.1
 
 
+def test_marching_cubes_closes_a_solid_that_the_box_cuts():
+    """A sphere of radius 0.5 in a box of half-size 0.4: the mesh is closed by flat caps on the box's faces (trimesh
+    calls it watertight) and its volume is the sphere's part inside the cube, worked by Monte Carlo."""
+    import trimesh
+
+    grid = density_grid(lambda p: 0.5 - p.norm(dim=-1), 48, 0.4)
+    verts, faces = marching_cubes(grid, 0.0, 0.4)
+    mesh = trimesh.Trimesh(verts.astype(np.float64), faces, process=True)
+    assert mesh.is_watertight
+    half_cell = 0.8 / 47 / 2
+    assert np.all(mesh.bounds[1] > 0.4) and np.all(mesh.bounds[1] <= 0.4 + half_cell)  # caps within half a cell
+    assert np.all(mesh.bounds[0] < -0.4) and np.all(mesh.bounds[0] >= -0.4 - half_cell)
+    points = np.random.default_rng(0).uniform(-0.4, 0.4, (400_000, 3))
+    inside = (np.linalg.norm(points, axis=1) < 0.5).mean() * 0.8**3
+    assert mesh.volume == pytest.approx(inside, rel=0.02)  # (+ the caps lie within half a cell outside the box)
+
+
+class _TightBox:
+    """A sphere of radius 0.5 whose own ``mesh_bound`` (half-size 0.3) cuts it."""
+
+    def query_density(self, points):
+        return 0.5 - points.norm(dim=-1)
+
+    def query_color(self, points):
+        return torch.ones(len(points), 3)
+
+    def mesh_bound(self):
+        return np.array([[-0.3] * 3, [0.3] * 3])
+
+
+def test_extract_mesh_grows_a_field_own_box_that_cuts_the_solid_but_not_a_given_one():
+    import trimesh
+
+    grown = extract_mesh(_TightBox(), resolution=48, threshold=0.0, max_faces=0)
+    mesh = trimesh.Trimesh(grown.verts.astype(np.float64), grown.faces, process=True)
+    assert mesh.is_watertight
+    assert np.allclose(mesh.extents, 1.0, atol=0.02)  # 0.3 → 0.375 → 0.469 cuts; 0.586 holds the sphere whole
+    given = extract_mesh(_TightBox(), resolution=48, threshold=0.0, max_faces=0, bound=0.3)
+    assert np.all(given.verts.max(0) <= 0.3 + 0.6 / 47 / 2)  # a box the caller chose is kept (and the cut capped)
+    assert trimesh.Trimesh(given.verts.astype(np.float64), given.faces, process=True).is_watertight
+
+
 def test_extract_mesh_fails_clearly_when_empty():
     field = GaussianField(torch.zeros(1, 3), torch.full((1, 3), 0.1), torch.tensor([[1.0, 0, 0, 0]]),
                           torch.tensor([0.1]), torch.ones(1, 3))

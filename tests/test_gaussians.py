@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dreamkit.cameras import orbit_cameras
+from dreamkit.errors import ConfigError
 from dreamkit.representations.gaussian_strategy import quat_to_rotmat
 from dreamkit.representations.gaussians import GaussianConfig, GaussianModel, knn_mean_distance
 
@@ -298,6 +299,33 @@ def test_object_radius_scales_the_gaussians_toward_the_radius_keeping_their_shap
     assert torch.allclose(m.means.detach() - centre, rel0 * total, atol=1e-4)
     assert torch.allclose(m.params["log_scales"].detach() - log_scales0,
                           torch.full_like(log_scales0, math.log(total)), atol=1e-3)
+
+
+def test_object_radius_of_splats_reaches_each_gaussians_rendered_alpha_half_contour():
+    """object_radius_of=splats adds σ_max·√(2 ln 2o) to each centre's distance: where a lone Gaussian's rendered alpha
+    falls to 0.5. Checked against the renderer (the area of alpha ≥ 0.5 of one isotropic Gaussian seen head-on), then
+    on a shell of such Gaussians: means radius 0.4, splats radius 0.4 + that reach."""
+    sigma, o = 0.1, 0.9
+    reach = sigma * math.sqrt(2 * math.log(2 * o))
+    m = make(num_points=1, init_radius=0.0, init_opacity=o)
+    with torch.no_grad():
+        m.params["means"].zero_()
+        m.params["log_scales"].fill_(math.log(sigma))
+    cams = orbit_cameras(1, 129, 129, elevation=0.0, distance=3.0, fovy=40.0)
+    alpha = m.render(cams).alpha[0, ..., 0]
+    focal = 129 / 2 / math.tan(math.radians(20.0))
+    radius_px = math.sqrt(float((alpha >= 0.5).sum()) / math.pi)
+    assert radius_px == pytest.approx(reach * focal / 3.0, rel=0.05)
+    shell = make(num_points=500, init_radius=1.0, init_opacity=o, object_radius_of="splats")
+    with torch.no_grad():
+        shell.params["means"].copy_(torch.nn.functional.normalize(shell.means, dim=-1) * 0.4)
+        shell.params["log_scales"].fill_(math.log(sigma))
+    _, r_means = shell.object_radius()
+    _, r_splats = shell.object_radius(of="splats")
+    assert float(r_means) == pytest.approx(0.4, abs=0.01)
+    assert float(r_splats) == pytest.approx(0.4 + reach, abs=0.01)
+    with pytest.raises(ConfigError, match="object_radius_of"):
+        make(object_radius_of="pixels")
 
 
 def test_knn_scale_init_is_exact_for_a_cloud_away_from_the_origin():

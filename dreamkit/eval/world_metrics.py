@@ -120,22 +120,39 @@ def _resample_polyline(polyline: np.ndarray, step: float) -> np.ndarray:
     return np.vstack(out)
 
 
-def section_ratio(verts, faces, height: float = 0.0, bin_deg: float = 5.0) -> Optional[float]:
+def section_ratio(verts, faces, height: float = 0.0, bin_deg: float = 5.0,
+                  min_turn: float = 0.9) -> Optional[float]:
     """Largest over smallest radius, by angle, of the mesh's horizontal section at ``height`` above its bounding-box
     centre: the mean radius (from the vertical axis through the centre) in ``bin_deg`` bins of the angle modulo 90°.
     A square section turned any way about the vertical gives 1.36–1.38 at 5° bins (a cube, a pyramid), a round one
     1.00 (a cylinder, a cone, a sphere). Tells a box from a solid of revolution, which nearest-shape Chamfer does not
-    (a round column can be nearest to the cube). None when the plane misses the mesh. Uses trimesh's section."""
+    (a round column can be nearest to the cube). None when the plane misses the mesh. Uses trimesh's section.
+
+    A mesh that is not closed (a visual hull's can have a hole) cuts into open polylines, which trimesh leaves out of
+    its closed loops (``section.discrete``); those are used when there is no closed loop, provided that they go round
+    the vertical axis through the centre (``min_turn`` of the 72 5°-sectors of the full turn hold a point), so that a
+    plane which only touches an edge or a side still gives None."""
     import trimesh
 
     mesh = trimesh.Trimesh(np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64), process=False)
     centre = mesh.bounds.mean(0)
     section = mesh.section(plane_origin=[centre[0], centre[1] + height, centre[2]], plane_normal=[0, 1, 0])
-    if section is None or len(section.discrete) == 0:  # the plane misses the mesh, or only touches it
+    if section is None:  # the plane misses the mesh
         return None
     step = float(mesh.extents[[0, 2]].max()) / 200
-    points = np.vstack([_resample_polyline(line, step) for line in section.discrete])
+    lines = list(section.discrete)
+    closed = len(lines) > 0
+    if not closed:  # open polylines only (or a plane that only touches the mesh)
+        lines = [e.discrete(section.vertices) for e in section.entities]
+        lines = [line for line in lines if len(line) >= 2]
+        if not lines:
+            return None
+    points = np.vstack([_resample_polyline(line, step) for line in lines])
     d = points[:, [0, 2]] - centre[[0, 2]]
+    if not closed:
+        sectors = np.unique((np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 360.0 // 5.0).astype(int))
+        if len(sectors) < min_turn * 72:
+            return None
     radius = np.linalg.norm(d, axis=1)
     angle = np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 90.0
     n_bins = int(round(90 / bin_deg))

@@ -76,16 +76,24 @@ def density_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int, bo
 def marching_cubes(grid: np.ndarray, threshold: float, bound: Bound) -> tuple[np.ndarray, np.ndarray]:
     """Iso-surface of ``grid`` [R, R, R] (x, y, z; the density is high *inside*) at ``threshold`` (Lorensen & Cline
     1987, via PyMCubes). Returns verts [V, 3] float32 in world units and faces [F, 3] int64, wound so that normals
-    point out of the dense region (towards decreasing density)."""
+    point out of the dense region (towards decreasing density).
+
+    The grid is padded with one layer of "outside" first, so that a solid the box cuts is closed by a flat cap on the
+    box's face (within half a cell outside it) instead of left open there (marching cubes makes no surface across the
+    grid's boundary): the mesh is always closed, whatever the box."""
     import mcubes
 
     box = _box(bound)
     grid = np.asarray(grid, dtype=np.float64)
-    verts, faces = mcubes.marching_cubes(grid, float(threshold))
+    span = float(np.abs(grid - threshold).max()) if grid.size else 1.0
+    # as far below the threshold as the grid's farthest value: a cap lies within half a cell outside the box (nearer
+    # the box, its vertices from a box edge's two or three cube edges would nearly coincide: sliver triangles)
+    padded = np.pad(grid, 1, mode="constant", constant_values=float(threshold) - max(span, 1e-12))
+    verts, faces = mcubes.marching_cubes(padded, float(threshold))
     if len(faces) == 0:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     scale = (box[1] - box[0]) / (np.asarray(grid.shape) - 1)
-    verts = box[0] + verts * scale
+    verts = box[0] + (verts - 1.0) * scale
     # PyMCubes winds faces counter-clockwise around the outward normal when the field is high inside (checked on a
     # sphere in tests/test_export_mesh.py); keep that as the contract here.
     return verts.astype(np.float32), faces.astype(np.int64)
@@ -559,6 +567,17 @@ def decimate(verts: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.n
 # the pipeline
 
 
+#: how many times, and by how much, :func:`extract_mesh` grows a field's own box that cuts the solid
+GROW_BOUND_TRIES = 3
+GROW_BOUND_FACTOR = 1.25
+
+
+def _touches_boundary(grid: np.ndarray, threshold: float) -> bool:
+    """Whether the solid (grid ≥ threshold) reaches any face of the grid."""
+    faces = (grid[0], grid[-1], grid[:, 0], grid[:, -1], grid[:, :, 0], grid[:, :, -1])
+    return any(bool((f >= threshold).any()) for f in faces)
+
+
 @torch.no_grad()
 def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, bound: Optional[Bound] = None,
                  keep_components: int = 1, min_component_fraction: float = 0.0, max_faces: int = 20000,
@@ -567,19 +586,30 @@ def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, boun
 
     Args:
         field: has ``query_density(points [N,3]) -> [N]``, ``query_color(points [N,3]) -> [N,3]`` and optionally
-            ``mesh_bound() -> [2, 3]`` (used when ``bound`` is None).
+            ``mesh_bound() -> [2, 3]`` (used when ``bound`` is None; grown ×1.25 up to three times while the solid
+            reaches its faces).
         resolution: grid samples per axis; threshold: the iso-level of the density.
         keep_components: keep the N largest connected components (0 = all), none smaller than ``min_of_largest``
             times the largest; max_faces: decimation budget (0 = none).
 
     Raises ValueError when the iso-surface is empty (nothing in the field reaches ``threshold``).
     """
+    own_bound = bound is None and hasattr(field, "mesh_bound")
     if bound is None:
-        bound = field.mesh_bound() if hasattr(field, "mesh_bound") else 1.0
-    if hasattr(field, "density_grid"):  # a field's own (faster) grid evaluation, e.g. GaussianField's splatting
-        grid = field.density_grid(resolution, bound)
-    else:
-        grid = density_grid(field.query_density, resolution, bound, chunk=chunk)
+        bound = field.mesh_bound() if own_bound else 1.0
+    for attempt in range(GROW_BOUND_TRIES + 1):
+        if hasattr(field, "density_grid"):  # a field's own (faster) grid evaluation, e.g. GaussianField's splatting
+            grid = field.density_grid(resolution, bound)
+        else:
+            grid = density_grid(field.query_density, resolution, bound, chunk=chunk)
+        # a box of the field's own choosing that cuts the solid (a visual hull reaches past the Gaussians' means
+        # box where the splats are large) is grown about its centre and the grid taken again; a box the caller
+        # gave is kept, and the cut solid closed with a cap by marching_cubes
+        if not own_bound or attempt == GROW_BOUND_TRIES or not _touches_boundary(grid, threshold):
+            break
+        box = _box(bound)
+        centre, half = box.mean(0), (box[1] - box[0]) / 2 * GROW_BOUND_FACTOR
+        bound = np.stack([centre - half, centre + half])
     verts, faces = marching_cubes(grid, threshold, bound)
     if len(faces) == 0:
         raise EmptyExport(f"nothing to export: the density never reaches export.mesh_threshold={threshold} "

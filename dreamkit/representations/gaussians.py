@@ -66,6 +66,10 @@ class GaussianConfig:
     object_radius: float = 0.0
     object_radius_start: int = 0
     object_radius_rate: float = 0.02
+    #: what ``object_radius`` measures: ``means`` (the opaque Gaussians' centres, as above) or ``splats`` (how far
+    #: each opaque Gaussian's own alpha-0.5 contour reaches: its centre's distance plus σ_max·√(2 ln 2o), the
+    #: silhouette's radius that the visual hull export sees; large outer splats make it 0.1–0.2 more than the means')
+    object_radius_of: str = "means"
     #: auto (gsplat on CUDA when installed, else the PyTorch twin) | torch | gsplat
     backend: str = "auto"
     #: tile size of the PyTorch twin (0 = automatic)
@@ -93,6 +97,9 @@ class GaussianModel(nn.Module):
             raise ConfigError(f"representation.bound_radius={cfg.bound_radius} — use a radius > 0, or 0 for no bound")
         if cfg.backend not in ("auto", "torch", "gsplat"):
             raise ConfigError(f"representation.backend={cfg.backend!r} — use auto, torch or gsplat")
+        if str(getattr(cfg, "object_radius_of", "means")) not in ("means", "splats"):
+            raise ConfigError(f"representation.object_radius_of={cfg.object_radius_of!r} — use means (the opaque "
+                              "Gaussians' centres) or splats (how far their alpha-0.5 contours reach)")
         self.cfg = cfg
         self.params = nn.ParameterDict()
         from ..registry import component_class
@@ -330,20 +337,31 @@ class GaussianModel(nn.Module):
         return info
 
     @torch.no_grad()
-    def object_radius(self, min_opacity: float = 0.2, quantile: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    def object_radius(self, min_opacity: float = 0.2, quantile: float = 0.99,
+                      of: str = "means") -> tuple[torch.Tensor, torch.Tensor]:
         """(centre [3], radius) of the opaque Gaussians: the centre of their means' bounding box (0.01–0.99
-        quantiles per axis) and the ``quantile`` of their distances from it (all Gaussians when none is opaque)."""
+        quantiles per axis) and the ``quantile`` of their distances from it (all Gaussians when none is opaque).
+        ``of="splats"``: the distances reach each Gaussian's alpha-0.5 contour along its largest axis instead,
+        |μ − c| + σ_max·√(2 ln 2o) (a lone Gaussian's alpha o·exp(−d²/2σ²) is 0.5 there; 0 for o ≤ 0.5)."""
         means = self.means.detach()
-        solid = self.opacities.detach() >= min_opacity
-        pts = means[solid] if int(solid.sum()) >= 8 else means
+        opacity = self.opacities.detach()
+        solid = opacity >= min_opacity
+        keep = solid if int(solid.sum()) >= 8 else torch.ones_like(solid)
+        pts = means[keep]
         lo, hi = torch.quantile(pts, 0.01, dim=0), torch.quantile(pts, 0.99, dim=0)
         centre = (lo + hi) / 2
-        return centre, torch.quantile((pts - centre).norm(dim=-1), quantile)
+        dist = (pts - centre).norm(dim=-1)
+        if of == "splats":
+            reach = torch.sqrt(2.0 * torch.log((2.0 * opacity[keep]).clamp_min(1.0)))
+            dist = dist + self.scales.detach()[keep].amax(-1) * reach
+        elif of != "means":
+            raise ConfigError(f"representation.object_radius_of={of!r}: use 'means' or 'splats'")
+        return centre, torch.quantile(dist, quantile)
 
     @torch.no_grad()
     def hold_object_radius(self) -> float:
         """Scale the Gaussians about their centre toward ``object_radius`` (see the config); returns the factor."""
-        centre, radius = self.object_radius()
+        centre, radius = self.object_radius(of=str(self.cfg.object_radius_of))
         rate = float(self.cfg.object_radius_rate)
         factor = (float(self.cfg.object_radius) / max(float(radius), 1e-6))
         factor = min(max(factor, 1.0 - rate), 1.0 + rate)
