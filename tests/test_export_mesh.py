@@ -339,7 +339,9 @@ def test_marching_cubes_closes_a_solid_that_the_box_cuts():
 
 
 class _TightBox:
-    """A sphere of radius 0.5 whose own ``mesh_bound`` (half-size 0.3) cuts it."""
+    """A sphere of radius 0.5 whose own ``mesh_bound`` (half-size 0.3, an estimate: ``mesh_bound_grows``) cuts it."""
+
+    mesh_bound_grows = True
 
     def query_density(self, points):
         return 0.5 - points.norm(dim=-1)
@@ -358,6 +360,9 @@ def test_extract_mesh_grows_a_field_own_box_that_cuts_the_solid_but_not_a_given_
     mesh = trimesh.Trimesh(grown.verts.astype(np.float64), grown.faces, process=True)
     assert mesh.is_watertight
     assert np.allclose(mesh.extents, 1.0, atol=0.02)  # 0.3 → 0.375 → 0.469 cuts; 0.586 holds the sphere whole
+    domain = _TightBox()
+    domain.mesh_bound_grows = False  # a box that is the field's domain (a NeRF's AABB) is kept as well
+    assert np.all(extract_mesh(domain, resolution=48, threshold=0.0, max_faces=0).verts.max(0) <= 0.3 + 0.6 / 47 / 2)
     given = extract_mesh(_TightBox(), resolution=48, threshold=0.0, max_faces=0, bound=0.3)
     assert np.all(given.verts.max(0) <= 0.3 + 0.6 / 47 / 2)  # a box the caller chose is kept (and the cut capped)
     assert trimesh.Trimesh(given.verts.astype(np.float64), given.faces, process=True).is_watertight

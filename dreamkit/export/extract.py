@@ -157,6 +157,9 @@ class GaussianField:
         colors = (sh0 * 0.28209479177387814 + 0.5).clamp(0, 1)
         return cls(model.means, model.scales, model.quats, model.opacities, colors, **kw)
 
+    #: the box below estimates where the Gaussians are (extract_mesh may grow it), it does not bound their domain
+    mesh_bound_grows = True
+
     def mesh_bound(self, quantile: float = 0.999, margin: float = 0.05) -> np.ndarray:
         """[2, 3] box around the Gaussians: the ``quantile`` range of the means (stray Gaussians ignored) grown by
         the median Gaussian's cutoff extent and ``margin`` of the size, so the iso-surface is not clipped."""
@@ -403,6 +406,9 @@ class VisualHullField:
         self.alpha_threshold, self.fovy = float(alpha_threshold), float(fovy)
         self.device = torch.device(device)
 
+    #: the hull is defined everywhere (by the renders), so its box may grow past the field's
+    mesh_bound_grows = True
+
     def mesh_bound(self):
         return self.field.mesh_bound() if hasattr(self.field, "mesh_bound") else 1.0
 
@@ -587,16 +593,18 @@ def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, boun
     Args:
         field: has ``query_density(points [N,3]) -> [N]``, ``query_color(points [N,3]) -> [N,3]`` and optionally
             ``mesh_bound() -> [2, 3]`` (used when ``bound`` is None; grown ×1.25 up to three times while the solid
-            reaches its faces).
+            reaches its faces when the field says that its box is an estimate, ``mesh_bound_grows = True``: the
+            Gaussians' field and the visual hull, not a NeRF's AABB, outside which it has no density).
         resolution: grid samples per axis; threshold: the iso-level of the density.
         keep_components: keep the N largest connected components (0 = all), none smaller than ``min_of_largest``
             times the largest; max_faces: decimation budget (0 = none).
 
     Raises ValueError when the iso-surface is empty (nothing in the field reaches ``threshold``).
     """
-    own_bound = bound is None and hasattr(field, "mesh_bound")
+    # only a box that estimates where the solid is may grow; a field's domain (a NeRF's AABB) may not
+    own_bound = bound is None and hasattr(field, "mesh_bound") and bool(getattr(field, "mesh_bound_grows", False))
     if bound is None:
-        bound = field.mesh_bound() if own_bound else 1.0
+        bound = field.mesh_bound() if hasattr(field, "mesh_bound") else 1.0
     for attempt in range(GROW_BOUND_TRIES + 1):
         if hasattr(field, "density_grid"):  # a field's own (faster) grid evaluation, e.g. GaussianField's splatting
             grid = field.density_grid(resolution, bound)
