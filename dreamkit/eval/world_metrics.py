@@ -149,12 +149,11 @@ def section_ratio(verts, faces, height: float = 0.0, bin_deg: float = 5.0,
             return None
     points = np.vstack([_resample_polyline(line, step) for line in lines])
     d = points[:, [0, 2]] - centre[[0, 2]]
-    if not closed:
-        sectors = np.unique((np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 360.0 // 5.0).astype(int))
-        if len(sectors) < min_turn * 72:
-            return None
+    turn = np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 360.0
+    if not closed and len(np.unique((turn // 5.0).astype(int))) < min_turn * 72:
+        return None
     radius = np.linalg.norm(d, axis=1)
-    angle = np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 90.0
+    angle = turn % 90.0
     n_bins = int(round(90 / bin_deg))
     bins = np.clip((angle // bin_deg).astype(int), 0, n_bins - 1)
     by_bin = np.array([radius[bins == k].mean() for k in range(n_bins) if (bins == k).any()])

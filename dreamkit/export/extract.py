@@ -602,7 +602,7 @@ def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, boun
     Raises ValueError when the iso-surface is empty (nothing in the field reaches ``threshold``).
     """
     # only a box that estimates where the solid is may grow; a field's domain (a NeRF's AABB) may not
-    own_bound = bound is None and hasattr(field, "mesh_bound") and bool(getattr(field, "mesh_bound_grows", False))
+    growable = bound is None and hasattr(field, "mesh_bound") and bool(getattr(field, "mesh_bound_grows", False))
     if bound is None:
         bound = field.mesh_bound() if hasattr(field, "mesh_bound") else 1.0
     for attempt in range(GROW_BOUND_TRIES + 1):
@@ -613,7 +613,7 @@ def extract_mesh(field: Any, resolution: int = 128, threshold: float = 1.0, boun
         # a box of the field's own choosing that cuts the solid (a visual hull reaches past the Gaussians' means
         # box where the splats are large) is grown about its centre and the grid taken again; a box the caller
         # gave is kept, and the cut solid closed with a cap by marching_cubes
-        if not own_bound or attempt == GROW_BOUND_TRIES or not _touches_boundary(grid, threshold):
+        if not growable or attempt == GROW_BOUND_TRIES or not _touches_boundary(grid, threshold):
             break
         box = _box(bound)
         centre, half = box.mean(0), (box[1] - box[0]) / 2 * GROW_BOUND_FACTOR

@@ -76,6 +76,14 @@ class GaussianConfig:
     tile_size: int = 0
 
 
+def _check_object_radius_of(of: Any) -> str:
+    """``representation.object_radius_of``, validated (ConfigError naming the choices)."""
+    if str(of) not in ("means", "splats"):
+        raise ConfigError(f"representation.object_radius_of={of!r} — use means (the opaque Gaussians' centres) or "
+                          "splats (how far their alpha-0.5 contours reach)")
+    return str(of)
+
+
 class GaussianModel(nn.Module):
     loss_names: tuple[str, ...] = ("sparsity", "opaque", "containment")
 
@@ -97,9 +105,7 @@ class GaussianModel(nn.Module):
             raise ConfigError(f"representation.bound_radius={cfg.bound_radius} — use a radius > 0, or 0 for no bound")
         if cfg.backend not in ("auto", "torch", "gsplat"):
             raise ConfigError(f"representation.backend={cfg.backend!r} — use auto, torch or gsplat")
-        if str(getattr(cfg, "object_radius_of", "means")) not in ("means", "splats"):
-            raise ConfigError(f"representation.object_radius_of={cfg.object_radius_of!r} — use means (the opaque "
-                              "Gaussians' centres) or splats (how far their alpha-0.5 contours reach)")
+        _check_object_radius_of(getattr(cfg, "object_radius_of", "means"))
         self.cfg = cfg
         self.params = nn.ParameterDict()
         from ..registry import component_class
@@ -351,11 +357,9 @@ class GaussianModel(nn.Module):
         lo, hi = torch.quantile(pts, 0.01, dim=0), torch.quantile(pts, 0.99, dim=0)
         centre = (lo + hi) / 2
         dist = (pts - centre).norm(dim=-1)
-        if of == "splats":
+        if _check_object_radius_of(of) == "splats":
             reach = torch.sqrt(2.0 * torch.log((2.0 * opacity[keep]).clamp_min(1.0)))
             dist = dist + self.scales.detach()[keep].amax(-1) * reach
-        elif of != "means":
-            raise ConfigError(f"representation.object_radius_of={of!r}: use 'means' or 'splats'")
         return centre, torch.quantile(dist, quantile)
 
     @torch.no_grad()
