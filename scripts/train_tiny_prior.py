@@ -155,6 +155,17 @@ def draw_weights_by(labels: list[str], factors: dict[str, float], order: list[st
     return weights
 
 
+def shape_draw_weights(scenes: list[dict], scene_idx: torch.Tensor, spec: str,
+                       weights: "torch.Tensor | None" = None) -> torch.Tensor:
+    """``--shape-sampling`` ("ring=4,..."): each image's draw weight times its single-object scene's shape factor
+    (the last part of the scene key, ``single/<colour>/<shape>``; other kinds keep factor 1)."""
+    other = "(not single)"
+    shape_of = [s["key"].split("/")[-1] if s["kind"] == "single" else other for s in scenes]
+    shapes = sorted(set(shape_of) - {other})
+    factors = sampling_factors(spec, "--shape-sampling", shapes, "shape(s)", "SHAPE=FACTOR[,SHAPE=FACTOR...], e.g. ring=4")
+    return draw_weights_by([shape_of[i] for i in scene_idx.tolist()], factors, shapes + [other], "shape", weights)
+
+
 def load_video_dataset(data_dir: Path):
     """Clips (``dreamkit.world.clips``): uint8 images [N, F, H, W, 3], caption indices [N], c2w [N, 4, 4] (one still
     camera per clip), fovy [N], scene indices [N], frame times [N, F], motion indices [N] (into meta["motions"])."""
@@ -228,6 +239,10 @@ def main() -> int:
                    help="relative weight of each scene kind when drawing training batches from the rendered dataset, "
                         "e.g. 'asymmetric=3' draws the asymmetric objects' groups 3× as often (others: 1); default: "
                         "uniform over the dataset")
+    p.add_argument("--shape-sampling", type=str, default=None,
+                   help="relative weight of each shape among the single-object scenes when drawing training batches, "
+                        "e.g. 'ring=4' draws the rings 4× as often (a shape whose image depends on the azimuth, so "
+                        "that a camera-aware prior learns to read it); multiplies --kind-sampling")
     p.add_argument("--camera-ranges", type=str, default=None,
                    help="the rendered dataset's camera distribution instead of dreamkit fit's defaults, e.g. "
                         "'elevation=-30:60,distance=2.2:3.3,fovy=30:50' (a camera-aware prior learns the camera from "
@@ -431,6 +446,8 @@ def main() -> int:
         kinds = [s["kind"] for s in meta["scenes"]]
         draw_weights = draw_weights_by([kinds[i] for i in scene_idx.tolist()], factors, sorted(set(kinds)),
                                        "scene kind")
+    if args.shape_sampling:
+        draw_weights = shape_draw_weights(meta["scenes"], scene_idx, args.shape_sampling, draw_weights)
     if args.motion_sampling:
         if frames == 1:
             raise SystemExit("--motion-sampling is for the video prior (--video)")

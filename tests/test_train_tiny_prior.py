@@ -100,3 +100,22 @@ def test_video_time_ramp_continues_a_harmonics_prior_exactly(tmp_path):
                           "--init-from", str(ramp)], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "--time-input" in out.stderr
     assert not (tmp_path / "w_back").exists()  # refused before anything is written
+
+
+def test_shape_sampling_weights_and_errors():
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("train_tiny_prior", ROOT / "scripts" / "train_tiny_prior.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scenes = [{"key": "single/red/ring", "kind": "single"}, {"key": "single/blue/cube", "kind": "single"},
+              {"key": "asymmetric/house", "kind": "asymmetric"}]
+    images = torch.tensor([0, 0, 1, 2, 2])  # each image's scene
+    assert module.shape_draw_weights(scenes, images, "ring=4").tolist() == [4.0, 4.0, 1.0, 1.0, 1.0]
+    # it multiplies the weights drawn so far (--kind-sampling)
+    kinds = torch.tensor([1.0, 1.0, 1.0, 3.0, 3.0])
+    assert module.shape_draw_weights(scenes, images, "cube=2", kinds).tolist() == [1.0, 1.0, 2.0, 3.0, 3.0]
+    with pytest.raises(SystemExit, match=r"unknown shape\(s\) \['rign'\]; expected cube, ring"):
+        module.shape_draw_weights(scenes, images, "rign=4")
