@@ -162,7 +162,8 @@ def shape_draw_weights(scenes: list[dict], scene_idx: torch.Tensor, spec: str,
     other = "(not single)"
     shape_of = [s["key"].split("/")[-1] if s["kind"] == "single" else other for s in scenes]
     shapes = sorted(set(shape_of) - {other})
-    factors = sampling_factors(spec, "--shape-sampling", shapes, "shape(s)", "SHAPE=FACTOR[,SHAPE=FACTOR...], e.g. ring=4")
+    factors = sampling_factors(spec, "--shape-sampling", shapes, "shape(s)",
+                               "SHAPE=FACTOR[,SHAPE=FACTOR...], e.g. ring=4")
     return draw_weights_by([shape_of[i] for i in scene_idx.tolist()], factors, shapes + [other], "shape", weights)
 
 
