@@ -276,6 +276,33 @@ def test_alpha_regularizers_pull_opacity_down_and_the_recipe_accepts_them():
     assert float(out.alpha.detach().max()) > 0.5
 
 
+def test_max_scale_caps_every_sigma_after_each_step_in_place():
+    """representation.max_scale clamps each σ (per axis) after the step; smaller ones, means and the optimizer's
+    parameter are untouched; 0 leaves the scales alone."""
+    m = make(num_points=3, init_scale=0.05, max_scale=0.02, densify={"enabled": False})
+    opt = adam_for(m)
+    with torch.no_grad():
+        m.params["log_scales"][:] = torch.log(torch.tensor([[0.01, 0.03, 0.005], [0.2, 0.2, 0.2],
+                                                            [0.019, 0.001, 0.02]]))
+    means_before = m.means.detach().clone()
+    cams = orbit_cameras(2, 16, 16)
+    out = m.render(cams)
+    out.rgb.sum().backward()
+    opt.zero_grad()
+    opt.step()
+    m.post_step(0, out, opt, cams)
+    want = torch.tensor([[0.01, 0.02, 0.005], [0.02, 0.02, 0.02], [0.019, 0.001, 0.02]])
+    assert torch.allclose(m.scales.detach(), want, rtol=1e-5)
+    assert torch.equal(m.means.detach(), means_before)
+    assert any(q is m.params["log_scales"] for g in opt.param_groups for q in g["params"])  # clamped in place
+    off = make(num_points=1, init_scale=0.5, densify={"enabled": False})
+    before = off.scales.detach().clone()
+    off.post_step(0, off.render(cams), None, cams)
+    assert torch.equal(off.scales.detach(), before)
+    with pytest.raises(ConfigError, match="max_scale"):
+        make(num_points=1, max_scale=-0.01)
+
+
 def test_object_radius_scales_the_gaussians_toward_the_radius_keeping_their_shape():
     """representation.object_radius: each step scales means (about the opaque Gaussians' centre) and scales alike by
     at most ±rate, so the radius approaches the target geometrically and the shape (means relative to the centre,

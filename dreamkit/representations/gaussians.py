@@ -70,6 +70,12 @@ class GaussianConfig:
     #: each opaque Gaussian's own alpha-0.5 contour reaches: its centre's distance plus σ_max·√(2 ln 2o), the
     #: silhouette's radius that the visual hull export sees; large outer splats make it 0.1–0.2 more than the means')
     object_radius_of: str = "means"
+    #: cap every Gaussian's σ along each axis at this (scene units; 0 = off), after each optimizer step. With the
+    #: means held by ``object_radius``, SDS still grows the object's apparent size through its outer splats: a 64²
+    #: red cube's means spanned 0.69 × 0.69 × 0.65 (truth 0.74³) while 358 opaque splats with σ up to ~0.1 set its
+    #: silhouette at 0.82 × 0.87 × 0.79 (spikes at the corners). 3DGS prunes world-space-large Gaussians for the same
+    #: reason (Kerbl et al. 2023); a cap keeps them and their coverage
+    max_scale: float = 0.0
     #: auto (gsplat on CUDA when installed, else the PyTorch twin) | torch | gsplat
     backend: str = "auto"
     #: tile size of the PyTorch twin (0 = automatic)
@@ -103,6 +109,8 @@ class GaussianModel(nn.Module):
             raise ConfigError(f"representation.sh_degree={cfg.sh_degree} — use 0, 1, 2 or 3")
         if cfg.bound_radius < 0:
             raise ConfigError(f"representation.bound_radius={cfg.bound_radius} — use a radius > 0, or 0 for no bound")
+        if float(getattr(cfg, "max_scale", 0.0)) < 0:
+            raise ConfigError(f"representation.max_scale={cfg.max_scale} — use a σ > 0 (scene units), or 0 for no cap")
         if cfg.backend not in ("auto", "torch", "gsplat"):
             raise ConfigError(f"representation.backend={cfg.backend!r} — use auto, torch or gsplat")
         _check_object_radius_of(getattr(cfg, "object_radius_of", "means"))
@@ -340,7 +348,14 @@ class GaussianModel(nn.Module):
             self.project_into_bound()
         if self.cfg.object_radius > 0 and step >= self.cfg.object_radius_start:
             info["object_scale"] = self.hold_object_radius()
+        if float(getattr(self.cfg, "max_scale", 0.0)) > 0:
+            self.cap_scales(float(self.cfg.max_scale))
         return info
+
+    @torch.no_grad()
+    def cap_scales(self, max_scale: float) -> None:
+        """Clamp every σ to at most ``max_scale`` (in place; the optimizer state is kept)."""
+        self.params["log_scales"].clamp_(max=math.log(max_scale))
 
     @torch.no_grad()
     def object_radius(self, min_opacity: float = 0.2, quantile: float = 0.99,
