@@ -138,6 +138,10 @@ class ExportConfig:
     #: mesh_method=hull: a render's pixel is inside the silhouette at alpha ≥ this. Lower keeps thin parts that SDS
     #: renders only half opaque (a snowman's carrot nose), higher trims soft fringes
     mesh_hull_alpha: float = 0.5
+    #: mesh_method=hull: the silhouettes' size in pixels (0 = mesh_resolution). A fit constrains coverage only at
+    #: its own pixel footprint: Gaussians fitted at 64² (σ capped by representation.max_scale) look porous in
+    #: finer renders, and a porous silhouette carves holes into the hull; ~64 matches a 64² fit's footprint
+    mesh_hull_resolution: int = 0
     #: iso-level of the density (Gaussians: Σ opacity·exp(−½ Mahalanobis²), as DreamGaussian)
     mesh_threshold: float = 1.0
     #: half-size of the extraction cube; 0 = from the representation (Gaussians: the extent of their means)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -211,6 +212,37 @@ def test_hull_alpha_keeps_a_half_opaque_thin_part():
         assert 0.52 < hull.verts[:, 0].max() < 0.62  # the ball across (radius 0.5 + its Gaussians)
     with pytest.raises(ConfigError, match="mesh_hull_alpha=1.5"):
         mesh_from_representation(model, SimpleNamespace(mesh_hull_alpha=1.5, **common))
+
+
+def test_hull_resolution_sets_the_silhouettes_size_not_the_grid():
+    """export.mesh_hull_resolution: the hull's silhouettes are rendered at that size while marching cubes keeps
+    mesh_resolution's grid (0 = the grid's size, as before); the ball comes out the same size either way, and a size
+    that cannot be a render is a ConfigError naming the key."""
+    from dreamkit.export.extract import mesh_from_representation
+
+    model = sphere_gaussians()
+    sizes = []
+    render = model.render
+
+    def spy(cameras, *args, **kw):
+        sizes.append((int(cameras.width), int(cameras.height)))
+        return render(cameras, *args, **kw)
+
+    model.render = spy
+    common = dict(mesh_method="hull", mesh_resolution=48, mesh_bound=0.9, mesh_components=1, mesh_faces=0,
+                  mesh_views=12, mesh_threshold=0.0, mesh_color="field")
+    fine, _ = mesh_from_representation(model, SimpleNamespace(**common))
+    assert set(sizes) == {(48, 48)} and len(sizes) == 12
+    sizes.clear()
+    coarse, _ = mesh_from_representation(model, SimpleNamespace(mesh_hull_resolution=24, **common))
+    assert set(sizes) == {(24, 24)} and len(sizes) == 12
+    # the ball (radius 0.5 + its Gaussians) agrees within one of the coarse silhouettes' pixels (they see the
+    # 0.9-box's circumscribed ball, with a 5% margin, at fovy 40°: 1.05·0.9·√3 / sin 20° away)
+    pixel = 2 * 1.05 * 0.9 * 3 ** 0.5 / math.sin(math.radians(20)) * math.tan(math.radians(20)) / 24
+    assert 0.52 < fine.verts[:, 0].max() < 0.66
+    assert abs(coarse.verts[:, 0].max() - fine.verts[:, 0].max()) < pixel
+    with pytest.raises(ConfigError, match="mesh_hull_resolution=4"):
+        mesh_from_representation(model, SimpleNamespace(mesh_hull_resolution=4, **common))
 
 
 def test_textured_mesh_cache_follows_every_mesh_setting():

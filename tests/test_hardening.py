@@ -232,6 +232,8 @@ def test_signal_mid_fit_checkpoints_exits_nonzero_and_resumes_to_the_same_result
     (["trainer.nonfinite_patience=0"], "trainer.nonfinite_patience must be > 0"),
     (["export.mesh_method=voxels"], "export.mesh_method='voxels': use 'density'"),  # not after the fit
     (["export.mesh_hull_alpha=1.5"], "between 0 and 1"),
+    (["export.mesh_hull_resolution=4"], "export.mesh_hull_resolution=4: use a render size"),
+    (["representation.max_scale=-0.01"], "representation.max_scale=-0.01"),
 ])
 def test_bad_values_are_one_line_before_any_run_folder(overrides, needle, tmp_path, capsys):
     out = tmp_path / "out"

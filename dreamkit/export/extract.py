@@ -643,6 +643,10 @@ def check_mesh_options(cfg: Any) -> None:
     alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"export.mesh_hull_alpha={alpha}: use a value between 0 and 1 (0.5 by default)")
+    hull_resolution = int(getattr(cfg, "mesh_hull_resolution", 0))
+    if hull_resolution < 0 or 0 < hull_resolution < 8:
+        raise ConfigError(f"export.mesh_hull_resolution={hull_resolution}: use a render size in pixels (≥ 8), or 0 "
+                          "for export.mesh_resolution")
 
 
 def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, Optional[Callable]]:
@@ -666,9 +670,9 @@ def mesh_from_representation(model: Any, export_cfg: Any = None) -> tuple[Mesh, 
     check_mesh_options(cfg)  # before the (slow) extraction
     if method == "hull":
         alpha = float(getattr(cfg, "mesh_hull_alpha", 0.5))
+        hull_resolution = int(getattr(cfg, "mesh_hull_resolution", 0)) or int(getattr(cfg, "mesh_resolution", 128))
         field = VisualHullField(model, field, views=int(getattr(cfg, "mesh_views", 48)),
-                                render_resolution=int(getattr(cfg, "mesh_resolution", 128)), alpha_threshold=alpha,
-                                device=device)
+                                render_resolution=hull_resolution, alpha_threshold=alpha, device=device)
         threshold = 0.0
     mesh = extract_mesh(
         field,
