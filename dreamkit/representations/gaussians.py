@@ -72,7 +72,7 @@ class GaussianConfig:
     object_radius_of: str = "means"
     #: cap every Gaussian's σ along each axis at this (scene units; 0 = off), after each optimizer step. With the
     #: means held by ``object_radius``, SDS still grows the object's apparent size through its outer splats: a 64²
-    #: red cube's means spanned 0.69 × 0.69 × 0.65 (truth 0.74³) while 358 opaque splats with σ up to ~0.1 set its
+    #: red cube's means spanned 0.66 × 0.69 × 0.65 (truth 0.74³) while 358 opaque splats with σ up to ~0.1 set its
     #: silhouette at 0.82 × 0.87 × 0.79 (spikes at the corners). 3DGS prunes world-space-large Gaussians for the same
     #: reason (Kerbl et al. 2023); a cap keeps them and their coverage
     max_scale: float = 0.0
