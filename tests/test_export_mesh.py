@@ -216,8 +216,8 @@ def test_hull_alpha_keeps_a_half_opaque_thin_part():
 
 def test_hull_resolution_sets_the_silhouettes_size_not_the_grid():
     """export.mesh_hull_resolution: the hull's silhouettes are rendered at that size while marching cubes keeps
-    mesh_resolution's grid (0 = the grid's size, as before); the ball comes out the same size either way, and a size
-    that cannot be a render is a ConfigError naming the key."""
+    mesh_resolution's grid (0 = the grid's size, as before); the ball's size agrees within one coarse silhouette
+    pixel, and a size that cannot be a render is a ConfigError naming the key."""
     from dreamkit.export.extract import mesh_from_representation
 
     model = sphere_gaussians()

@@ -1,10 +1,12 @@
 """scripts/train_tiny_prior.py end to end on a toy budget: writes a loadable prior with a model card, resumes, and
 starts the multi-view prior from the text-to-image weights (v-prediction + Min-SNR weighting)."""
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +105,6 @@ def test_video_time_ramp_continues_a_harmonics_prior_exactly(tmp_path):
 
 
 def test_shape_sampling_weights_and_errors():
-    import importlib.util
-
-    import pytest
-
     spec = importlib.util.spec_from_file_location("train_tiny_prior", ROOT / "scripts" / "train_tiny_prior.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
