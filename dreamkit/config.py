@@ -436,7 +436,25 @@ def merge_recipe(parent: DictConfig, child: DictConfig) -> DictConfig:
         if (isinstance(mine, DictConfig) and isinstance(theirs, DictConfig) and key in mine
                 and mine.get(key) != theirs.get(key)):
             parent.pop(section)
+    _keep_shared_guidance_keys(parent, child)
     return OmegaConf.merge(parent, child)
+
+
+def _keep_shared_guidance_keys(parent: DictConfig, child: DictConfig) -> None:
+    """A child recipe that swaps the guidance keeps the base's guidance keys that its own guidance has (gs_vsd.yaml
+    takes gs_sds32.yaml's guidance_scale and timestep range) and drops the rest (a composed recipe on an SDS base
+    has no guidance_scale of its own: each member has). Unknown guidance names are left to the schema check."""
+    from .registry import component_config_class
+
+    mine, theirs = child.get("guidance"), parent.get("guidance")
+    if not (isinstance(mine, DictConfig) and isinstance(theirs, DictConfig) and "name" in mine
+            and mine.get("name") != theirs.get("name")):
+        return
+    try:
+        fields = set(OmegaConf.structured(component_config_class("guidance", mine.get("name"))).keys())
+    except ConfigError:
+        return
+    parent["guidance"] = OmegaConf.create({k: v for k, v in OmegaConf.to_container(theirs).items() if k in fields})
 
 
 def load_config(config: Optional[str], overrides: list[str] = (), base: Optional[DictConfig] = None) -> DictConfig:

@@ -20,6 +20,7 @@ from dreamkit.checkpoint import load_checkpoint
 
 RUNS = {
  "gs_sds": ["trainer.max_steps=40", "representation.densify.refine_start=10", "representation.densify.refine_every=10"],
+ "gs_sds32": ["trainer.max_steps=40", "representation.densify.refine_start=10", "representation.densify.refine_every=10"],
  "gs_vsd": ["trainer.max_steps=30", "representation.densify.refine_start=10", "representation.densify.refine_every=10"],
  "gs_asd": ["trainer.max_steps=30"],
  "gs_sds_mv": ["trainer.max_steps=20"],

@@ -122,10 +122,10 @@ def test_asd_vanishes_at_a_data_point_of_the_oracle():
     assert x.grad.abs().max() < 2e-3
 
 
-def test_gs_asd_recipe_inherits_gs_sds():
+def test_gs_asd_recipe_inherits_gs_sds32():
     from dreamkit.config import load_config
 
-    asd, sds = load_config("gs_asd.yaml"), load_config("gs_sds.yaml")
+    asd, sds = load_config("gs_asd.yaml"), load_config("gs_sds32.yaml")
     assert asd.name == "gs_asd" and asd.guidance.name == "asd" and asd.guidance.plus_ratio == 0.1
     assert dict(asd.loss) == {"lambda_asd": 1.0}           # loss: replaces the base's section
     for section in ("representation", "camera", "prior", "background", "trainer", "export"):
@@ -146,3 +146,23 @@ def test_recipe_inheritance_cycles_and_bad_bases_are_one_line(tmp_path):
     a.write_text("base: no_such_recipe.yaml\n")
     with pytest.raises(ConfigError, match="config file not found: no_such_recipe.yaml"):
         load_config(str(a))
+
+
+def test_a_recipe_that_swaps_the_guidance_keeps_only_the_keys_its_guidance_has(tmp_path):
+    """gs_vsd.yaml takes its base's SDS keys that VSD also has; a composed recipe on the same base takes none of them
+    (each member has its own guidance_scale), where a key-by-key merge would reject guidance.guidance_scale."""
+    from dreamkit.config import load_config
+
+    sds = load_config("gs_sds32.yaml")
+    vsd = load_config("gs_vsd.yaml")
+    assert vsd.guidance.name == "vsd" and vsd.guidance.max_step_percent == sds.guidance.max_step_percent
+    recipe = tmp_path / "hybrid.yaml"
+    recipe.write_text("base: gs_sds.yaml\nname: hybrid\nguidance:\n  name: composed\n  members:\n"
+                      "    image: {probability: 0.6, guidance: {name: sds, guidance_scale: 7.0}}\n"
+                      "    mv: {probability: 0.4, guidance: {name: sds}, prior: {type: pixel, name: tiny-mv},\n"
+                      "         camera: {views: 4, width: 32, height: 32}}\n"
+                      "loss: {lambda_image_sds: 1.0, lambda_mv_sds: 0.5}\n")
+    cfg = load_config(str(recipe))
+    assert set(cfg.guidance) == {"name", "members"}
+    assert cfg.guidance.members.image.guidance.guidance_scale == 7.0
+    assert cfg.guidance.members.mv.camera.width == 32 and cfg.camera.width == 64   # the member's camera over the base's

@@ -421,8 +421,8 @@ def test_every_registered_guidance_has_a_recipe_here():
     # semantic_sds needs a layout: its recipe is gs_semantic.yaml, run end to end in tests/test_semantic.py; composed
     # guidance combines members of this family (gs4d_composed_oracle.yaml, tests/test_4d.py)
     assert set(REGISTRY["guidance"]) == set(FAMILY) | {"semantic_sds", "composed"}
-    sds = load_config("gs_sds.yaml")
-    for name in ("ism", "csd", "nfsd", "bsd", "bridge"):  # gs_sds.yaml with the guidance (and its loss) swapped
+    sds = load_config("gs_sds32.yaml")
+    for name in ("ism", "csd", "nfsd", "bsd", "bridge"):  # gs_sds32.yaml with the guidance (and its loss) swapped
         cfg = load_config(f"gs_{name}.yaml")
         assert cfg.name == f"gs_{name}" and list(cfg.loss) == [f"lambda_{name}"]
         assert cfg.prompt == sds.prompt
