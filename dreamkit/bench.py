@@ -47,7 +47,7 @@ from .errors import ConfigError, DreamkitError
 SPLIT_KEYS = ("render", "encode", "prior", "guidance", "regularizers", "backward", "optimizer", "post_step", "other")
 PRIOR_KINDS = ("tiny", "sd21-random")
 #: recipes benchmarked with --prior sd21-random when none is named
-SD21_DEFAULT_RECIPES = ("gs_sds",)
+SD21_DEFAULT_RECIPES = ("gs_sds32",)  # the plain SDS recipe (the measured H200 rows: docs/benchmarks.md)
 SD21_CAMERA = {"width": 512, "height": 512, "batch_size": 4}
 
 

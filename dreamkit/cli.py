@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the limit (the prior's work for the same batch alone) with ratio = step/limit.")
     p.add_argument("--recipe", "-r", action="extend", nargs="+", metavar="NAME",
                    help="shipped recipe names or YAML paths (default: every shipped recipe; with --prior "
-                        "sd21-random: gs_sds)")
+                        "sd21-random: gs_sds32)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     p.add_argument("--prior", default="tiny", choices=["tiny", "sd21-random"],
                    help="tiny: each recipe as shipped; sd21-random: the real SD 2.1-base architecture with random "

@@ -11,6 +11,23 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir()
 
 
 @pytest.fixture(scope="session")
+def load_script():
+    """``load_script("name")``: ``scripts/name.py`` imported as a module (the scripts are not a package), so a test can
+    call its functions or its ``main(argv)`` in process."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory):
     """A tiny random Stable Diffusion pipeline (ε-prediction) in diffusers format, built once per test session."""
     from dreamkit.priors.tiny_random import build_tiny_sd

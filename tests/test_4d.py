@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -497,7 +496,7 @@ def test_gs4d_video_recipe_loads_with_its_members_prompts():
 
 @pytest.mark.skipif(not any((r / "priors" / "tiny-video").is_dir() for r in asset_roots()),
                     reason="assets/priors/tiny-video is not shipped in this checkout")
-def test_gs4d_video_short_fit_exports_an_animation(tmp_path, capsys):
+def test_gs4d_video_short_fit_exports_an_animation(tmp_path, capsys, load_script):
     """The text-to-4D recipe with the shipped priors runs end to end (a few steps) and writes an animated GLB."""
     from dreamkit.cli import main
 
@@ -512,15 +511,10 @@ def test_gs4d_video_short_fit_exports_an_animation(tmp_path, capsys):
 
     # scripts/track4d.py on the run: at the canonical time (0.5, the middle of 3 frames) the field is the identity,
     # so its centroid is the canonical Gaussians' own opacity-weighted one, worked here
-    import importlib.util
-
     from dreamkit.components import load_representation_from_checkpoint
     from dreamkit.run import load_run
 
-    spec = importlib.util.spec_from_file_location("track4d", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "track4d.py")
-    track4d = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(track4d)
+    track4d = load_script("track4d")
     track4d.main([str(run), "--frames", "3", "--out", str(tmp_path / "frames.png")])
     printed = [line.split("|")[2:5] for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.500")]
     _, cfg, ckpt = load_run(run)

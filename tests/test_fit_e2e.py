@@ -124,12 +124,31 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_diffusers_path_runs_a_few_steps(tiny_sd_dir, tmp_path):
-    code = main(["fit", "--config", "gs_sds.yaml", "prior.type=stable-diffusion", f"prior.name={tiny_sd_dir}",
+    code = main(["fit", "--config", "gs_sds32.yaml", "prior.type=stable-diffusion", f"prior.name={tiny_sd_dir}",
                  f"output_dir={tmp_path}",
                  "trainer.max_steps=3", "representation.num_points=500", "camera.batch_size=2", *FAST])
     assert code == 0
     (run,) = run_folders(tmp_path)
     assert (run / "exports" / "gaussians.ply").is_file()
+
+
+def test_readme_default_recipe_runs_with_its_shipped_prior(tmp_path):
+    """The README's first text-to-3D command, shortened: gs_sds.yaml with the shipped 64² tiny-t2i-cam64 (camera ray
+    map), the size prior and the splat cap from step 0, to a GLB whose hull is carved from 64² silhouettes. Its
+    quality is measured in benchmarks/2026-12-07/red_cube_default/, not here."""
+    code = main(["fit", "--config", "gs_sds.yaml", "prompt=a red cube", f"output_dir={tmp_path}",
+                 "trainer.max_steps=4", "representation.num_points=400", "representation.object_radius_start=0",
+                 "camera.batch_size=2", "export.mesh_views=12", *FAST])
+    assert code == 0
+    (run,) = run_folders(tmp_path)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.prior.name == "tiny-t2i-cam64" and cfg.camera.width == 64 and cfg.representation.max_scale > 0
+    assert (run / "exports" / "mesh.glb").is_file()
+    state = load_checkpoint(run / "ckpts" / "last.ckpt")
+    log_scales = [v for k, v in state["state_dict"].items() if k.endswith("log_scales")][0]
+    assert log_scales.max().exp() <= cfg.representation.max_scale * (1 + 1e-5)   # the cap held every splat
 
 
 def test_export_and_render_start_without_lightning(oracle_run, tmp_path):

@@ -215,22 +215,25 @@ def test_training_tensors_and_cameras_give_the_same_unet_inputs(tmp_path):
         vs.class_labels(cond, None, "cpu", torch.float32)
 
 
-SHIPPED_CAM = Path(__file__).resolve().parents[1] / "assets" / "priors" / "tiny-t2i-cam"
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "priors"
 
 
-@pytest.mark.skipif(not SHIPPED_CAM.is_dir(), reason="assets/priors/tiny-t2i-cam is not shipped in this checkout")
-def test_shipped_tiny_t2i_cam_uses_its_camera():
-    """The shipped camera-aware tiny-t2i: safetensors only, a 7-channel metric ray map after the image, and trained to
-    use it — its ray weights moved from zero and the same noisy image at another elevation gets another prediction."""
-    size = sum(f.stat().st_size for f in SHIPPED_CAM.rglob("*") if f.is_file())
-    assert size <= 30 * 2 ** 20
-    assert not list(SHIPPED_CAM.rglob("*.bin")) and not list(SHIPPED_CAM.rglob("*.pt"))
-    prior = PixelDiffusionPrior("tiny-t2i-cam", warn_outside_world=False)
+@pytest.mark.parametrize("name,size", [("tiny-t2i-cam", 32), ("tiny-t2i-cam64", 64)])
+def test_shipped_tiny_t2i_cam_uses_its_camera(name, size):
+    """The shipped camera-aware tiny-t2i priors (32², and 64² for gs_sds.yaml): safetensors only, a 7-channel metric
+    ray map after the image, and trained to use it — its ray weights moved from zero and the same noisy image at
+    another elevation gets another prediction."""
+    folder = SHIPPED / name
+    if not folder.is_dir():
+        pytest.skip(f"assets/priors/{name} is not shipped in this checkout")
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 30 * 2 ** 20
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    prior = PixelDiffusionPrior(name, warn_outside_world=False)
     assert prior.view_settings.camera_input == "plucker_metric" and prior.unet.config.in_channels == 3 + 7
-    assert prior.frames == 1 and prior.resolution == 32
+    assert prior.frames == 1 and prior.resolution == size
     assert prior.unet.conv_in.weight[:, 3:].abs().max() > 1e-3
     cond = prior.encode_text(["a red cube"] * 2).cond
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     t = torch.full((2,), 900)
-    a, b = sample_cameras(2, 32), sample_cameras(2, 32, elevation=40.0)
+    a, b = sample_cameras(2, size), sample_cameras(2, size, elevation=40.0)
     assert (prior.predict(x, t, cond, a) - prior.predict(x, t, cond, b)).abs().max() > 1e-3

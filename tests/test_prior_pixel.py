@@ -108,7 +108,7 @@ def test_sample_uses_the_priors_own_guidance_scale(tiny_pixel_dir, tmp_path, cap
 
 
 def test_fit_through_the_pixel_prior(tiny_pixel_dir, tmp_path):
-    code = main(["fit", "--config", "gs_sds.yaml", "prior.type=pixel", f"prior.name={tiny_pixel_dir}",
+    code = main(["fit", "--config", "gs_sds32.yaml", "prior.type=pixel", f"prior.name={tiny_pixel_dir}",
                  f"output_dir={tmp_path}", "trainer.max_steps=2", "representation.num_points=300",
                  "camera.batch_size=2", "trainer.progress=false", "export.turntable=false"])
     assert code == 0

@@ -1,9 +1,6 @@
 """scripts/sds_scale_probe.py against a known answer: with the oracle prior of one target, ε̂ − ε = α_t·(x − R)/σ_t
 exactly, so the SDS gradient vanishes at the target's own render and points back to it on either side — the probe
 must find dE/ds < 0 below scale 1, 0 at 1, > 0 above, and a preferred scale of 1."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,16 +11,8 @@ from dreamkit.render.raster import render_mesh_colors
 from dreamkit.world.scenes import single_scene
 
 
-def _probe():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sds_scale_probe.py"
-    spec = importlib.util.spec_from_file_location("sds_scale_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_probe_finds_the_oracle_target_size(tmp_path):
-    probe = _probe()
+def test_probe_finds_the_oracle_target_size(tmp_path, load_script):
+    probe = load_script("sds_scale_probe")
     mesh = single_scene("cube", "red").export(tmp_path / "cube.ply")
     prior = OraclePrior([{"mesh": str(mesh), "label": "a red cube"}], resolution=24, background=(0.9, 0.9, 0.9))
     guidance = SDSGuidance(SDSConfig(guidance_scale=5.0, min_step_percent=0.02, max_step_percent=0.98), prior,

@@ -1,6 +1,5 @@
 """scripts/train_tiny_prior.py end to end on a toy budget: writes a loadable prior with a model card, resumes, and
 starts the multi-view prior from the text-to-image weights (v-prediction + Min-SNR weighting)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -104,10 +103,8 @@ def test_video_time_ramp_continues_a_harmonics_prior_exactly(tmp_path):
     assert not (tmp_path / "w_back").exists()  # refused before anything is written
 
 
-def test_shape_sampling_weights_and_errors():
-    spec = importlib.util.spec_from_file_location("train_tiny_prior", ROOT / "scripts" / "train_tiny_prior.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_shape_sampling_weights_and_errors(load_script):
+    module = load_script("train_tiny_prior")
     scenes = [{"key": "single/red/ring", "kind": "single"}, {"key": "single/blue/cube", "kind": "single"},
               {"key": "asymmetric/house", "kind": "asymmetric"}]
     images = torch.tensor([0, 0, 1, 2, 2])  # each image's scene

@@ -230,14 +230,8 @@ def test_export_round_trips_through_the_mesh_loader(tmp_path):
             assert torch.allclose(c2, c, atol=1 / 255), suffix
 
 
-def test_make_world_dataset_script(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_world_dataset.py"
-    spec = importlib.util.spec_from_file_location("make_world_dataset", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_make_world_dataset_script(tmp_path, capsys, load_script):
+    module = load_script("make_world_dataset")
     assert module.main([str(tmp_path), "--n-images", "8", "--resolution", "16", "--n-compositions", "4"]) == 0
     assert "img/s" in capsys.readouterr().out
     assert load_shard(tmp_path / "shard_00000.pt")["images"].shape == (8, 16, 16, 3)
