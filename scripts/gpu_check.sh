@@ -12,8 +12,8 @@
 #   tests      while gsplat builds: tests/test_raster_cuda.py (kernel vs torch twin), tests/test_volume_cuda.py
 #              (nerfacc vs the dense volume renderer); then the CUDA-marked tests of test_splat.py (gsplat vs the
 #              splatting twin) and test_bench.py (no host syncs in a step)
-#   bench      dreamkit bench --device cuda --prior sd21-random → bench_cuda.json (gs_sds, SD 2.1 size, 512², batch 4)
-#              dreamkit bench --device cuda --recipe gs_sds     → bench_cuda_tiny.json
+#   bench      dreamkit bench --device cuda --prior sd21-random → bench_cuda.json (gs_sds32, SD 2.1 size, 512², batch 4)
+#              dreamkit bench --device cuda --recipe gs_sds gs_sds32 → bench_cuda_tiny.json
 #              scripts/bench_raster.py --no-cpu                 → bench_raster.txt (twin on the GPU vs the kernel)
 #   fits       gs_oracle and nerf_oracle through scripts/bench_oracle.py (held-out PSNR) → oracle_gs/nerf.json;
 #              dreamkit fit --config gs_sds.yaml device=cuda (the loop and exports run)
@@ -240,7 +240,7 @@ stage bench-sd21 120 "$PY -m dreamkit bench --device cuda --prior sd21-random --
 # the same without CUDA graphs (prior.cuda_graph=false): what graph replay of the UNet saves
 stage bench-nograph 90 "$PY -m dreamkit bench --device cuda --prior sd21-random --override prior.cuda_graph=false \
   --json '$OUT/bench_cuda_nograph.json'"
-stage bench-tiny 80 "$PY -m dreamkit bench --device cuda --recipe gs_sds --json '$OUT/bench_cuda_tiny.json'"
+stage bench-tiny 80 "$PY -m dreamkit bench --device cuda --recipe gs_sds gs_sds32 --json '$OUT/bench_cuda_tiny.json'"
 stage bench-raster 60 "set -o pipefail; $PY scripts/bench_raster.py --no-cpu --repeat 50 | tee '$OUT/bench_raster.txt' && \
   $PY scripts/bench_raster.py --no-cpu --repeat 20 --antialias | tee -a '$OUT/bench_raster.txt'"
 # the real loop on the GPU (Lightning, checkpoints, exports): the oracle recipes against their CPU scores (held-out
