@@ -406,7 +406,8 @@ RENAMED_SECTIONS = {"representation": "name", "prior": "type"}
 def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
     """A recipe file (or shipped name) with its ``base:`` chain merged in: a recipe states only what differs from its
     base (``base: gs_sds.yaml``), recursively. ``loss:`` replaces the base's loss section, and so does a
-    ``representation:`` with another name or a ``prior:`` with another type; every other section merges key by key.
+    ``representation:`` with another name or a ``prior:`` with another type; a ``guidance:`` with another name keeps
+    only the base's keys that its own guidance has; every other section merges key by key.
     A relative base path is looked up beside the recipe, then among the shipped recipes."""
     path = resolve_config_path(config)
     if path.resolve() in _chain:
@@ -425,7 +426,8 @@ def load_recipe(config: str, _chain: tuple = ()) -> DictConfig:
 
 def merge_recipe(parent: DictConfig, child: DictConfig) -> DictConfig:
     """A child recipe over its base: sections in ``REPLACED_SECTIONS`` and sections whose ``RENAMED_SECTIONS`` key
-    differs (another representation name, another prior type) replace the base's; the rest merge key by key.
+    differs (another representation name, another prior type) replace the base's; a guidance with another name
+    keeps only the base's guidance keys it has (:func:`_keep_shared_guidance_keys`); the rest merge key by key.
     ``parent`` is not modified."""
     parent = parent.copy()
     for section in REPLACED_SECTIONS:

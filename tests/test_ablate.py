@@ -123,7 +123,8 @@ def test_image_exports_a_png_and_no_mesh(oracle, tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- ablate
 def _grid(tmp_path: Path, extra: str = "", losses=("sds", "asd"), seeds=(0, 1), steps: int = 8) -> Path:
-    axes = "\n".join(f"    {name}: {{loss_recipe: gs_{name}.yaml}}" for name in losses)
+    # SDS as the guidance family's base recipe (gs_sds32.yaml), whose timestep range the other losses share
+    axes = "\n".join(f"    {name}: {{loss_recipe: gs_{'sds32' if name == 'sds' else name}.yaml}}" for name in losses)
     text = f"""name: tiny
 recipe: image_oracle.yaml
 config:
@@ -242,9 +243,9 @@ def test_bad_grid_one_line_exit_2(case, tmp_path, capsys):
     if case == "unknown grid key":
         text += BAD_GRIDS[case][0]
     elif case == "unknown value key":
-        text = text.replace("sds: {loss_recipe: gs_sds.yaml}", "sds: {loss_recipe: gs_sds.yaml, overides: []}")
+        text = text.replace("sds: {loss_recipe: gs_sds32.yaml}", "sds: {loss_recipe: gs_sds32.yaml, overides: []}")
     else:
-        text = text.replace("sds: {loss_recipe: gs_sds.yaml}", "sds: {overrides: [guidance.guidance_scal=3]}")
+        text = text.replace("sds: {loss_recipe: gs_sds32.yaml}", "sds: {overrides: [guidance.guidance_scal=3]}")
     path.write_text(text)
     out = tmp_path / "out"
     assert main(["ablate", "--grid", str(path), "--out", str(out)]) == 2
