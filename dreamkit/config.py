@@ -453,10 +453,10 @@ def _keep_shared_guidance_keys(parent: DictConfig, child: DictConfig) -> None:
             and mine.get("name") != theirs.get("name")):
         return
     try:
-        fields = set(OmegaConf.structured(component_config_class("guidance", mine.get("name"))).keys())
+        keys = {f.name for f in fields(component_config_class("guidance", mine.get("name")))}
     except ConfigError:
         return
-    parent["guidance"] = OmegaConf.create({k: v for k, v in OmegaConf.to_container(theirs).items() if k in fields})
+    parent["guidance"] = OmegaConf.create({k: v for k, v in OmegaConf.to_container(theirs).items() if k in keys})
 
 
 def load_config(config: Optional[str], overrides: list[str] = (), base: Optional[DictConfig] = None) -> DictConfig:

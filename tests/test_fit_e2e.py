@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dreamkit.checkpoint import load_checkpoint
 from dreamkit.cli import main
@@ -141,8 +142,6 @@ def test_readme_default_recipe_runs_with_its_shipped_prior(tmp_path):
                  "camera.batch_size=2", "export.mesh_views=12", *FAST])
     assert code == 0
     (run,) = run_folders(tmp_path)
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.load(run / "config.yaml")
     assert cfg.prior.name == "tiny-t2i-cam64" and cfg.camera.width == 64 and cfg.representation.max_scale > 0
     assert (run / "exports" / "mesh.glb").is_file()
